@@ -1,0 +1,1 @@
+"""gopd_lab: on-policy distillation workbench."""
