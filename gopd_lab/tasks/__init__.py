@@ -1,0 +1,88 @@
+"""Prompt sources with verifiers and feedback, looked up by name.
+
+``get_task("add")`` and ``get_task("mul")`` load the embedded arithmetic domains; a path to a
+``.jsonl`` file loads real math data with ``load_math_jsonl`` (domain = the file's stem); your own
+tasks join the registry with ``register_task``::
+
+    register_task("parity", lambda: make_task("parity", train=[("0110 is ", "even")]))
+    tasks = load_tasks(["add", "mul", "parity"])   # {"add": Task, "mul": Task, "parity": Task}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+
+from gopd_lab.tasks.base import Example, Task, data_dir, exact_match, make_task
+from gopd_lab.tasks.mathjsonl import extract_answer, load_math_jsonl, math_verifier, normalize_answer
+
+__all__ = [
+    "ARITH_TASKS",
+    "Example",
+    "Task",
+    "available_tasks",
+    "data_dir",
+    "exact_match",
+    "extract_answer",
+    "get_task",
+    "load_math_jsonl",
+    "load_tasks",
+    "make_task",
+    "math_verifier",
+    "normalize_answer",
+    "register_task",
+]
+
+ARITH_TASKS = ("add", "mul")
+
+
+def _load_arith(domain: str) -> Task:
+    """Load an embedded arithmetic domain.
+
+    ``arith`` is imported here rather than at the top so that ``python -m gopd_lab.tasks.arith``
+    does not find its own module already imported by this package.
+    """
+    from gopd_lab.tasks.arith import load_arith_task
+
+    return load_arith_task(domain)
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {name: partial(_load_arith, name) for name in ARITH_TASKS}
+
+
+def register_task(name: str, factory: Callable[[], Task]) -> None:
+    """Make ``get_task(name)`` return ``factory()``; replaces an earlier task of the same name."""
+    _REGISTRY[name] = factory
+
+
+def available_tasks() -> list[str]:
+    """Return the registered task names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """Return the task registered as ``name``, or load ``name`` as a math JSONL file path.
+
+    Raises ``KeyError`` listing the known names when ``name`` is neither.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    path = Path(name)
+    if path.suffix == ".jsonl" and path.is_file():
+        return load_math_jsonl(path, domain=path.stem)
+    raise KeyError(
+        f"unknown task {name!r}: registered tasks are {available_tasks()}; "
+        f"pass an existing .jsonl path or call register_task({name!r}, factory) first"
+    )
+
+
+def load_tasks(names: Iterable[str]) -> dict[str, Task]:
+    """Return ``{task.domain: task}`` for ``names`` (see ``get_task``); domains must be distinct."""
+    tasks: dict[str, Task] = {}
+    for name in names:
+        task = get_task(name)
+        if task.domain in tasks:
+            raise ValueError(f"two tasks share the domain {task.domain!r}; give each a distinct name")
+        tasks[task.domain] = task
+    return tasks
