@@ -1,0 +1,325 @@
+"""Per-token views of completions: coloured token HTML and the batch heatmap.
+
+Input is a *token record*, one line of a run's ``samples.jsonl``::
+
+    {"step", "index", "domain", "prompt", "completion", "tokens": [str],
+     "lp_student": [float], "lp_teacher": [float], "lp_reference": [float] | None,
+     "lp_references": {name: [float]} (optional), "advantage": [float],
+     "teacher_rank": [int] | None (optional), "lam": float, "score": float | None}
+
+Quantities a token can be coloured by (``QUANTITIES``):
+
+- ``advantage``: A_t as stored; with ``lam`` or ``reference`` given it is recomputed from the stored
+  log-probs as ``gopd_advantages(lp_student, lp_teacher, lp_reference, lam=lam)``;
+- ``lp_student``, ``lp_teacher``, ``lp_reference``: the per-token log-probs;
+- ``reward``: ``lp_teacher - lp_reference`` (what the teacher adds over the reference);
+- ``teacher_rank``: rank of the sampled token under the teacher (0 = top).
+
+Everything here computes or renders; nothing displays. The HTML is inline-styled only (no script,
+no stylesheet, no CDN), so it shows in JupyterLab, untrusted notebooks, nbconvert and offline.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+
+from gopd_lab.objectives import gopd_advantages
+from gopd_lab.runio import atomic_write_text, read_jsonl
+
+Record = Mapping[str, Any]
+
+QUANTITIES = ("advantage", "lp_student", "lp_teacher", "lp_reference", "reward", "teacher_rank")
+RUN_REFERENCE = "run"
+"""Name under which a record's own ``lp_reference`` (the run's reference) is offered."""
+
+NEGATIVE = (33, 102, 172)  # blue, value = -vmax
+ZERO = (255, 255, 255)  # white, value = 0
+POSITIVE = (178, 24, 43)  # red, value = +vmax
+MISSING = (221, 221, 221)  # grey, non-finite value (e.g. a teacher log-prob of -inf)
+_SPECIAL = re.compile(r"^<[|/]?[A-Za-z0-9_.\-]+\|?>$")
+_MARKS = {" ": "·", "\t": "⇥", "\n": "↵", "\r": "␍"}
+_SANS = "font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',sans-serif"
+_FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono',monospace"
+
+
+def load_samples(path: str | os.PathLike, step: int | None = None) -> list[dict]:
+    """Token records from ``samples.jsonl`` (or a run dir holding it), optionally of one step."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "samples.jsonl"
+    return [r for r in read_jsonl(path) if step is None or r.get("step") == step]
+
+
+def references(record: Record) -> dict[str, list[float]]:
+    """Reference log-probs scored for ``record`` by name: the run's own first, then ``lp_references``."""
+    refs = {} if record.get("lp_reference") is None else {RUN_REFERENCE: record["lp_reference"]}
+    refs.update(record.get("lp_references") or {})
+    return refs
+
+
+def available_quantities(record: Record) -> list[str]:
+    """The quantities of ``QUANTITIES`` that ``record`` holds the data for."""
+    has_ref = bool(references(record))
+    has_rank = record.get("teacher_rank") is not None
+    needs = {"lp_reference": has_ref, "reward": has_ref, "teacher_rank": has_rank}
+    return [q for q in QUANTITIES if needs.get(q, True)]
+
+
+def _reference_logprobs(record: Record, reference: str | None) -> list[float] | None:
+    refs = references(record)
+    if reference is None:
+        return refs.get(RUN_REFERENCE)
+    if reference not in refs:
+        raise ValueError(f"reference {reference!r} was not scored for this sample; scored: {sorted(refs) or 'none'}")
+    return refs[reference]
+
+
+def token_values(
+    record: Record, quantity: str = "advantage", lam: float | None = None, reference: str | None = None
+) -> list[float]:
+    """The per-token values of ``quantity`` for ``record`` (one float per completion token).
+
+    ``reference`` names a scored reference (``references(record)``; ``None``: the run's own).
+    ``advantage`` is the stored A_t unless ``lam`` or ``reference`` is given; then it is
+    recomputed exactly as ``gopd_advantages(lp_student, lp_teacher, lp_reference, lam=lam)``
+    with ``lam`` defaulting to the record's λ.
+    """
+    if quantity not in QUANTITIES:
+        raise ValueError(f"unknown quantity {quantity!r}; choose one of {QUANTITIES}")
+    if quantity == "advantage" and lam is None and reference is None:
+        return [float(v) for v in record["advantage"]]
+    if quantity in ("lp_student", "lp_teacher"):
+        return [float(v) for v in record[quantity]]
+    if quantity == "teacher_rank":
+        if record.get("teacher_rank") is None:
+            raise ValueError("this sample has no teacher_rank (the run did not record it)")
+        return [float(v) for v in record["teacher_rank"]]
+    lp_ref = _reference_logprobs(record, reference)
+    if quantity == "advantage":
+        lam = record.get("lam", 1.0) if lam is None else lam
+        adv = gopd_advantages(
+            torch.tensor([record["lp_student"]], dtype=torch.float32),
+            torch.tensor([record["lp_teacher"]], dtype=torch.float32),
+            None if lp_ref is None else torch.tensor([lp_ref], dtype=torch.float32),
+            lam=float(lam),
+        )  # (1, C)
+        return adv[0].tolist()
+    if lp_ref is None:
+        raise ValueError(f"{quantity!r} needs a reference, and this sample has none scored")
+    if quantity == "lp_reference":
+        return [float(v) for v in lp_ref]
+    return [float(t) - float(r) for t, r in zip(record["lp_teacher"], lp_ref)]  # reward
+
+
+def color(value: float, vmax: float) -> str:
+    """CSS colour of ``value`` on the diverging scale blue (-vmax) / white (0) / red (+vmax)."""
+    if not math.isfinite(value):
+        return "rgb({}, {}, {})".format(*MISSING)
+    t = 0.0 if vmax <= 0 else max(-1.0, min(1.0, value / vmax))
+    end = POSITIVE if t > 0 else NEGATIVE
+    r, g, b = (round(z + abs(t) * (e - z)) for z, e in zip(ZERO, end))
+    return f"rgb({r}, {g}, {b})"
+
+
+def _text_color(value: float, vmax: float) -> str:
+    return "#fff" if vmax > 0 and math.isfinite(value) and abs(value) / vmax > 0.55 else "#111"
+
+
+def symmetric_range(values: Sequence[Sequence[float]]) -> float:
+    """Max |value| over the finite values (1.0 when there are none or all are 0)."""
+    finite = [abs(v) for row in values for v in row if math.isfinite(v)]
+    return max(finite, default=0.0) or 1.0
+
+
+def display_token(token: str) -> tuple[str, bool]:
+    """(escaped HTML for ``token`` with whitespace made visible, whether it is a special token).
+
+    Space → ``·``, tab → ``⇥``, newline → ``↵`` (the caller breaks the line), empty → ``∅``; the
+    markers are dimmed. Special tokens (``<eos>``, ``<|im_end|>``, ``</s>``) are returned as is.
+    """
+    if _SPECIAL.match(token):
+        return html.escape(token), True
+    if token == "":
+        return '<span class="ws" style="opacity:0.55">∅</span>', False
+    dim = '<span class="ws" style="opacity:0.55">{}</span>'
+    return "".join(dim.format(_MARKS[ch]) if ch in _MARKS else html.escape(ch) for ch in token), False
+
+
+def _fmt(value: float) -> str:
+    return f"{value:+.4f}" if math.isfinite(value) else str(value)
+
+
+def _hover(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> str:
+    lines = [f"#{i} {record['tokens'][i]!r}", f"{quantity} (shown) = {_fmt(shown)}"]
+    lines.append(f"A_t (stored) = {_fmt(float(record['advantage'][i]))}")
+    lines += [f"{k} = {_fmt(float(record[k][i]))}" for k in ("lp_student", "lp_teacher")]
+    if lp_ref is not None:
+        lines.append(f"lp_reference = {_fmt(float(lp_ref[i]))}")
+        lines.append(f"reward = {_fmt(float(record['lp_teacher'][i]) - float(lp_ref[i]))}")
+    lines += [f"lp_reference[{n}] = {_fmt(float(v[i]))}" for n, v in (record.get("lp_references") or {}).items()]
+    if record.get("teacher_rank") is not None:
+        lines.append(f"teacher_rank = {int(record['teacher_rank'][i])}")
+    return html.escape("\n".join(lines))
+
+
+def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str, lp_ref: list[float] | None) -> str:
+    parts = []
+    for i, (token, value) in enumerate(zip(record["tokens"], values)):
+        text, special = display_token(token)
+        box = "outline:1px solid #777;outline-offset:-1px;font-size:0.85em;" if special else ""
+        parts.append(
+            f'<span class="tok" data-i="{i}" title="{_hover(record, i, quantity, value, lp_ref)}" '
+            f'style="background-color:{color(value, vmax)};color:{_text_color(value, vmax)};{box}'
+            f'padding:1px 1px;margin:0 0.5px;border-radius:2px;white-space:pre">{text}</span>'
+        )
+        parts.append("<br>" if "\n" in token else "<wbr>")
+    return "".join(parts)
+
+
+def legend_html(quantity: str, vmax: float, cells: int = 21) -> str:
+    """A small gradient bar (inline-coloured cells) with the -vmax / 0 / +vmax numbers beneath."""
+    steps = [vmax * (2 * k / (cells - 1) - 1) for k in range(cells)]
+    bar = "".join(f'<span style="background-color:{color(v, vmax)}">&nbsp;</span>' for v in steps)
+    cell = "padding:0;font-size:11px;color:#555;background:#fff"
+    num = f"{cell};border:none;text-align"
+    return (
+        f'<table class="legend" style="border-collapse:collapse;margin-top:6px;{_FONT}">'
+        f'<tr><td colspan="3" style="{cell};border:1px solid #ccc;line-height:1;white-space:nowrap">{bar}</td>'
+        f'<td rowspan="2" style="{cell};border:none;padding-left:6px;vertical-align:top">{html.escape(quantity)}</td>'
+        f'</tr><tr><td style="{num}:left">{-vmax:.3g}</td><td style="{num}:center">0</td>'
+        f'<td style="{num}:right">{vmax:+.3g}</td></tr></table>'
+    )
+
+
+def _default_label(record: Record) -> str:
+    bits = [f"step {record['step']}" if "step" in record else "", f"#{record['index']}" if "index" in record else ""]
+    bits += [str(record.get("domain") or ""), f"score {record['score']}" if record.get("score") is not None else ""]
+    return " · ".join(b for b in bits if b)
+
+
+def _panel_html(record: Record, values: list[float], vmax: float, quantity: str, lam: float | None,
+                reference: str | None, label: str | None) -> str:
+    lp_ref = _reference_logprobs(record, reference) if references(record) else None
+    ref_name = reference or (RUN_REFERENCE if lp_ref is not None else "none")
+    caption = quantity
+    if quantity == "advantage" and (lam is not None or reference is not None):
+        caption += f" (λ={record.get('lam', 1.0) if lam is None else lam:g}, reference {ref_name})"
+    elif quantity in ("lp_reference", "reward"):
+        caption += f" (reference {ref_name})"
+    total = sum(v for v in values if math.isfinite(v))
+    head = html.escape(_default_label(record) if label is None else label)
+    prompt = html.escape(str(record.get("prompt", "")))
+    return (
+        f'<div class="gopd-panel" style="flex:1 1 320px;min-width:0;margin:4px 0">'
+        f'<div style="font-weight:600;font-size:12px">{head}</div>'
+        f'<div style="font-size:11px;color:#555">{html.escape(caption)} · Σ = {total:+.4f}</div>'
+        f'<div style="line-height:1.9;font-size:13px;overflow-wrap:break-word;{_FONT}">'
+        f'<span class="prompt" style="color:#777;white-space:pre-wrap">{prompt}</span>'
+        f"{_tokens_html(record, values, vmax, quantity, lp_ref)}</div>{legend_html(quantity, vmax)}</div>"
+    )
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """A rendered token view: ``html`` (a fragment), the ``values`` shown per panel, the scale ``vmax``."""
+
+    html: str
+    values: list[list[float]]
+    vmax: list[float]
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def save(self, path: str | os.PathLike, title: str = "gopd_lab token view") -> Path:
+        """Write a standalone HTML page (UTF-8, no external resources) atomically; returns the path."""
+        page = (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+            f'<body style="margin:16px;background:#fff">{self.html}</body></html>\n'
+        )
+        atomic_write_text(path, page)
+        return Path(path)
+
+
+def _per_panel(value: Any, n: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries for {n} records")
+        return list(value)
+    return [value] * n
+
+
+def token_views(
+    records: Sequence[Record],
+    labels: Sequence[str] | None = None,
+    *,
+    quantity: str | Sequence[str] = "advantage",
+    lam: float | None | Sequence[float | None] = None,
+    reference: str | None | Sequence[str | None] = None,
+    vmax: float | None = None,
+    side_by_side: bool = True,
+) -> TokenView:
+    """Several records as labelled panels, side by side (wrapping) or stacked.
+
+    ``quantity``, ``lam`` and ``reference`` are one value for all panels or a list with one per
+    record, so the same record can be compared under two references or two λ. Panels showing the
+    same quantity share one colour scale (``vmax``, default the max |value| among them).
+    """
+    n = len(records)
+    quantities = _per_panel(quantity, n, "quantity")
+    lams, refs = _per_panel(lam, n, "lam"), _per_panel(reference, n, "reference")
+    names = [None] * n if labels is None else _per_panel(list(labels), n, "labels")
+    values = [token_values(r, q, lm, rf) for r, q, lm, rf in zip(records, quantities, lams, refs)]
+    scale = {q: vmax or symmetric_range([v for v, q2 in zip(values, quantities) if q2 == q]) for q in set(quantities)}
+    panels = [
+        _panel_html(r, v, scale[q], q, lm, rf, lb)
+        for r, v, q, lm, rf, lb in zip(records, values, quantities, lams, refs, names)
+    ]
+    flow = "display:flex;flex-wrap:wrap;gap:8px 24px" if side_by_side else "display:block"
+    style = f"{flow};color:#111;background:#fff;padding:4px;{_SANS}"
+    body = f'<div class="gopd-tokens" style="{style}">{"".join(panels)}</div>'
+    return TokenView(body, values, [scale[q] for q in quantities])
+
+
+def token_view(
+    record: Record | Sequence[Record],
+    quantity: str = "advantage",
+    lam: float | None = None,
+    reference: str | None = None,
+    vmax: float | None = None,
+) -> TokenView:
+    """One completion (or a list, stacked on one colour scale) coloured by a per-token quantity.
+
+    Colours are diverging around 0 (blue negative, white zero, red positive) on the symmetric
+    range ``[-vmax, vmax]`` (default: the max |value|); hovering a token shows all its numbers.
+    """
+    records = [record] if isinstance(record, Mapping) else list(record)
+    return token_views(records, quantity=quantity, lam=lam, reference=reference, vmax=vmax, side_by_side=False)
+
+
+def advantage_heatmap(records: Sequence[Record], quantity: str = "advantage", lam: float | None = None,
+                      reference: str | None = None) -> go.Figure:
+    """Samples × positions heatmap of a per-token quantity (default A_t), centred at 0, token on hover."""
+    values = [token_values(r, quantity, lam, reference) for r in records]
+    width = max((len(v) for v in values), default=0)
+    z = [v + [None] * (width - len(v)) for v in values]  # (S, width), padded past each completion
+    visible = [[html.escape("".join(_MARKS.get(ch, ch) for ch in t)) for t in r["tokens"]] for r in records]
+    text = [row + [""] * (width - len(row)) for row in visible]
+    labels = [f"{i}: {_default_label(r)}" for i, r in enumerate(records)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(width)), y=labels, text=text, colorscale="RdBu_r", zmid=0,
+        colorbar={"title": {"text": quantity}},
+        hovertemplate="%{y}<br>position %{x}<br>token %{text}<br>" + quantity + " %{z:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=f"{quantity} per token", xaxis_title="position", yaxis_title="sample",
+                      yaxis={"autorange": "reversed"}, template="plotly_white")
+    return fig

@@ -1,0 +1,104 @@
+"""Widget state without a browser: the explorer's recomputed A_t and the throttled live plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gopd_lab.objectives import gopd_advantages
+from gopd_lab.widgets import LivePlot, TokenExplorer, explore
+
+
+def make_record(**overrides) -> dict:
+    record = {
+        "step": 3, "index": 0, "domain": "add", "prompt": "12+34=", "completion": "46",
+        "tokens": ["4", "6", "<eos>"],
+        "lp_student": [-0.1, -2.0, -0.5], "lp_teacher": [-0.05, -3.0, -0.2],
+        "lp_reference": [-0.2, -1.5, -0.4],
+        "lp_references": {"big-base": [-0.3, -1.0, -0.6]},
+        "advantage": [0.1, -1.25, 0.4], "teacher_rank": [0, 3, 1], "lam": 1.25, "score": 1.0,
+    }
+    record.update(overrides)
+    return record
+
+
+def expected(record: dict, lam: float, reference: list[float]) -> torch.Tensor:
+    return gopd_advantages(torch.tensor([record["lp_student"]]), torch.tensor([record["lp_teacher"]]),
+                           torch.tensor([reference]), lam=lam)[0]
+
+
+def test_lam_slider_recomputes_advantages_exactly():
+    r = make_record()
+    ex = TokenExplorer([r])
+    assert ex.lam == 1.25 and ex.reference == "run"
+    assert torch.allclose(torch.tensor(ex.current_values()), expected(r, 1.25, r["lp_reference"]))
+    ex.set_lam(1.5)
+    shown = torch.tensor(ex.current_values())
+    assert torch.allclose(shown, expected(r, 1.5, r["lp_reference"]))
+    assert not torch.allclose(shown, expected(r, 1.25, r["lp_reference"]))
+    assert torch.allclose(torch.tensor(ex.figure.data[0].y), shown)
+    assert "λ=1.5, reference run" in ex.html
+
+
+def test_switching_reference_changes_advantages_accordingly():
+    r = make_record()
+    ex = explore([r], lam=0.5)
+    ex.set_reference("big-base")
+    assert torch.allclose(torch.tensor(ex.current_values()), expected(r, 0.5, r["lp_references"]["big-base"]))
+    ex.set_quantity("reward")
+    reward = [t - b for t, b in zip(r["lp_teacher"], r["lp_references"]["big-base"])]
+    assert ex.current_values() == pytest.approx(reward)
+    assert ex.figure.layout.yaxis.title.text == "reward"
+    with pytest.raises(ValueError, match="not scored"):
+        ex.set_reference("nope")
+
+
+def test_sample_without_reference_falls_back_to_opd():
+    bare = make_record(index=1, lp_reference=None, lp_references=None, teacher_rank=None, lam=1.0)
+    ex = TokenExplorer([make_record(), bare], quantity="teacher_rank")
+    ex.set_sample(1)
+    assert ex.reference is None and ex.lam == 1.0 and ex.quantity == "advantage"
+    want = torch.tensor(bare["lp_teacher"]) - torch.tensor(bare["lp_student"])
+    assert torch.allclose(torch.tensor(ex.current_values()), want)
+    with pytest.raises(ValueError, match="only λ = 1"):
+        ex.set_lam(2.0)
+    assert "score 1" in ex.summary() and "reference none" in ex.summary()
+
+
+def test_widget_controls_drive_the_state(tmp_path):
+    r = make_record()
+    (tmp_path / "samples.jsonl").write_text(json.dumps(r) + "\n" + json.dumps(make_record(index=1)) + "\n")
+    ex = explore(tmp_path)
+    box = ex.widget
+    controls = ex._controls
+    controls["lam"].value = 2.0
+    assert ex.lam == 2.0 and torch.allclose(torch.tensor(ex.current_values()), expected(r, 2.0, r["lp_reference"]))
+    controls["reference"].value = "big-base"
+    assert controls["view"].value == ex.html and "reference big-base" in controls["view"].value
+    controls["quantity"].value = "lp_teacher"
+    assert controls["lam"].disabled
+    ex.set_sample(1)  # a programmatic change updates the controls
+    assert controls["sample"].value == 1 and controls["summary"].value == ex.summary()
+    assert ex.figure in box.children
+    assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+
+
+def test_live_plot_throttles_redraws_and_keeps_every_point():
+    live = LivePlot(metrics=("loss", "reverse_kl"), min_interval=3600.0)
+    for step in range(200):
+        live.on_step(step, {"loss": 1.0 / (step + 1), "reverse_kl": 0.5, "adv_mean": 0.0})
+    assert live.redraws == 1 and len(live.fig.data[0].x) == 1  # only the first step was drawn
+    live.on_end({})
+    assert live.redraws == 2 and list(live.fig.data[0].x) == list(range(200))
+    assert live.fig.data[0].y[-1] == pytest.approx(1 / 200) and live.fig.data[1].y[0] == 0.5
+    titles = live.fig.to_dict()["layout"]
+    assert titles["yaxis"]["title"]["text"] == "loss" and titles["xaxis2"]["title"]["text"] == "step"
+
+
+def test_live_plot_missing_metric_is_nan():
+    live = LivePlot(metrics=("loss",), min_interval=0.0)
+    live.on_step(0, {})
+    live.on_step(1, {"loss": 2.0})
+    assert live.redraws == 2 and live.history["loss"][1] == 2.0 and live.history["loss"][0] != live.history["loss"][0]
