@@ -1,0 +1,219 @@
+"""Load the student, the teacher(s) and the reference(s) with their tokenizer; freeze; place; check.
+
+The three roles are always ``student``, ``teacher``, ``reference``. Teachers and references are frozen
+and in ``eval()`` mode; scoring runs them under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import ConfigError, RunConfig
+
+DEFAULT_DOMAIN = "default"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded or used together; the message names the fix."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA, float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a scoring model in eval mode with no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class AdapterDisabled(nn.Module):
+    """The base model under a peft LoRA student, adapters switched off: the student's initial weights
+    without a second copy in memory. Used as the reference when ``reference="student"`` and LoRA is on."""
+
+    def __init__(self, peft_model: nn.Module):
+        super().__init__()
+        self._peft = [peft_model]  # a list, so the student is not registered as a submodule twice
+
+    @property
+    def config(self):
+        return self._peft[0].config
+
+    def forward(self, *args, **kwargs):
+        with self._peft[0].disable_adapter():
+            return self._peft[0](*args, **kwargs)
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[nn.Module]:
+        with self._peft[0].disable_adapter():
+            yield self._peft[0]
+
+
+@dataclass
+class Models:
+    """Everything the loop runs: the student, its tokenizer, teachers and references by domain.
+
+    ``teachers`` / ``references`` map a domain to a model; the key ``"default"`` serves every domain that
+    has no entry of its own. ``references`` is empty when no λ differs from 1.
+    """
+
+    student: nn.Module
+    tokenizer: object | None
+    teachers: dict[str, nn.Module]
+    references: dict[str, nn.Module] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def teacher_for(self, domain: str) -> nn.Module:
+        return _route(self.teachers, domain, "teacher")
+
+    def reference_for(self, domain: str) -> nn.Module:
+        return _route(self.references, domain, "reference")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok is None:
+            return 0
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return int(pad if pad is not None else 0)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.tokenizer is None else self.tokenizer.eos_token_id
+
+
+def _route(table: dict[str, nn.Module], domain: str, role: str) -> nn.Module:
+    if domain in table:
+        return table[domain]
+    if DEFAULT_DOMAIN in table:
+        return table[DEFAULT_DOMAIN]
+    raise ConfigError(f"no {role} for domain {domain!r}; configured domains: {sorted(table)} (add one or a 'default')")
+
+
+def _check_exists(path: str, role: str) -> None:
+    """A local-looking path that does not exist is a user error worth naming (hub ids pass through)."""
+    looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") > 1
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ModelLoadError(f"{role} model path {path!r} does not exist or is not a directory; "
+                             "give a local checkpoint directory or a Hugging Face hub id")
+
+
+def load_model(path: str, *, role: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` with safe defaults (safetensors, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(path, role)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the {role} model from {path!r}: {err}") from err
+    return model.to(device)
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {path!r}: {err}") from err
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelLoadError(f"tokenizer at {path!r} has neither a pad nor an eos token; add one")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str) -> None:
+    """Two models can be distilled token by token only when their tokenizers agree exactly."""
+    problems = []
+    if student_tok.get_vocab() != other_tok.get_vocab():
+        problems.append(f"vocabularies differ ({len(student_tok)} vs {len(other_tok)} tokens)")
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        a, b = getattr(student_tok, attr), getattr(other_tok, attr)
+        if a != b and not (attr == "pad_token" and (a is None or b is None)):
+            problems.append(f"{attr} differs ({a!r} vs {b!r})")
+    if problems:
+        raise ModelLoadError(
+            f"tokenizer mismatch between student {student_name!r} and {other_name!r}: " + "; ".join(problems)
+            + ". On-policy distillation scores the student's own tokens, so both models must share one tokenizer; "
+            "pick a teacher/reference from the same model family."
+        )
+
+
+def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
+    return dict(spec) if isinstance(spec, dict) else {DEFAULT_DOMAIN: spec}
+
+
+def load_models(cfg: RunConfig) -> Models:
+    """Load every model a run needs. Each distinct path is loaded once and shared across domains."""
+    if not cfg.student:
+        raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
+    if not cfg.teacher:
+        raise ConfigError("teacher is empty: give a hub id, a local checkpoint directory, or {domain: path}")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    student = load_model(cfg.student, role="student", device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    initial_student: nn.Module | None = None
+    if cfg.lora_r > 0:
+        student = _add_lora(student, cfg)
+
+    cache: dict[str, nn.Module] = {}
+    checked: set[str] = set()
+
+    def scorer(path: str, role: str) -> nn.Module:
+        nonlocal initial_student
+        if path == "student":
+            if role != "reference":
+                raise ConfigError("only the reference may be 'student' (the student's initial weights)")
+            if initial_student is None:
+                initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
+            return initial_student
+        if path not in checked:
+            check_tokenizers(tokenizer, load_tokenizer(path, trust_remote_code=cfg.trust_remote_code), cfg.student, path)
+            checked.add(path)
+        if path not in cache:
+            cache[path] = freeze(load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code))
+        return cache[path]
+
+    teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()}
+    references = {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
+    names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
+    names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
+    return Models(student=student, tokenizer=tokenizer, teachers=teachers, references=references, names=names)
+
+
+def _add_lora(student: nn.Module, cfg: RunConfig) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:  # pragma: no cover - exercised only without peft
+        raise ModelLoadError("lora_r > 0 needs peft: pip install 'gopd-lab[lora]'") from err
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(student, lora)

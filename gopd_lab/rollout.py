@@ -1,0 +1,238 @@
+"""Stage 1: the student samples completions for a batch of prompts → :class:`Rollout`.
+
+Prompts are tokenised once (:class:`Prompts`) and left-padded per batch. Sampling is a plain
+key-value-cached decoding loop over ``model(input_ids, attention_mask, position_ids, past_key_values)``
+so it works for any causal LM (and for :mod:`gopd_lab.exact`'s tabular policies, which have no cache).
+Tokens are drawn by the exponential race (``argmax p / E``, ``E ~ Exp(1)``), exact for categorical
+sampling and much cheaper than ``torch.multinomial`` over a 150k vocabulary on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import ConfigError
+from .models import DEFAULT_DOMAIN
+
+
+@dataclass
+class Prompts:
+    """Tokenised prompts: ``ids[i]`` are the token ids of ``texts[i]``; ``domains[i]`` routes its teacher."""
+
+    ids: list[list[int]]
+    texts: list[str]
+    domains: list[str]
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            raise ConfigError("the prompt set is empty; give at least one prompt")
+        if not (len(self.ids) == len(self.texts) == len(self.domains)):
+            raise ValueError("ids, texts and domains must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, index: Sequence[int]) -> "Prompts":
+        return Prompts([self.ids[i] for i in index], [self.texts[i] for i in index], [self.domains[i] for i in index])
+
+
+def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read ``(texts, domains)`` from a JSONL file with a ``prompt`` field and an optional ``domain``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist")
+    texts, domains = [], []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{n} is not valid JSON ({err})") from err
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise ConfigError(f"{path}:{n} has no 'prompt' field; each line must be {{\"prompt\": ..., \"domain\": ...}}")
+        texts.append(str(row["prompt"]))
+        domains.append(str(row.get("domain", DEFAULT_DOMAIN)))
+    if not texts:
+        raise ConfigError(f"prompt file {path} holds no prompts")
+    return texts, domains
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], domains: Sequence[str] | None = None, *, chat_template: bool = False) -> Prompts:
+    """Tokenise prompts once (optionally through the tokenizer's chat template)."""
+    if not texts:
+        raise ConfigError("the prompt set is empty; give at least one prompt")
+    ids = []
+    for text in texts:
+        if chat_template:
+            ids.append(list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)))
+        else:
+            ids.append(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if any(len(x) == 0 for x in ids):
+        raise ConfigError("a prompt encodes to zero tokens; remove empty prompts")
+    return Prompts(ids, list(texts), list(domains) if domains is not None else [DEFAULT_DOMAIN] * len(texts))
+
+
+def load_prompts(source: str | Sequence[str], tokenizer, *, chat_template: bool = False) -> Prompts:
+    """Prompts from a JSONL path or a list of strings."""
+    if isinstance(source, (str, Path)):
+        if not str(source):
+            raise ConfigError("prompts is empty: give a JSONL file with a 'prompt' field or a list of strings")
+        texts, domains = read_prompt_file(source)
+    else:
+        texts, domains = list(source), None
+    return encode_prompts(tokenizer, texts, domains, chat_template=chat_template)
+
+
+@dataclass
+class Rollout:
+    """Student samples. The model input is ``cat([prompt_ids, completion_ids], 1)`` with
+    ``cat([prompt_mask, completion_mask], 1)`` as attention mask.
+
+    ``prompt_ids`` ``(B, P)`` are left-padded; ``completion_ids`` ``(B, C)`` are right-padded, and
+    ``completion_mask`` is 1 on generated tokens up to and including the first EOS.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    prompts: list[str]
+    completions: list[str]
+    domains: list[str]
+    prompt_index: list[int] = field(default_factory=list)
+
+    @property
+    def input_ids(self) -> Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)  # (B, P + C)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)  # (B, P + C)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, rows: Sequence[int] | Tensor) -> "Rollout":
+        rows_t = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids.device)
+        pick = lambda xs: [xs[int(i)] for i in rows_t]  # noqa: E731
+        return Rollout(self.prompt_ids[rows_t], self.prompt_mask[rows_t], self.completion_ids[rows_t],
+                       self.completion_mask[rows_t], pick(self.prompts), pick(self.completions), pick(self.domains),
+                       pick(self.prompt_index) if self.prompt_index else [])
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Left-pad token lists → ``(ids, mask)`` each ``(B, max_len)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions that skip left padding: ``cumsum(mask) - 1`` clamped at 0 (as ``generate`` does)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
+
+    Uses the exponential race ``argmax(p_i / E_i)`` with ``E_i ~ Exp(1)``, which samples exactly from
+    ``p`` without ``torch.multinomial``'s cumulative sums.
+    """
+    logits = logits.float() / temperature  # (B, V)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)  # (B,)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    tokenizer=None,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    max_context: int | None = None,
+) -> Rollout:
+    """Sample one completion per prompt from ``model`` (``greedy=True`` takes the argmax instead)."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad(prompts.ids, pad_token_id, device)
+    if max_context is not None and prompt_ids.shape[1] + max_new_tokens > max_context:
+        raise ConfigError(
+            f"the longest prompt ({prompt_ids.shape[1]} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {max_context} tokens; shorten the prompts or lower max_new_tokens"
+        )
+    was_training = model.training
+    model.eval()
+    batch = prompt_ids.shape[0]
+    seq, mask = prompt_ids, prompt_mask
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    new_tokens, cache, step_input = [], None, seq
+    for _ in range(max_new_tokens):
+        positions = position_ids_from_mask(mask)
+        out = model(input_ids=step_input, attention_mask=mask, position_ids=positions[:, -step_input.shape[1]:],
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]  # (B, V)
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)  # (B,)
+        new_tokens.append(token)
+        alive = (~done).long()
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        mask = torch.cat([mask, alive[:, None]], dim=1)
+        if eos_token_id is not None:
+            done = done | (token == eos_token_id)
+        if bool(done.all()):
+            break
+        cache = getattr(out, "past_key_values", None)
+        step_input = token[:, None] if cache is not None else seq
+    if was_training:
+        model.train()
+    completion_ids = torch.stack(new_tokens, dim=1)  # (B, C)
+    completion_mask = mask[:, prompt_ids.shape[1]:]  # (B, C)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, list(prompts.texts),
+                   decode_completions(tokenizer, completion_ids, completion_mask), list(prompts.domains))
+
+
+def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+    """Completion texts without special tokens (token ids joined by spaces when there is no tokenizer)."""
+    rows = [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())]
+    if tokenizer is None:
+        return [" ".join(map(str, r)) for r in rows]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Readable text of each token (special tokens by name) for per-token views."""
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]

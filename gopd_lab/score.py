@@ -1,0 +1,151 @@
+"""Stage 2 wiring: route each sample to its domain's teacher and reference and compute exactly what
+the estimator needs → :class:`Scored`.
+
+Rows that share a (teacher, reference) pair are scored in one pass; each model runs its decoder once
+and its LM head chunk by chunk over the valid completion positions. With λ = 1 the reference is never
+run. For ``full`` the per-state target ``normalise(π_R^(1−λ)·π_T^λ)`` is formed chunk by chunk; for
+``topk`` only the teacher's top-k ids and the two models' log-probs on them are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .models import Models
+from .objectives import target_logprobs
+from .rollout import Rollout
+from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
+
+
+@dataclass
+class Scored:
+    """A rollout with the teacher's (and reference's) view of every sampled token.
+
+    Per-token tensors are ``(B, C)`` float32 with 0 where ``rollout.completion_mask`` is 0. Per-state
+    tensors are ``(N, ·)`` over the valid completion positions in :class:`~gopd_lab.scoring.Positions`
+    order (row-major), present only when the estimator needs them.
+    """
+
+    rollout: Rollout
+    lam: Tensor
+    """``(B,)`` λ of each sample (its domain's)."""
+    lp_teacher: Tensor
+    teacher_rank: Tensor
+    """``(B, C)`` rank of the sampled token under the teacher (0 = its top choice)."""
+    lp_reference: Tensor | None = None
+    target: Tensor | None = None
+    """``full``: ``(N, V)`` log-target; ``jsd``: ``(N, V)`` teacher log-probs."""
+    topk_index: Tensor | None = None
+    lp_teacher_topk: Tensor | None = None
+    lp_reference_topk: Tensor | None = None
+
+
+def score_rollout(
+    models: Models,
+    rollout: Rollout,
+    lam_of: dict[str, float] | float,
+    *,
+    estimator: str = "sampled",
+    topk: int = 16,
+    chunk_tokens: int = 0,
+) -> Scored:
+    """Score a rollout with each sample's teacher (and reference when its λ ≠ 1)."""
+    lam = torch.tensor([_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device)
+    need_reference = bool((lam != 1).any())
+    groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
+    for row, domain in enumerate(rollout.domains):
+        teacher = models.teacher_for(domain)
+        reference = models.reference_for(domain) if need_reference else None
+        key = (id(teacher), id(reference))
+        groups.setdefault(key, (teacher, reference, []))[2].append(row)
+
+    pos_all = Positions.of(rollout)
+    shape = rollout.completion_mask.shape
+    lp_t = torch.zeros(shape, dtype=torch.float32, device=rollout.prompt_ids.device)
+    rank = torch.zeros(shape, dtype=torch.long, device=lp_t.device)
+    lp_r = torch.zeros_like(lp_t) if need_reference else None
+    per_state: dict[str, Tensor] = {}
+    flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
+    flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
+
+    for teacher, reference, rows in groups.values():
+        sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
+        out = _score_pair(teacher, reference, sub, lam[rows], estimator=estimator, topk=topk, chunk_tokens=chunk_tokens)
+        rows_t = torch.as_tensor(rows, device=lp_t.device)
+        lp_t[rows_t] = out["lp_teacher"]
+        rank[rows_t] = out["rank"]
+        if lp_r is not None and "lp_reference" in out:
+            lp_r[rows_t] = out["lp_reference"]
+        sub_pos = Positions.of(sub)
+        dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
+        for name in ("target", "topk_index", "lp_teacher_topk", "lp_reference_topk"):
+            if name in out:
+                if name not in per_state:
+                    per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
+                per_state[name][dest] = out[name]
+    return Scored(rollout=rollout, lam=lam, lp_teacher=lp_t, teacher_rank=rank, lp_reference=lp_r, **per_state)
+
+
+def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
+    if not isinstance(lam_of, dict):
+        return float(lam_of)
+    if domain in lam_of:
+        return float(lam_of[domain])
+    if "default" in lam_of:
+        return float(lam_of["default"])
+    raise KeyError(f"no lam for domain {domain!r}; lam has {sorted(lam_of)} (add it or a 'default')")
+
+
+@torch.inference_mode()
+def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollout, lam: Tensor, *,
+                estimator: str, topk: int, chunk_tokens: int) -> dict[str, Tensor]:
+    """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
+    pos = Positions.of(rollout)
+    tokens = rollout.completion_ids[pos.b, pos.c]  # (N,)
+    lam_n = lam[pos.b][:, None]  # (N, 1)
+    with scoring_view(teacher) as t:
+        feats_t, head_t = completion_features(t, rollout, pos)
+        vocab = _vocab_size(t, head_t, feats_t)
+    feats_r = head_r = None
+    if reference is not None:
+        with scoring_view(reference) as r:
+            feats_r, head_r = completion_features(r, rollout, pos)
+    n = chunk_rows(vocab, chunk_tokens)
+    acc: dict[str, list[Tensor]] = {}
+    for i in range(0, len(pos), n):
+        tok = tokens[i:i + n, None]
+        logp_t = torch.log_softmax(head_t(feats_t[i:i + n]).float(), -1)  # (n, V)
+        lp_tok = logp_t.gather(-1, tok).squeeze(-1)
+        _add(acc, "lp_teacher", lp_tok)
+        _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1))
+        logp_r = None
+        if head_r is not None:
+            logp_r = torch.log_softmax(head_r(feats_r[i:i + n]).float(), -1)  # (n, V)
+            _add(acc, "lp_reference", logp_r.gather(-1, tok).squeeze(-1))
+        if estimator == "full":
+            _add(acc, "target", target_logprobs(logp_t, logp_r, lam_n[i:i + n]))
+        elif estimator == "jsd":
+            _add(acc, "target", logp_t)
+        elif estimator == "topk":
+            values, index = logp_t.topk(min(topk, logp_t.shape[-1]), dim=-1)  # (n, k)
+            _add(acc, "topk_index", index)
+            _add(acc, "lp_teacher_topk", values)
+            if logp_r is not None:
+                _add(acc, "lp_reference_topk", logp_r.gather(-1, index))
+    out = {}
+    for name, parts in acc.items():
+        cat = torch.cat(parts)
+        out[name] = pos.scatter(cat) if name in ("lp_teacher", "rank", "lp_reference") else cat
+    if not acc:  # a rollout with no valid token at all
+        out["lp_teacher"] = pos.scatter(feats_t.new_zeros(0, dtype=torch.float32))
+        out["rank"] = pos.scatter(torch.zeros(0, dtype=torch.long, device=feats_t.device))
+        if reference is not None:
+            out["lp_reference"] = out["lp_teacher"].clone()
+    return out
+
+
+def _add(acc: dict[str, list[Tensor]], name: str, value: Tensor) -> None:
+    acc.setdefault(name, []).append(value)

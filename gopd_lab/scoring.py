@@ -1,0 +1,201 @@
+"""Stage 2: token log-probs of any model on a :class:`~gopd_lab.rollout.Rollout`, memory-lean, float32.
+
+Only completion positions are projected to the vocabulary: the decoder runs over the whole sequence,
+its hidden states are gathered at the valid completion positions (no prompt, no padding), and the LM
+head is applied chunk by chunk. Each chunk's logits are cast to float32 and reduced at once (gathered
+token logit minus logsumexp), so a full ``[B, T, V]`` log-softmax never exists. Models without a
+separate decoder/head (e.g. the tabular policies of :mod:`gopd_lab.exact`) fall back to
+``logits_to_keep``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .rollout import Rollout, position_ids_from_mask
+
+CHUNK_BYTES = 64 * 2**20  # float32 logits held at once per chunk when chunk_tokens == 0
+
+
+@dataclass
+class Positions:
+    """The valid completion positions of a rollout, flattened: row ``b[i]``, column ``c[i]``."""
+
+    b: Tensor
+    c: Tensor
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> "Positions":
+        b, c = rollout.completion_mask.bool().nonzero(as_tuple=True)
+        return cls(b, c, tuple(rollout.completion_mask.shape))
+
+    def __len__(self) -> int:
+        return self.b.numel()
+
+    def scatter(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """``(N, ...)`` values at the valid positions → ``(B, C, ...)`` with ``fill`` elsewhere."""
+        out = values.new_full((*self.shape, *values.shape[1:]), fill)
+        out[self.b, self.c] = values
+        return out
+
+
+@contextlib.contextmanager
+def scoring_view(model: nn.Module) -> Iterator[nn.Module]:
+    """The module to run for scoring (unwraps :class:`~gopd_lab.models.AdapterDisabled`)."""
+    if hasattr(model, "scoring"):
+        with model.scoring() as inner:
+            yield inner
+    else:
+        yield model
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    get_head = getattr(model, "get_output_embeddings", None)
+    get_decoder = getattr(model, "get_decoder", None)
+    if get_head is None or get_decoder is None:
+        return None
+    try:
+        head, decoder = get_head(), get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    if not isinstance(head, nn.Linear) or decoder is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def completion_features(model: nn.Module, rollout: Rollout, pos: Positions) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Features at the valid completion positions and the map from features to logits.
+
+    Returns ``(features (N, H), to_logits)``: hidden states + the LM head when the model exposes them,
+    else logits ``(N, V)`` + identity. Position ``P + c - 1`` predicts completion token ``c``.
+    """
+    ids, mask = rollout.input_ids, rollout.attention_mask  # (B, T)
+    prompt_len = rollout.prompt_ids.shape[1]
+    cols = prompt_len + pos.c - 1  # (N,)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+    parts = _decoder_and_head(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(**kwargs).last_hidden_state  # (B, T, H)
+        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        if cap:
+            return hidden[pos.b, cols], lambda h: torch.tanh(head(h) / cap) * cap
+        return hidden[pos.b, cols], head
+    keep = rollout.completion_ids.shape[1] + 1
+    logits = model(**kwargs, logits_to_keep=keep).logits[:, :-1]  # (B, C, V)
+    return logits[pos.b, pos.c], lambda x: x
+
+
+def chunk_rows(vocab: int, chunk_tokens: int = 0) -> int:
+    """Positions per chunk: ``chunk_tokens`` or about :data:`CHUNK_BYTES` of float32 logits."""
+    return chunk_tokens if chunk_tokens > 0 else max(1, CHUNK_BYTES // (4 * vocab))
+
+
+def _vocab_size(model: nn.Module, to_logits: Callable, features: Tensor) -> int:
+    weight = getattr(to_logits, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(features.shape[-1])
+
+
+def _token_stats(logits: Tensor, tokens: Tensor, *, rank: bool = False, entropy: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(lp_token, rank, entropy)`` for one chunk of float32 logits ``(n, V)``."""
+    logits = logits.float()
+    token_logit = logits.gather(-1, tokens[:, None]).squeeze(-1)  # (n,)
+    lse = torch.logsumexp(logits, dim=-1)  # (n,)
+    r = (logits > token_logit[:, None]).sum(-1) if rank else None
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            logp = logits - lse[:, None]
+            ent = -(logp.exp() * logp).sum(-1)
+    return token_logit - lse, r, ent
+
+
+@torch.inference_mode()
+def token_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0, with_rank: bool = False):
+    """``log π(a_t | s_t)`` of the sampled completion tokens, float32 ``(B, C)``, 0 where masked.
+
+    With ``with_rank=True`` also returns the rank (0 = most likely) of each sampled token.
+    """
+    with scoring_view(model) as m:
+        pos = Positions.of(rollout)
+        feats, to_logits = completion_features(m, rollout, pos)
+        tokens = rollout.completion_ids[pos.b, pos.c]
+        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
+        lps, ranks = [], []
+        for i in range(0, len(pos), n):
+            lp, r, _ = _token_stats(to_logits(feats[i:i + n]), tokens[i:i + n], rank=with_rank)
+            lps.append(lp)
+            ranks.append(r)
+        lp = pos.scatter(torch.cat(lps) if lps else feats.new_zeros(0, dtype=torch.float32))
+        if with_rank:
+            rank = pos.scatter(torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=feats.device), fill=0)
+            return lp, rank
+        return lp
+
+
+@torch.inference_mode()
+def full_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0) -> Tensor:
+    """Full float32 log-distributions at the valid completion positions, ``(N, V)`` in
+    :class:`Positions` order (chunked log-softmax; for tiny vocabularies and tests)."""
+    with scoring_view(model) as m:
+        pos = Positions.of(rollout)
+        feats, to_logits = completion_features(m, rollout, pos)
+        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
+        return torch.cat([torch.log_softmax(to_logits(feats[i:i + n]).float(), -1) for i in range(0, len(pos), n)])
+
+
+@dataclass
+class StudentOut:
+    """The student's forward pass inside the update: ``lp`` ``(B, C)`` carries the gradient,
+    ``logp`` ``(N, V)`` (full distributions at valid positions, with gradient) only when asked,
+    ``entropy`` ``(B, C)`` is detached."""
+
+    lp: Tensor
+    logp: Tensor | None
+    entropy: Tensor
+    positions: Positions
+
+
+def student_forward(model: nn.Module, rollout: Rollout, *, full: bool = False, chunk_tokens: int = 0) -> StudentOut:
+    """Student log-probs with gradient, chunked; when only token log-probs are needed each chunk of the
+    LM head is recomputed in backward (activation checkpointing) so its logits are not kept."""
+    pos = Positions.of(rollout)
+    feats, to_logits = completion_features(model, rollout, pos)
+    tokens = rollout.completion_ids[pos.b, pos.c]
+    vocab = _vocab_size(model, to_logits, feats)
+    n = chunk_rows(vocab, chunk_tokens)
+    lps, ents, logps = [], [], []
+    for i in range(0, len(pos), n):
+        f, t = feats[i:i + n], tokens[i:i + n]
+        if full:
+            logp = torch.log_softmax(to_logits(f).float(), -1)  # (n, V)
+            logps.append(logp)
+            lps.append(logp.gather(-1, t[:, None]).squeeze(-1))
+            with torch.no_grad():
+                ents.append(-(logp.exp() * logp).sum(-1))
+        else:
+            lp, ent = _lp_entropy(f, t, to_logits, checkpointed=len(pos) > n)
+            lps.append(lp)
+            ents.append(ent)
+    empty = feats.new_zeros(0, dtype=torch.float32)
+    lp = pos.scatter(torch.cat(lps) if lps else empty)
+    entropy = pos.scatter(torch.cat(ents).detach() if ents else empty)
+    logp = (torch.cat(logps) if logps else feats.new_zeros(0, vocab, dtype=torch.float32)) if full else None
+    return StudentOut(lp=lp, logp=logp, entropy=entropy, positions=pos)
+
+
+def _lp_entropy(features: Tensor, tokens: Tensor, to_logits: Callable, *, checkpointed: bool) -> tuple[Tensor, Tensor]:
+    def chunk(f: Tensor) -> tuple[Tensor, Tensor]:
+        lp, _, ent = _token_stats(to_logits(f), tokens, entropy=True)
+        return lp, ent
+
+    if checkpointed and features.requires_grad:
+        return checkpoint(chunk, features, use_reentrant=False)
+    return chunk(features)

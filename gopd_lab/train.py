@@ -1,0 +1,212 @@
+"""The G-OPD loop: rollout → score → advantage → update, with metrics, samples, checkpoints and resume.
+
+``train(cfg)`` returns a pandas DataFrame with one row per step; the run directory holds
+``config.json``, ``metrics.jsonl``, ``eval.jsonl``, ``samples.jsonl``, ``summary.json``,
+``checkpoints/`` and (for Hugging Face students) the final ``model/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .models import Models, load_models
+from .rollout import Prompts, Rollout, load_prompts, sample, token_strings
+from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
+from .score import Scored, score_rollout
+from .update import UpdateResult, UpdateSettings, update
+
+Evaluator = Callable[[torch.nn.Module, int], list[dict]]
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of a step: consecutive slices of per-epoch permutations, a pure function of
+    ``(seed, step)`` so that a resumed run draws exactly the prompts it would have drawn."""
+    start, out = step * batch_size, []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
+    return out
+
+
+def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at each step: linear warm-up, then constant, linear or cosine decay to 0."""
+    warm, total = cfg.warmup_steps, cfg.steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int,
+                   scores: Sequence[float | None] | None = None) -> list[dict]:
+    """Per-token records (the token view's input) for the first ``limit`` samples of a step."""
+    rollout, records = scored.rollout, []
+    for i in range(min(limit, len(rollout))):
+        m = rollout.completion_mask[i].bool()
+        ids = rollout.completion_ids[i][m].tolist()
+        take = lambda t: None if t is None else t[i][m].tolist()  # noqa: E731
+        records.append({
+            "step": step, "index": i, "domain": rollout.domains[i], "prompt": rollout.prompts[i],
+            "completion": rollout.completions[i], "tokens": token_strings(models.tokenizer, ids),
+            "lp_student": take(result.lp_student), "lp_teacher": take(scored.lp_teacher),
+            "lp_reference": take(scored.lp_reference), "advantage": take(result.advantages),
+            "teacher_rank": take(scored.teacher_rank), "lam": float(scored.lam[i]),
+            "score": None if scores is None else scores[i],
+        })
+    return records
+
+
+class _Callbacks:
+    """Calls ``on_step`` / ``on_eval`` / ``on_end`` on each callback that has it (plain callables get on_step)."""
+
+    def __init__(self, callbacks: Iterable):
+        self.items = list(callbacks)
+
+    def fire(self, event: str, *args) -> None:
+        for cb in self.items:
+            fn = getattr(cb, event, None)
+            if fn is None and event == "on_step" and callable(cb):
+                fn = cb
+            if fn is not None:
+                fn(*args)
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    models: Models | None = None,
+    prompts: Prompts | None = None,
+    evaluate: Evaluator | None = None,
+    callbacks: Iterable = (),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run G-OPD for ``cfg.steps`` steps (or continue a run with ``cfg.resume``).
+
+    ``models`` / ``prompts`` override what ``cfg`` would load (e.g. the tabular policies of
+    :mod:`gopd_lab.exact`). ``evaluate(student, step) -> rows`` runs before training, every
+    ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
+    """
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = models if models is not None else load_models(cfg)
+    prompts = prompts if prompts is not None else load_prompts(cfg.prompts, models.tokenizer, chat_template=cfg.chat_template)
+    cbs = _Callbacks(callbacks)
+    student, device = models.student, models.device
+    torch.manual_seed(cfg.seed)
+    gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    settings = UpdateSettings.from_config(cfg)
+    lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
+    max_context = getattr(getattr(student, "config", None), "max_position_embeddings", None)
+
+    start = 0
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            keep_steps_upto(out / name, start)
+    else:
+        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        rows = [{"step": step, **r} for r in evaluate(student, step)]
+        append_jsonl(out / "eval.jsonl", rows)
+        cbs.fire("on_eval", step, rows)
+
+    if start == 0:
+        run_eval(0)
+    t_run = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc=out.name, disable=not progress, initial=start, total=cfg.steps)
+    for step in bar:
+        index = [i for i in batch_indices(len(prompts), cfg.batch_size, step, cfg.seed) for _ in range(cfg.samples_per_prompt)]
+        t0 = time.perf_counter()
+        rollout = sample(student, prompts.select(index), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         top_p=cfg.top_p, eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id,
+                         tokenizer=models.tokenizer, generator=gens["sample"], max_context=max_context)
+        rollout.prompt_index = index
+        _sync(device)
+        t1 = time.perf_counter()
+        scored = score_rollout(models, rollout, lam_of, estimator=cfg.estimator, topk=cfg.topk, chunk_tokens=cfg.score_chunk_tokens)
+        _sync(device)
+        t2 = time.perf_counter()
+        result = update(student, optimizer, scored, settings)
+        scheduler.step()
+        _sync(device)
+        t3 = time.perf_counter()
+        n = step + 1
+        metrics = {"step": n, **result.metrics, "lr": scheduler.get_last_lr()[0], "time_rollout": t1 - t0,
+                   "time_score": t2 - t1, "time_update": t3 - t2, "time_step": t3 - t0}
+        append_jsonl(out / "metrics.jsonl", [metrics])
+        if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
+            append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
+        cbs.fire("on_step", n, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['reverse_kl']:.3f}")
+        if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
+            run_eval(n)
+        if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps:
+            save_checkpoint(out, n, student, optimizer, scheduler, gens)
+    bar.close()
+
+    if start < cfg.steps or ckpt is None:
+        run_eval(cfg.steps)
+        save_checkpoint(out, cfg.steps, student, optimizer, scheduler, gens)
+        save_final_model(models, out / "model")
+    history = pd.DataFrame(read_jsonl(out / "metrics.jsonl"))
+    summary = _summary(cfg, history, read_jsonl(out / "eval.jsonl"), time.perf_counter() - t_run)
+    atomic_write_json(out / "summary.json", summary)
+    cbs.fire("on_end", summary)
+    return history
+
+
+def save_final_model(models: Models, path: Path) -> None:
+    """``save_pretrained`` the student (and its tokenizer) so it loads like any checkpoint."""
+    student = models.student
+    if not hasattr(student, "save_pretrained"):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    student.save_pretrained(tmp)
+    if models.tokenizer is not None:
+        models.tokenizer.save_pretrained(tmp)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def _summary(cfg: RunConfig, history: pd.DataFrame, evals: list[dict], wall: float) -> dict:
+    final = history.iloc[-1].to_dict() if len(history) else {}
+    timing = {c: float(history[c].mean()) for c in history.columns if c.startswith("time_")} if len(history) else {}
+    last_eval = [r for r in evals if r.get("step") == cfg.steps]
+    first_eval = [r for r in evals if r.get("step") == 0]
+    return {"steps": cfg.steps, "out_dir": cfg.out_dir, "final": final, "mean_stage_seconds": timing,
+            "wall_seconds_this_session": wall, "eval_initial": first_eval, "eval_final": last_eval}

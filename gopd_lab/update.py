@@ -1,0 +1,110 @@
+"""Stages 3 and 4: advantages and the optimizer step on a :class:`~gopd_lab.score.Scored` batch.
+
+The advantage needs ``lp_student`` on the sampled tokens; strictly on-policy that is exactly the update's
+own forward pass (detached), so no extra student pass is run: the forward happens, ``A_t`` is formed from
+its detached log-probs, then the loss is built from the same forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .objectives import full_loss, gopd_advantages, jsd_loss, masked_mean, sampled_loss, topk_loss
+from .score import Scored
+from .scoring import student_forward
+
+
+@dataclass
+class UpdateSettings:
+    """The estimator knobs the update uses (a view of :class:`~gopd_lab.config.RunConfig`)."""
+
+    estimator: str = "sampled"
+    gamma: float = 0.0
+    clip_eps: float | None = None
+    jsd_beta: float = 1.0
+    epochs: int = 1
+    max_grad_norm: float | None = 1.0
+    chunk_tokens: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "UpdateSettings":
+        return cls(cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch, cfg.max_grad_norm,
+                   cfg.score_chunk_tokens)
+
+
+@dataclass
+class UpdateResult:
+    """What the update saw: metrics, and the per-token values of its first forward (pre-step weights)."""
+
+    metrics: dict[str, float]
+    lp_student: Tensor
+    advantages: Tensor
+
+
+def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None) -> tuple[Tensor, dict]:
+    """The estimator's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
+    mask = scored.rollout.completion_mask.float()  # (B, C)
+    if s.estimator == "sampled":
+        return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
+    states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
+    if s.estimator == "full":
+        return full_loss(out.logp, scored.target, states)
+    if s.estimator == "topk":
+        lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
+        return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
+    if s.estimator == "jsd":
+        return jsd_loss(out.logp, scored.target, states, s.jsd_beta)
+    raise ValueError(f"unknown estimator {s.estimator!r}")
+
+
+def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings) -> UpdateResult:
+    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward."""
+    rollout = scored.rollout
+    mask = rollout.completion_mask.float()  # (B, C)
+    student.train()
+    first: UpdateResult | None = None
+    lp_old = None
+    for epoch in range(s.epochs):
+        out = student_forward(student, rollout, full=s.estimator != "sampled", chunk_tokens=s.chunk_tokens)
+        lp_now = out.lp.detach()  # (B, C)
+        if lp_old is None:
+            lp_old = lp_now
+        advantages = gopd_advantages(lp_old, scored.lp_teacher, scored.lp_reference, lam=scored.lam,
+                                     gamma=s.gamma, mask=mask)  # (B, C), detached
+        loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in student.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
+        optimizer.step()
+        if first is None:
+            first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
+    optimizer.zero_grad(set_to_none=True)
+    return first
+
+
+@torch.no_grad()
+def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: Tensor, extra: dict) -> dict[str, float]:
+    mask = scored.rollout.completion_mask.float()
+    lp = out.lp.detach()
+    adv_mean = masked_mean(advantages, mask)
+    adv_var = masked_mean((advantages - adv_mean) ** 2, mask)
+    m = {
+        "loss": float(loss.detach()),
+        "adv_mean": float(adv_mean),
+        "adv_std": float(adv_var.sqrt()),
+        "lp_student_mean": float(masked_mean(lp, mask)),
+        "lp_teacher_mean": float(masked_mean(scored.lp_teacher, mask)),
+        "reverse_kl": float(masked_mean(lp - scored.lp_teacher, mask)),
+        "entropy": float(masked_mean(out.entropy, mask)),
+        "grad_norm": float(grad_norm),
+        "clip_frac": float(extra.get("clip_frac", 0.0)),
+        "tokens": int(mask.sum()),
+        "completion_len": float(mask.sum(1).mean()),
+    }
+    if scored.lp_reference is not None:
+        m["reward_mean"] = float(masked_mean(scored.lp_teacher - scored.lp_reference, mask))
+    return m

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Three tiny random Qwen2 checkpoints on the character tokenizer: student, teacher, reference."""
+    from gopd_lab.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "student": str(save_tiny_model(root / "student", seed=0)),
+        "teacher": str(save_tiny_model(root / "teacher", seed=1, hidden=48)),
+        "reference": str(save_tiny_model(root / "reference", seed=2)),
+    }
