@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
+METHODS = ("gopd", "sft", "grpo")
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,9 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything one G-OPD run needs. Saved as ``config.json`` in the run dir."""
 
+    method: str = "gopd"
+    """``gopd`` (OPD / G-OPD / ExOPD from a teacher), ``sft`` (supervised on the tasks' answers) or ``grpo``
+    (RL with the tasks' verifiable reward)."""
     student: str = ""
     """Student model: a Hugging Face hub id or a local directory (loaded with ``from_pretrained``)."""
     teacher: str | dict[str, str] = ""
@@ -44,9 +48,17 @@ class RunConfig:
     """PPO clip on the ratio for ``sampled`` (None = no clipping; only matters with ``epochs_per_batch > 1``)."""
     epochs_per_batch: int = 1
     """Optimizer passes over each batch of rollouts; 1 = strictly on-policy."""
+    kl_coef: float = 0.0
+    """GRPO: weight of the per-token KL to the reference (k3 estimator); 0 = no KL term, no reference pass."""
+    grpo_scale_std: bool = True
+    """GRPO: divide group-centred rewards by the group's std (False = Dr. GRPO's mean baseline only)."""
 
+    tasks: str | list[str] = ""
+    """Tasks with verifiers (``"add,mul"``, names or math JSONL paths): their train splits are the prompts,
+    their test splits the evaluation, their verifier the GRPO reward and the samples' ``score``."""
     prompts: str | list[str] = ""
-    """Training prompts: a JSONL file with a ``prompt`` field (optional ``domain``) or a list of strings."""
+    """Training prompts when no ``tasks`` are given: a JSONL file with a ``prompt`` field (optional ``domain``)
+    or a list of strings."""
     batch_size: int = 8
     """Prompts per step."""
     samples_per_prompt: int = 1
@@ -102,13 +114,19 @@ class RunConfig:
     log_samples: int = 4
     """Completions written to samples.jsonl each time samples are logged."""
     eval_every: int = 0
-    """Run evaluation callbacks every N steps (0 = only before and after training)."""
+    """Run evaluation every N steps (0 = only before and after training)."""
+    eval_k: int = 4
+    """Samples per test prompt for ``mean_acc`` (0 = greedy only)."""
+    eval_limit: int = 0
+    """Test prompts per task used in evaluation (0 = the whole test split)."""
     resume: bool = False
     """Continue from the newest checkpoint in ``out_dir`` if there is one."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes saved with the run (sweep parameters, etc.)."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         for domain, lam in self.lam_items():
@@ -127,7 +145,9 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "log_samples_every", "log_samples", "eval_every", "warmup_steps", "lora_r", "score_chunk_tokens"):
+        if self.kl_coef < 0:
+            raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        for name in ("eval_k", "eval_limit", "save_every", "log_samples_every", "log_samples", "eval_every", "warmup_steps", "lora_r", "score_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -164,8 +184,18 @@ class RunConfig:
 
     @property
     def needs_reference(self) -> bool:
-        """The reference is run only when some λ differs from 1 (at λ = 1 it cancels exactly)."""
-        return any(lam != 1 for _, lam in self.lam_items())
+        """The reference is run only when some λ differs from 1 (at λ = 1 it cancels exactly), or for
+        GRPO's KL term."""
+        if self.method == "grpo":
+            return self.kl_coef > 0
+        return self.method == "gopd" and any(lam != 1 for _, lam in self.lam_items())
+
+    @property
+    def task_names(self) -> list[str]:
+        """``tasks`` as a list of names (a comma-separated string is split)."""
+        if isinstance(self.tasks, str):
+            return [t.strip() for t in self.tasks.split(",") if t.strip()]
+        return list(self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -125,6 +125,9 @@ def load_model(path: str, *, role: str, device: torch.device, dtype: torch.dtype
     """``AutoModelForCausalLM.from_pretrained`` with safe defaults (safetensors, no remote code)."""
     from transformers import AutoModelForCausalLM
 
+    from .zoo import resolve
+
+    path = resolve(path)
     _check_exists(path, role)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -138,6 +141,9 @@ def load_model(path: str, *, role: str, device: torch.device, dtype: torch.dtype
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from .zoo import resolve
+
+    path = resolve(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -175,7 +181,7 @@ def load_models(cfg: RunConfig) -> Models:
     """Load every model a run needs. Each distinct path is loaded once and shared across domains."""
     if not cfg.student:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
-    if not cfg.teacher:
+    if not cfg.teacher and cfg.method == "gopd":
         raise ConfigError("teacher is empty: give a hub id, a local checkpoint directory, or {domain: path}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -203,7 +209,7 @@ def load_models(cfg: RunConfig) -> Models:
             cache[path] = freeze(load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code))
         return cache[path]
 
-    teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()}
+    teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()} if cfg.method == "gopd" else {}
     references = {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})

@@ -34,6 +34,9 @@ __all__ = [
     "jsd_loss",
     "masked_mean",
     "entropy_from_logp",
+    "group_advantages",
+    "kl_k3",
+    "sft_loss",
 ]
 
 
@@ -230,3 +233,32 @@ def entropy_from_logp(logp: Tensor) -> Tensor:
     """Entropy of full log-distributions over the last dim."""
     return -(logp.exp() * logp).sum(-1)
 
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, scale_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO's group-relative advantages (Shao et al. 2024): ``(r - mean_g) / (std_g + eps)``.
+
+    ``rewards`` ``(B,)`` with the ``group_size`` samples of each prompt adjacent. ``scale_std=False``
+    keeps only the mean baseline (Dr. GRPO). A group whose rewards are all equal gets 0.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # (G_count, G)
+    centred = r - r.mean(-1, keepdim=True)
+    if scale_std:
+        centred = centred / (r.std(-1, unbiased=False, keepdim=True) + eps)
+    return centred.view(-1)
+
+
+def kl_k3(lp_student: Tensor, lp_reference: Tensor) -> Tensor:
+    """Per-token estimator of ``KL(π_θ ‖ π_R)`` on samples from π_θ (Schulman's k3):
+    ``exp(lp_R − lp_θ) − (lp_R − lp_θ) − 1`` (unbiased, always >= 0)."""
+    d = lp_reference.detach() - lp_student
+    return torch.exp(d) - d - 1.0
+
+
+def sft_loss(lp: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Negative log-likelihood of the target tokens, ``-Σ_t w_t·lp_t / N_tokens`` (``w = 1`` by default)."""
+    nll = -lp if weights is None else -(weights.detach() * lp)
+    loss = masked_mean(nll, mask)
+    return loss, {"nll": float(masked_mean(-lp.detach(), mask))}

@@ -28,18 +28,23 @@ class Prompts:
     ids: list[list[int]]
     texts: list[str]
     domains: list[str]
+    answers: list[str] | None = None
+    """Reference completions (from a task), used by SFT and by verifiers."""
 
     def __post_init__(self) -> None:
         if not self.ids:
             raise ConfigError("the prompt set is empty; give at least one prompt")
         if not (len(self.ids) == len(self.texts) == len(self.domains)):
             raise ValueError("ids, texts and domains must have the same length")
+        if self.answers is not None and len(self.answers) != len(self.ids):
+            raise ValueError("answers must have one entry per prompt")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def select(self, index: Sequence[int]) -> "Prompts":
-        return Prompts([self.ids[i] for i in index], [self.texts[i] for i in index], [self.domains[i] for i in index])
+        pick = lambda xs: [xs[i] for i in index]  # noqa: E731
+        return Prompts(pick(self.ids), pick(self.texts), pick(self.domains), None if self.answers is None else pick(self.answers))
 
 
 def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
@@ -77,6 +82,46 @@ def encode_prompts(tokenizer, texts: Sequence[str], domains: Sequence[str] | Non
     if any(len(x) == 0 for x in ids):
         raise ConfigError("a prompt encodes to zero tokens; remove empty prompts")
     return Prompts(ids, list(texts), list(domains) if domains is not None else [DEFAULT_DOMAIN] * len(texts))
+
+
+def prompts_from_tasks(tasks: dict, tokenizer, *, split: str = "train", chat_template: bool = False, limit: int = 0) -> Prompts:
+    """All prompts of the tasks' ``split`` (``train`` or ``test``) with their domains and answers,
+    interleaved across domains so that any prefix mixes them (``limit`` > 0 keeps that many per task)."""
+    per_task = []
+    for task in tasks.values():
+        examples = list(getattr(task, split))
+        per_task.append(examples[:limit] if limit else examples)
+    if not any(per_task):
+        raise ConfigError(f"the tasks {sorted(tasks)} have no {split} examples")
+    ordered = [ex for row in _interleave(per_task) for ex in row]
+    prompts = encode_prompts(tokenizer, [e.prompt for e in ordered], [e.domain for e in ordered], chat_template=chat_template)
+    prompts.answers = [e.answer for e in ordered]
+    return prompts
+
+
+def _interleave(lists: list[list]) -> list[list]:
+    longest = max(len(x) for x in lists)
+    return [[x[i] for x in lists if i < len(x)] for i in range(longest)]
+
+
+def teacher_forced(prompts: Prompts, tokenizer, completions: Sequence[str] | None = None, *, pad_token_id: int = 0,
+                   eos_token_id: int | None = None, device: torch.device | str = "cpu") -> Rollout:
+    """A :class:`Rollout` whose completions are given texts (default: the prompts' answers) followed by
+    EOS: the input of SFT and of scoring fixed completions."""
+    completions = list(completions if completions is not None else (prompts.answers or []))
+    if len(completions) != len(prompts):
+        raise ConfigError("teacher_forced needs one completion per prompt (the prompts carry no answers)")
+    rows = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([eos_token_id] if eos_token_id is not None else [])
+            for c in completions]
+    width = max(1, max(len(r) for r in rows))
+    comp = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    cmask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        comp[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+        cmask[i, :len(r)] = 1
+    prompt_ids, prompt_mask = left_pad(prompts.ids, pad_token_id, device)
+    return Rollout(prompt_ids, prompt_mask, comp.to(device), cmask.to(device), list(prompts.texts), list(completions),
+                   list(prompts.domains))
 
 
 def load_prompts(source: str | Sequence[str], tokenizer, *, chat_template: bool = False) -> Prompts:

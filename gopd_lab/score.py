@@ -32,10 +32,12 @@ class Scored:
     rollout: Rollout
     lam: Tensor
     """``(B,)`` λ of each sample (its domain's)."""
-    lp_teacher: Tensor
-    teacher_rank: Tensor
+    lp_teacher: Tensor | None = None
+    teacher_rank: Tensor | None = None
     """``(B, C)`` rank of the sampled token under the teacher (0 = its top choice)."""
     lp_reference: Tensor | None = None
+    rewards: Tensor | None = None
+    """``(B,)`` verifier rewards (GRPO) or None."""
     target: Tensor | None = None
     """``full``: ``(N, V)`` log-target; ``jsd``: ``(N, V)`` teacher log-probs."""
     topk_index: Tensor | None = None

@@ -10,18 +10,20 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .models import Models, load_models
-from .rollout import Prompts, Rollout, load_prompts, sample, token_strings
+from .evaluate import task_evaluator
+from .rollout import Prompts, load_prompts, prompts_from_tasks, sample, teacher_forced, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .score import Scored, score_rollout
+from .scoring import token_logprobs
 from .update import UpdateResult, UpdateSettings, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
@@ -60,8 +62,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int,
-                   scores: Sequence[float | None] | None = None) -> list[dict]:
+def _load_tasks(cfg: RunConfig) -> dict:
+    if not cfg.task_names:
+        return {}
+    from .tasks import load_tasks
+
+    return load_tasks(cfg.task_names)
+
+
+def _rewards(tasks: dict, rollout) -> torch.Tensor:
+    """Verifier reward of each sample (0/1 for the embedded tasks)."""
+    values = [tasks[d].score(p, c) if d in tasks else float("nan")
+              for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int) -> list[dict]:
     """Per-token records (the token view's input) for the first ``limit`` samples of a step."""
     rollout, records = scored.rollout, []
     for i in range(min(limit, len(rollout))):
@@ -74,7 +90,7 @@ def sample_records(models: Models, scored: Scored, result: UpdateResult, step: i
             "lp_student": take(result.lp_student), "lp_teacher": take(scored.lp_teacher),
             "lp_reference": take(scored.lp_reference), "advantage": take(result.advantages),
             "teacher_rank": take(scored.teacher_rank), "lam": float(scored.lam[i]),
-            "score": None if scores is None else scores[i],
+            "score": None if scored.rewards is None else float(scored.rewards[i]),
         })
     return records
 
@@ -112,7 +128,17 @@ def train(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = models if models is not None else load_models(cfg)
-    prompts = prompts if prompts is not None else load_prompts(cfg.prompts, models.tokenizer, chat_template=cfg.chat_template)
+    tasks = _load_tasks(cfg)
+    if prompts is None:
+        if tasks:
+            prompts = prompts_from_tasks(tasks, models.tokenizer, chat_template=cfg.chat_template)
+        else:
+            prompts = load_prompts(cfg.prompts, models.tokenizer, chat_template=cfg.chat_template)
+    if cfg.method in ("sft", "grpo") and not tasks:
+        raise ConfigError(f"method={cfg.method!r} needs tasks (answers for SFT, a verifier for GRPO); set tasks=...")
+    if evaluate is None and tasks:
+        evaluate = task_evaluator(tasks, models.tokenizer, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, limit=cfg.eval_limit, seed=cfg.seed)
     cbs = _Callbacks(callbacks)
     student, device = models.student, models.device
     torch.manual_seed(cfg.seed)
@@ -149,13 +175,25 @@ def train(
     for step in bar:
         index = [i for i in batch_indices(len(prompts), cfg.batch_size, step, cfg.seed) for _ in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        rollout = sample(student, prompts.select(index), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                         top_p=cfg.top_p, eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id,
-                         tokenizer=models.tokenizer, generator=gens["sample"], max_context=max_context)
+        batch = prompts.select(index)
+        if cfg.method == "sft":
+            rollout = teacher_forced(batch, models.tokenizer, pad_token_id=models.pad_token_id,
+                                     eos_token_id=models.eos_token_id, device=device)
+        else:
+            rollout = sample(student, batch, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             top_p=cfg.top_p, eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id,
+                             tokenizer=models.tokenizer, generator=gens["sample"], max_context=max_context)
         rollout.prompt_index = index
         _sync(device)
         t1 = time.perf_counter()
-        scored = score_rollout(models, rollout, lam_of, estimator=cfg.estimator, topk=cfg.topk, chunk_tokens=cfg.score_chunk_tokens)
+        rewards = _rewards(tasks, rollout) if tasks else None
+        if cfg.method == "gopd":
+            scored = score_rollout(models, rollout, lam_of, estimator=cfg.estimator, topk=cfg.topk,
+                                   chunk_tokens=cfg.score_chunk_tokens)
+            scored.rewards = rewards
+        else:
+            lp_ref = token_logprobs(models.reference_for(rollout.domains[0]), rollout) if cfg.needs_reference else None
+            scored = Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
         _sync(device)
         t2 = time.perf_counter()
         result = update(student, optimizer, scored, settings)
@@ -169,7 +207,7 @@ def train(
         if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
             append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
         cbs.fire("on_step", n, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['reverse_kl']:.3f}")
+        bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "reward_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
             run_eval(n)
         if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .objectives import full_loss, gopd_advantages, jsd_loss, masked_mean, sampled_loss, topk_loss
+from .objectives import (full_loss, gopd_advantages, group_advantages, jsd_loss, kl_k3, masked_mean, sampled_loss,
+                         sft_loss, topk_loss)
 from .score import Scored
 from .scoring import student_forward
 
@@ -21,6 +22,7 @@ from .scoring import student_forward
 class UpdateSettings:
     """The estimator knobs the update uses (a view of :class:`~gopd_lab.config.RunConfig`)."""
 
+    method: str = "gopd"
     estimator: str = "sampled"
     gamma: float = 0.0
     clip_eps: float | None = None
@@ -28,11 +30,18 @@ class UpdateSettings:
     epochs: int = 1
     max_grad_norm: float | None = 1.0
     chunk_tokens: int = 0
+    group_size: int = 1
+    kl_coef: float = 0.0
+    scale_std: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> "UpdateSettings":
-        return cls(cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch, cfg.max_grad_norm,
-                   cfg.score_chunk_tokens)
+        return cls(cfg.method, cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch,
+                   cfg.max_grad_norm, cfg.score_chunk_tokens, cfg.samples_per_prompt, cfg.kl_coef, cfg.grpo_scale_std)
+
+    @property
+    def needs_full(self) -> bool:
+        return self.method == "gopd" and self.estimator != "sampled"
 
 
 @dataclass
@@ -44,9 +53,29 @@ class UpdateResult:
     advantages: Tensor
 
 
+def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
+    """Per-token advantages ``(B, C)`` (detached) of the method: G-OPD's ``A_t``, GRPO's group-relative
+    reward on every token of a sample, zeros for SFT."""
+    mask = scored.rollout.completion_mask.float()
+    if s.method == "gopd":
+        return gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=scored.lam, gamma=s.gamma, mask=mask)
+    if s.method == "grpo":
+        return group_advantages(scored.rewards, s.group_size, scale_std=s.scale_std)[:, None] * mask
+    return torch.zeros_like(mask)
+
+
 def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None) -> tuple[Tensor, dict]:
-    """The estimator's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
+    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
     mask = scored.rollout.completion_mask.float()  # (B, C)
+    if s.method == "sft":
+        return sft_loss(out.lp, mask)
+    if s.method == "grpo":
+        loss, extra = sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
+        if s.kl_coef > 0:
+            kl = masked_mean(kl_k3(out.lp, scored.lp_reference), mask)  # KL(π_θ ‖ π_R) estimate
+            loss = loss + s.kl_coef * kl
+            extra["kl_reference"] = float(kl.detach())
+        return loss, extra
     if s.estimator == "sampled":
         return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
     states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
@@ -68,12 +97,11 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
     first: UpdateResult | None = None
     lp_old = None
     for epoch in range(s.epochs):
-        out = student_forward(student, rollout, full=s.estimator != "sampled", chunk_tokens=s.chunk_tokens)
+        out = student_forward(student, rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
         lp_now = out.lp.detach()  # (B, C)
         if lp_old is None:
             lp_old = lp_now
-        advantages = gopd_advantages(lp_old, scored.lp_teacher, scored.lp_reference, lam=scored.lam,
-                                     gamma=s.gamma, mask=mask)  # (B, C), detached
+        advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,14 +125,18 @@ def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: T
         "adv_mean": float(adv_mean),
         "adv_std": float(adv_var.sqrt()),
         "lp_student_mean": float(masked_mean(lp, mask)),
-        "lp_teacher_mean": float(masked_mean(scored.lp_teacher, mask)),
-        "reverse_kl": float(masked_mean(lp - scored.lp_teacher, mask)),
         "entropy": float(masked_mean(out.entropy, mask)),
         "grad_norm": float(grad_norm),
         "clip_frac": float(extra.get("clip_frac", 0.0)),
         "tokens": int(mask.sum()),
         "completion_len": float(mask.sum(1).mean()),
     }
-    if scored.lp_reference is not None:
-        m["reward_mean"] = float(masked_mean(scored.lp_teacher - scored.lp_reference, mask))
+    m.update({k: v for k, v in extra.items() if k not in m})
+    if scored.lp_teacher is not None:
+        m["lp_teacher_mean"] = float(masked_mean(scored.lp_teacher, mask))
+        m["reverse_kl"] = float(masked_mean(lp - scored.lp_teacher, mask))
+        if scored.lp_reference is not None:
+            m["reward_mean"] = float(masked_mean(scored.lp_teacher - scored.lp_reference, mask))
+    if scored.rewards is not None:
+        m["reward_mean"] = float(scored.rewards.float().mean())
     return m

@@ -169,3 +169,29 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def corrupt_answer(answer: str, rng: random.Random) -> str:
+    """Change one digit of ``answer`` to a different digit (a leading digit never becomes 0)."""
+    positions = [i for i, ch in enumerate(answer) if ch.isdigit()]
+    if not positions:
+        return answer
+    i = rng.choice(positions)
+    first = i == positions[0] and len(positions) > 1
+    choices = [d for d in "0123456789" if d != answer[i] and not (first and d == "0")]
+    return answer[:i] + rng.choice(choices) + answer[i + 1:]
+
+
+def with_label_noise(task: Task, rate: float, seed: int = 0) -> Task:
+    """A copy of ``task`` whose *train* answers are wrong with probability ``rate`` (one digit changed,
+    drawn once from ``seed``); the test split and the verifier are untouched.
+
+    SFT on such data gives a model that knows the rule but spreads mass over near-miss answers, the
+    regime in which RL with a verifier sharpens a policy (how the zoo's teachers gain on their bases).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"label-noise rate must be in [0, 1), got {rate}")
+    rng = random.Random(seed)
+    train = [Example(e.prompt, corrupt_answer(e.answer, rng) if rng.random() < rate else e.answer, e.domain)
+             for e in task.train]
+    return Task(task.domain, train, task.test, task.verifier, task.feedback_fn)

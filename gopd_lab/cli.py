@@ -1,0 +1,160 @@
+"""``gopd-lab train | eval | zoo | demo`` — the command line over the same functions notebooks call.
+
+``gopd-lab train --config cfg.yaml --lam 1.25 --steps 200``: every :class:`~gopd_lab.config.RunConfig`
+field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...); options override the config file.
+Dict-valued fields (per-domain teachers or λ) take JSON: ``--teacher '{"add": "zoo:teacher-add"}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, RunConfig, config_fields
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each RunConfig field (for --help)."""
+    tree = ast.parse(inspect.getsource(RunConfig))
+    body, docs = tree.body[0].body, {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
+
+
+def _parse_value(text: str) -> Any:
+    """Numbers, booleans, null, lists and dicts as JSON/YAML; anything else stays a string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    docs = _field_docs()
+    for f in config_fields():
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="V",
+                            help=docs.get(f.name, "").replace("%", "%%"))
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base = RunConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    for f in config_fields():
+        raw = getattr(args, f.name, None)
+        if raw is not None:
+            value = _parse_value(raw)
+            if f.type in ("str", "str | dict[str, str]", "str | list[str]") and not isinstance(value, (dict, list)):
+                value = raw  # keep paths like "1e3" or "007" as text
+            base[f.name] = value
+    return RunConfig.from_dict(base)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = config_from_args(args)
+    history = train(cfg)
+    last = history.iloc[-1]
+    print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f})")
+    summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    if summary.get("eval_final"):
+        import pandas as pd
+
+        print(pd.DataFrame(summary["eval_final"]).to_string(index=False))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .models import load_model, load_tokenizer, resolve_device
+    from .tasks import load_tasks
+
+    device = resolve_device(args.device)
+    import torch
+
+    model = load_model(args.model, role="model", device=device, dtype=torch.float32)
+    tokenizer = load_tokenizer(args.model)
+    table = evaluate(model, tokenizer, load_tasks(args.tasks.split(",")), k=args.k, max_new_tokens=args.max_new_tokens,
+                     limit=args.limit, seed=args.seed)
+    print(table.to_string(index=False))
+    if args.out:
+        from .runio import atomic_write_text
+
+        atomic_write_text(args.out, table.to_csv(index=False))
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.action == "build":
+        names = set(args.only.split(",")) if args.only else None
+        recipes = [r for r in zoo.RECIPES if names is None or r.name in names]
+        zoo.build(Path(args.out) if args.out else None, recipes=recipes, scale=args.scale, eval_limit=args.eval_limit)
+    print(zoo.accuracy_table(Path(args.out) if args.out else None).to_string(index=False))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out_dir, steps=args.steps, domain=args.domain)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gopd-lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run G-OPD / SFT / GRPO from a config file and options")
+    p.add_argument("--config", help="YAML or JSON file of RunConfig fields")
+    add_config_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="greedy and sampled accuracy per domain on the tasks' test splits")
+    p.add_argument("--model", required=True, help="checkpoint directory, hub id or zoo:<name>")
+    p.add_argument("--tasks", default="add,mul")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt for mean accuracy")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--limit", type=int, default=0, help="test prompts per task (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="also write the table as CSV")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("zoo", help="build or list the embedded model zoo")
+    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("--out", help="zoo directory (default data/zoo)")
+    p.add_argument("--only", help="comma-separated model names to (re)build")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)")
+    p.add_argument("--eval-limit", type=int, default=0)
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("demo", help="distil student-base from a domain teacher with λ = 1 and λ = 1.25; before/after table")
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--domain", default="add")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"gopd-lab: configuration error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

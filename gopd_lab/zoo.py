@@ -1,0 +1,202 @@
+"""The embedded model zoo: tiny Qwen2 checkpoints trained by this package's own SFT and GRPO.
+
+``data/zoo/<name>/`` holds ordinary ``save_pretrained`` directories (safetensors + the character
+tokenizer); ``data/zoo/manifest.json`` records for each model its architecture, parameter count, the
+training recipe, seed and command that built it, the sha256 of every file and its measured test accuracy
+per domain. ``gopd-lab zoo build`` rebuilds everything deterministically (CPU, fixed seeds); model specs
+``"zoo:<name>"`` resolve to these directories after checking their hashes.
+
+The world mirrors the paper's settings: domain teachers are RL (GRPO) versions of the same student,
+and a larger base with its RL teacher serves strong-to-weak distillation and reward correction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .runio import atomic_write_json, read_jsonl
+from .tasks import data_dir
+
+MANIFEST = "manifest.json"
+ZOO_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+class ZooError(RuntimeError):
+    """A zoo model that is missing or does not match its manifest; the message says how to rebuild."""
+
+
+@dataclass
+class ZooModel:
+    """How one zoo checkpoint is made: from a fresh model (``arch``) or from another zoo model (``init``)."""
+
+    name: str
+    method: str
+    tasks: str
+    steps: int
+    lr: float
+    init: str = ""
+    arch: dict = field(default_factory=dict)
+    batch_size: int = 128
+    samples_per_prompt: int = 1
+    seed: int = 0
+    label_noise: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def task_names(self) -> str:
+        """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each."""
+        if not self.label_noise:
+            return self.tasks
+        from .tasks import get_task, register_task
+        from .tasks.arith import with_label_noise
+
+        names = []
+        for t in self.tasks.split(","):
+            name = f"{t}~noise{self.label_noise:g}"
+            register_task(name, lambda t=t: with_label_noise(get_task(t), self.label_noise, seed=self.seed))
+            names.append(name)
+        return ",".join(names)
+
+    def run_config(self, student: str, out_dir: Path) -> RunConfig:
+        return RunConfig(method=self.method, student=student, tasks=self.task_names(), steps=self.steps, lr=self.lr,
+                         batch_size=self.batch_size, samples_per_prompt=self.samples_per_prompt, seed=self.seed,
+                         max_new_tokens=6, lr_schedule="cosine", warmup_steps=min(50, self.steps // 10),
+                         eval_k=0, eval_limit=0, log_samples_every=max(1, self.steps // 10), device="cpu",
+                         dtype="float32", out_dir=str(out_dir), **self.extra)
+
+
+SMALL = dict(hidden=64, layers=2, heads=4, kv_heads=2)
+BIG = dict(hidden=128, layers=4, heads=4, kv_heads=2)
+GRPO = dict(temperature=1.0, clip_eps=0.2)
+
+RECIPES: list[ZooModel] = [
+    ZooModel("student-base", "sft", "add,mul", steps=3000, lr=3e-3, arch=SMALL, seed=0),
+    ZooModel("teacher-add", "grpo", "add", steps=1000, lr=2e-3, init="student-base", batch_size=32, samples_per_prompt=8, seed=1, extra=GRPO),
+    ZooModel("teacher-mul", "grpo", "mul", steps=1000, lr=2e-3, init="student-base", batch_size=32, samples_per_prompt=8, seed=2, extra=GRPO),
+    ZooModel("big-base", "sft", "add,mul", steps=1200, lr=2e-3, arch=BIG, seed=3),
+    ZooModel("big-teacher", "grpo", "add,mul", steps=300, lr=3e-4, init="big-base", batch_size=32, samples_per_prompt=8, seed=4, extra=GRPO),
+]
+
+
+def zoo_dir() -> Path:
+    return data_dir() / "zoo"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(root: Path | None = None) -> dict:
+    root = root or zoo_dir()
+    path = root / MANIFEST
+    if not path.exists():
+        raise ZooError(f"no zoo manifest at {path}; build the zoo with `gopd-lab zoo build`")
+    import json
+
+    return json.loads(path.read_text())
+
+
+def model_path(name: str, *, root: Path | None = None, verify: bool = True) -> Path:
+    """Directory of zoo model ``name``, after checking every file against the manifest's sha256."""
+    root = root or zoo_dir()
+    models = read_manifest(root)["models"]
+    if name not in models:
+        raise ZooError(f"no zoo model {name!r}; the zoo has {sorted(models)}")
+    path = root / name
+    if verify:
+        for fname, digest in models[name]["sha256"].items():
+            f = path / fname
+            if not f.exists():
+                raise ZooError(f"zoo model {name!r} is missing {f}; rebuild with `gopd-lab zoo build`")
+            if sha256(f) != digest:
+                raise ZooError(f"zoo model {name!r}: {f} does not match its sha256 in {root / MANIFEST} "
+                               "(corrupt or modified); restore it from git or rebuild with `gopd-lab zoo build`")
+    return path
+
+
+def resolve(spec: str) -> str:
+    """``"zoo:<name>"`` → the verified directory; anything else is returned unchanged."""
+    return str(model_path(spec[4:])) if spec.startswith("zoo:") else spec
+
+
+def build(out: Path | None = None, *, recipes: list[ZooModel] | None = None, work: Path | None = None,
+          scale: float = 1.0, eval_limit: int = 0, progress: bool = True) -> dict:
+    """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests)."""
+    from .evaluate import evaluate
+    from .tasks import load_tasks
+    from .tiny import save_tiny_model
+    from .tokenizer import build_char_tokenizer
+    from .train import train
+
+    out = Path(out or zoo_dir())
+    work = Path(work or Path("runs") / "zoo-build")
+    out.mkdir(parents=True, exist_ok=True)
+    recipes = recipes or RECIPES
+    tokenizer = build_char_tokenizer()
+    tasks = load_tasks(["add", "mul"])
+    entries: dict[str, dict] = {}
+    for r in recipes:
+        t0 = time.perf_counter()
+        if r.init:
+            student = str(out / r.init)
+        else:
+            student = str(save_tiny_model(work / f"{r.name}-init", seed=r.seed, tokenizer=tokenizer, **r.arch))
+        steps = max(2, int(r.steps * scale))
+        cfg = r.run_config(student, work / r.name).replace(steps=steps, eval_limit=eval_limit,
+                                                           log_samples_every=max(1, steps // 10))
+        torch.manual_seed(r.seed)
+        train(cfg, progress=progress)
+        dest = out / r.name
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        for fname in ZOO_FILES:
+            if (work / r.name / "model" / fname).exists():
+                shutil.copy2(work / r.name / "model" / fname, dest / fname)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
+        acc = evaluate(model, tokenizer, tasks, k=4, max_new_tokens=6, limit=eval_limit, seed=0)
+        entries[r.name] = {
+            "architecture": {"class": type(model).__name__, **{k: getattr(model.config, k) for k in
+                             ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                              "intermediate_size", "max_position_embeddings")}},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "recipe": {"method": r.method, "tasks": r.tasks, "label_noise": r.label_noise, "steps": steps, "lr": r.lr,
+                       "init": r.init or None,
+                       "batch_size": r.batch_size, "samples_per_prompt": r.samples_per_prompt, **r.extra},
+            "seed": r.seed,
+            "command": "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "accuracy": {row["domain"]: {"greedy": row["greedy_acc"], "mean@4": row["mean_acc"], "n": row["n"]}
+                         for row in acc.to_dict("records")},
+            "sha256": {f.name: sha256(f) for f in sorted(dest.iterdir())},
+        }
+        atomic_write_json(out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": entries})
+    return entries
+
+
+def accuracy_table(root: Path | None = None):
+    """The manifest's accuracies as a DataFrame (model × domain greedy / mean@4)."""
+    import pandas as pd
+
+    rows = []
+    for name, entry in read_manifest(root)["models"].items():
+        for domain, acc in entry["accuracy"].items():
+            rows.append({"model": name, "domain": domain, "greedy": acc["greedy"], "mean@4": acc["mean@4"], "n": acc["n"]})
+    return pd.DataFrame(rows)
+
+
+def training_log(name: str, work: Path | None = None) -> list[dict]:
+    """The metrics of the run that built ``name`` (when its build directory is still there)."""
+    return read_jsonl(Path(work or Path("runs") / "zoo-build") / name / "metrics.jsonl")
