@@ -171,27 +171,41 @@ if __name__ == "__main__":
     main()
 
 
-def corrupt_answer(answer: str, rng: random.Random) -> str:
-    """Change one digit of ``answer`` to a different digit (a leading digit never becomes 0)."""
+NOISE_MODES = ("last-digit", "random-digit")
+
+
+def corrupt_answer(answer: str, rng: random.Random, mode: str = "random-digit") -> str:
+    """A wrong answer: ``last-digit`` adds 1 to the last digit (mod 10, a systematic slip);
+    ``random-digit`` changes one random digit to another (a leading digit never becomes 0)."""
     positions = [i for i, ch in enumerate(answer) if ch.isdigit()]
     if not positions:
         return answer
+    if mode == "last-digit":
+        i = positions[-1]
+        shifted = str((int(answer[i]) + 1) % 10)
+        if i == positions[0] and len(positions) > 1 and shifted == "0":
+            shifted = "1"
+        return answer[:i] + shifted + answer[i + 1:]
+    if mode != "random-digit":
+        raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
     i = rng.choice(positions)
     first = i == positions[0] and len(positions) > 1
     choices = [d for d in "0123456789" if d != answer[i] and not (first and d == "0")]
     return answer[:i] + rng.choice(choices) + answer[i + 1:]
 
 
-def with_label_noise(task: Task, rate: float, seed: int = 0) -> Task:
-    """A copy of ``task`` whose *train* answers are wrong with probability ``rate`` (one digit changed,
-    drawn once from ``seed``); the test split and the verifier are untouched.
+def with_label_noise(task: Task, rate: float, seed: int = 0, mode: str = "last-digit") -> Task:
+    """A copy of ``task`` whose *train* answers are wrong with probability ``rate`` (see
+    :func:`corrupt_answer`, drawn once from ``seed``); the test split and the verifier are untouched.
 
-    SFT on such data gives a model that knows the rule but spreads mass over near-miss answers, the
-    regime in which RL with a verifier sharpens a policy (how the zoo's teachers gain on their bases).
+    SFT on such data gives a model that knows the rule but has absorbed a systematic slip: it puts
+    much of its mass on a near-miss answer. That is the regime in which RL with a verifier corrects a
+    policy, which is how the zoo's teachers gain on their bases, and what ``lp_teacher − lp_reference``
+    then shows token by token.
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"label-noise rate must be in [0, 1), got {rate}")
     rng = random.Random(seed)
-    train = [Example(e.prompt, corrupt_answer(e.answer, rng) if rng.random() < rate else e.answer, e.domain)
+    train = [Example(e.prompt, corrupt_answer(e.answer, rng, mode) if rng.random() < rate else e.answer, e.domain)
              for e in task.train]
     return Task(task.domain, train, task.test, task.verifier, task.feedback_fn)
