@@ -59,13 +59,22 @@ class AdapterDisabled(nn.Module):
         return self._peft[0].config
 
     def forward(self, *args, **kwargs):
-        with self._peft[0].disable_adapter():
-            return self._peft[0](*args, **kwargs)
+        with self.scoring() as model:
+            return model(*args, **kwargs)
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator[nn.Module]:
-        with self._peft[0].disable_adapter():
-            yield self._peft[0]
+        """The base model with adapters off and in eval mode (a reference never runs dropout, even while the
+        student trains); each submodule's train/eval mode is restored afterwards."""
+        model = self._peft[0]
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with model.disable_adapter():
+                yield model
+        finally:
+            for m, training in modes:
+                m.training = training
 
 
 @dataclass

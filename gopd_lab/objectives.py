@@ -41,8 +41,10 @@ __all__ = [
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over positions where ``mask`` is 1 (0 when the mask is empty)."""
+    """Mean of ``x`` weighted by ``mask`` (1 = valid; fractional weights give expectations), 0 when the
+    mask is empty. Masked-out entries are selected away, so a NaN or inf there cannot leak in."""
     mask = mask.to(x.dtype)
+    x = torch.where(mask != 0, x, torch.zeros_like(x))
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -81,7 +83,8 @@ def gopd_advantages(
     (``gamma = 0``: token level, what the official code optimises; ``gamma = 1``: the
     sequence-level objective). ``lam`` may be a float or a ``(B,)`` tensor (one λ per sample, for
     multi-teacher runs with one λ per domain). ``lp_reference`` may be ``None`` only when every λ
-    is 1, where the reference cancels exactly. Masked positions are 0.
+    is 1, where the reference cancels exactly; rows whose λ is 1 use ``lp_teacher − lp_student``
+    whatever their ``lp_reference`` holds (NaN where the reference was not run). Masked positions are 0.
     """
     lam_t = torch.as_tensor(lam, dtype=torch.float32, device=lp_student.device)
     if lam_t.ndim == 1:
@@ -97,6 +100,7 @@ def gopd_advantages(
     else:
         lp_reference = lp_reference.detach().float()
         adv = lam_t * (lp_teacher - lp_reference) - (lp_student - lp_reference)  # (B, C)
+        adv = torch.where(lam_t == 1, lp_teacher - lp_student, adv)  # the reference cancels at λ = 1
     if mask is not None:
         adv = torch.where(mask.bool(), adv, torch.zeros_like(adv))
     return discounted_returns(adv, gamma, mask)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .models import Models
 from .objectives import target_logprobs
 from .rollout import Rollout
-from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
+from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view, token_logprobs
 
 
 @dataclass
@@ -54,13 +54,16 @@ def score_rollout(
     topk: int = 16,
     chunk_tokens: int = 0,
 ) -> Scored:
-    """Score a rollout with each sample's teacher (and reference when its λ ≠ 1)."""
+    """Score a rollout with each sample's teacher, and with its reference only where its λ ≠ 1.
+
+    ``lp_reference`` is None when every λ is 1; otherwise rows at λ = 1 hold NaN there (not run).
+    """
     lam = torch.tensor([_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device)
     need_reference = bool((lam != 1).any())
     groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
     for row, domain in enumerate(rollout.domains):
         teacher = models.teacher_for(domain)
-        reference = models.reference_for(domain) if need_reference else None
+        reference = models.reference_for(domain) if lam[row] != 1 else None
         key = (id(teacher), id(reference))
         groups.setdefault(key, (teacher, reference, []))[2].append(row)
 
@@ -68,7 +71,7 @@ def score_rollout(
     shape = rollout.completion_mask.shape
     lp_t = torch.zeros(shape, dtype=torch.float32, device=rollout.prompt_ids.device)
     rank = torch.zeros(shape, dtype=torch.long, device=lp_t.device)
-    lp_r = torch.zeros_like(lp_t) if need_reference else None
+    lp_r = torch.full_like(lp_t, float("nan")) if need_reference else None
     per_state: dict[str, Tensor] = {}
     flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
@@ -89,6 +92,19 @@ def score_rollout(
                     per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
                 per_state[name][dest] = out[name]
     return Scored(rollout=rollout, lam=lam, lp_teacher=lp_t, teacher_rank=rank, lp_reference=lp_r, **per_state)
+
+
+def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 0) -> Tensor:
+    """``(B, C)`` log-probs of each sample's own domain reference (rows grouped by reference model)."""
+    out = torch.zeros(rollout.completion_mask.shape, dtype=torch.float32, device=rollout.prompt_ids.device)
+    groups: dict[int, tuple[nn.Module, list[int]]] = {}
+    for row, domain in enumerate(rollout.domains):
+        ref = models.reference_for(domain)
+        groups.setdefault(id(ref), (ref, []))[1].append(row)
+    for ref, rows in groups.values():
+        sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
+        out[torch.as_tensor(rows, device=out.device)] = token_logprobs(ref, sub, chunk_tokens=chunk_tokens)
+    return out
 
 
 def _lam(lam_of: dict[str, float] | float, domain: str) -> float:

@@ -22,8 +22,7 @@ from .models import Models, load_models
 from .evaluate import task_evaluator
 from .rollout import Prompts, load_prompts, prompts_from_tasks, sample, teacher_forced, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
-from .score import Scored, score_rollout
-from .scoring import token_logprobs
+from .score import Scored, reference_logprobs, score_rollout
 from .update import UpdateResult, UpdateSettings, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
@@ -192,7 +191,7 @@ def train(
                                    chunk_tokens=cfg.score_chunk_tokens)
             scored.rewards = rewards
         else:
-            lp_ref = token_logprobs(models.reference_for(rollout.domains[0]), rollout) if cfg.needs_reference else None
+            lp_ref = reference_logprobs(models, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
             scored = Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
         _sync(device)
         t2 = time.perf_counter()

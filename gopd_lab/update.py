@@ -110,6 +110,8 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
         optimizer.step()
         if first is None:
             first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
+        elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
+            first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
 
@@ -136,7 +138,8 @@ def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: T
         m["lp_teacher_mean"] = float(masked_mean(scored.lp_teacher, mask))
         m["reverse_kl"] = float(masked_mean(lp - scored.lp_teacher, mask))
         if scored.lp_reference is not None:
-            m["reward_mean"] = float(masked_mean(scored.lp_teacher - scored.lp_reference, mask))
+            reward = scored.lp_teacher - scored.lp_reference  # NaN on rows at λ = 1 (reference not run)
+            m["reward_mean"] = float(masked_mean(reward, mask * torch.isfinite(reward)))
     if scored.rewards is not None:
         m["reward_mean"] = float(scored.rewards.float().mean())
     return m
