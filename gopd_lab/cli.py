@@ -33,9 +33,15 @@ def _parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as text
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +116,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_spec
+    from .sweep_grid import spec_from_cli
+
+    gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g.strip()]
+    spec = spec_from_cli(args.notebook, args.spec, args.grid, args.set)
+    try:
+        df = run_spec(spec, sweep_dir=args.sweep_dir, workers=args.workers, kernel_name=args.kernel,
+                      timeout=args.timeout, gpus=gpus, rerun=args.rerun or None)
+    except KeyboardInterrupt:
+        print("gopd-lab sweep: interrupted; run the same command again to finish the missing points", file=sys.stderr)
+        return 130
+    shown = ["point_id", "status", "wall_seconds"] + [c for c in df.columns if c in ("final_loss", "final_reverse_kl")
+                                                      or (c.startswith("eval_") and c.endswith("greedy_acc"))]
+    print(df[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 1 if (df.status == "failed").any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gopd-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--domain", default="add")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a parameterised notebook over a grid with papermill (parallel, resumable) → results.parquet")
+    p.add_argument("notebook", nargs="?", help="notebook with a cell tagged 'parameters' that has out_dir (or give --spec)")
+    p.add_argument("--spec", help="YAML sweep file: notebook, grid, fixed, sweep_dir, workers, kernel_name, timeout, gpus")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help="a swept parameter (repeatable; values are YAML scalars, or a YAML list [..])")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=V", help="a fixed parameter (repeatable)")
+    p.add_argument("--sweep-dir", help="where point dirs and results go (default runs/sweeps/<spec or notebook name>)")
+    p.add_argument("--workers", type=int, default=None, help="points run at once (default 1 or the spec's)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: this Python interpreter)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a point is stopped and marked failed")
+    p.add_argument("--gpus", default=None, help="comma-separated CUDA devices for the workers (default: all visible)")
+    p.add_argument("--rerun", action="store_true", help="run finished points again")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -209,6 +209,8 @@ class RunConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        numeric = {f.name for f in dataclasses.fields(cls) if str(f.type).split(" |")[0] in ("int", "float")}
+        data = {k: _number(k, v) if k in numeric and isinstance(v, str) else v for k, v in data.items()}
         return cls(**data)
 
     @classmethod
@@ -222,6 +224,15 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
         return cls.from_dict(data)
+
+
+def _number(name: str, text: str) -> float | int:
+    """YAML 1.1 reads ``1e-3`` as text: accept numeric text for numeric fields."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
 def config_fields() -> list[dataclasses.Field]:

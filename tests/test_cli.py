@@ -53,3 +53,17 @@ def test_subcommands_have_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 0
+
+
+def test_exponent_numbers_parse_from_options_and_yaml(tmp_path):
+    """Regression: `--lr 1e-3` and `lr: 1e-3` in YAML reached RunConfig as the string '1e-3'."""
+    assert parse("--lr", "1e-3").lr == 1e-3
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 1e-3\nsteps: 5\n")
+    from gopd_lab.config import ConfigError, RunConfig
+
+    cfg = RunConfig.load(path)
+    assert cfg.lr == 1e-3 and cfg.steps == 5
+    path.write_text("lr: fast\n")
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        RunConfig.load(path)
