@@ -1,4 +1,4 @@
-"""``gopd-lab train | eval | zoo | demo`` — the command line over the same functions notebooks call.
+"""``gopd-lab train | eval | zoo | demo | sweep`` — the command line over the same functions notebooks call.
 
 ``gopd-lab train --config cfg.yaml --lam 1.25 --steps 200``: every :class:`~gopd_lab.config.RunConfig`
 field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...); options override the config file.
