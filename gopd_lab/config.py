@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
-METHODS = ("gopd", "sft", "grpo")
+METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 
 
 class ConfigError(ValueError):
@@ -24,8 +24,10 @@ class RunConfig:
     """Everything one G-OPD run needs. Saved as ``config.json`` in the run dir."""
 
     method: str = "gopd"
-    """``gopd`` (OPD / G-OPD / ExOPD from a teacher), ``sft`` (supervised on the tasks' answers) or ``grpo``
-    (RL with the tasks' verifiable reward)."""
+    """``gopd`` (OPD / G-OPD / ExOPD from a teacher), ``sdpo`` (the teacher is the student re-prompted with
+    feedback), ``sft`` (supervised on the tasks' answers), ``offpolicy`` (SFT on completions the teacher
+    generates once), ``grpo`` (RL with the tasks' verifiable reward) or ``chord`` (GRPO + μ-weighted SFT on
+    expert data)."""
     student: str = ""
     """Student model: a Hugging Face hub id or a local directory (loaded with ``from_pretrained``)."""
     teacher: str | dict[str, str] = ""
@@ -48,6 +50,33 @@ class RunConfig:
     """PPO clip on the ratio for ``sampled`` (None = no clipping; only matters with ``epochs_per_batch > 1``)."""
     epochs_per_batch: int = 1
     """Optimizer passes over each batch of rollouts; 1 = strictly on-policy."""
+    sdpo_teacher: str = "live"
+    """SDPO self-teacher weights: ``live`` (current), ``initial`` (frozen copy) or ``ema``."""
+    sdpo_ema_rate: float = 0.99
+    """SDPO ``ema`` teacher: ``θ' ← rate·θ' + (1 − rate)·θ`` after every step."""
+    sdpo_feedback: str = "both"
+    """What the self-teacher is shown: ``verifier`` (the task's feedback on a wrong answer), ``solution`` (a correct
+    answer from another sample of the same prompt) or ``both``."""
+    sdpo_template: str = "{feedback} {solution}\n{prompt}"
+    """Self-teacher prompt with the fields ``{prompt}``, ``{feedback}``, ``{solution}`` (absent ones are empty);
+    ``"{prompt}"`` makes the self-teacher the student itself."""
+    sdpo_no_feedback: str = "mask"
+    """Samples with no feedback (correct, no other solution): ``mask`` them out of the update, or score them under
+    the ``plain`` prompt."""
+    mu: float = 0.0
+    """Weight μ of the SFT term on expert data, ``L = (1 − μ)·L_method + μ·L_SFT`` (CHORD; also beside G-OPD).
+    With a schedule this is the peak."""
+    mu_schedule: str = "constant"
+    """``constant`` or ``warmup_cosine`` (linear warm-up from ``mu_valley`` to ``mu``, then cosine decay back)."""
+    mu_valley: float = 0.0
+    """Lowest μ of the ``warmup_cosine`` schedule."""
+    mu_warmup_steps: int = 0
+    """Warm-up steps of the μ schedule."""
+    phi_weighting: bool = True
+    """Weight each SFT token by ``φ = p(1 − p)`` (detached), CHORD's token weighting."""
+    expert_data: str = ""
+    """Expert (prompt, answer) pairs for the SFT term / ``offpolicy``: ``""`` = the tasks' answers, a JSONL path with
+    ``prompt``/``answer`` fields, or ``teacher`` = completions the teacher samples once at the start."""
     kl_coef: float = 0.0
     """GRPO: weight of the per-token KL to the reference (k3 estimator); 0 = no KL term, no reference pass."""
     grpo_scale_std: bool = True
@@ -145,9 +174,23 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, allowed in (("sdpo_teacher", ("live", "initial", "ema")), ("sdpo_feedback", ("verifier", "solution", "both")),
+                              ("sdpo_no_feedback", ("mask", "plain")), ("mu_schedule", ("constant", "warmup_cosine"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.sdpo_ema_rate < 1.0:
+            raise ConfigError(f"sdpo_ema_rate must be in [0, 1), got {self.sdpo_ema_rate}")
+        if not 0.0 <= self.mu <= 1.0:
+            raise ConfigError(f"mu must be in [0, 1], got {self.mu}")
+        if self.mu_schedule == "warmup_cosine" and not 0.0 <= self.mu_valley <= self.mu:
+            raise ConfigError(f"need 0 <= mu_valley <= mu for warmup_cosine, got mu={self.mu}, mu_valley={self.mu_valley}")
+        if self.method == "chord" and self.mu <= 0:
+            raise ConfigError("method='chord' needs mu > 0 (the weight of the SFT term); mu=0 is plain GRPO")
+        if self.method == "sdpo" and "{prompt}" not in self.sdpo_template:
+            raise ConfigError("sdpo_template must contain {prompt}")
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        for name in ("eval_k", "eval_limit", "save_every", "log_samples_every", "log_samples", "eval_every", "warmup_steps", "lora_r", "score_chunk_tokens"):
+        for name in ("mu_warmup_steps", "eval_k", "eval_limit", "save_every", "log_samples_every", "log_samples", "eval_every", "warmup_steps", "lora_r", "score_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -186,9 +229,14 @@ class RunConfig:
     def needs_reference(self) -> bool:
         """The reference is run only when some λ differs from 1 (at λ = 1 it cancels exactly), or for
         GRPO's KL term."""
-        if self.method == "grpo":
+        if self.method in ("grpo", "chord"):
             return self.kl_coef > 0
-        return self.method == "gopd" and any(lam != 1 for _, lam in self.lam_items())
+        return self.method in ("gopd", "sdpo") and any(lam != 1 for _, lam in self.lam_items())
+
+    @property
+    def rl_method(self) -> str:
+        """The update rule behind the method: ``gopd`` (G-OPD advantages), ``grpo`` or ``sft``."""
+        return {"sdpo": "gopd", "chord": "grpo", "offpolicy": "sft"}.get(self.method, self.method)
 
     @property
     def task_names(self) -> list[str]:

@@ -190,8 +190,9 @@ def load_models(cfg: RunConfig) -> Models:
     """Load every model a run needs. Each distinct path is loaded once and shared across domains."""
     if not cfg.student:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
-    if not cfg.teacher and cfg.method == "gopd":
-        raise ConfigError("teacher is empty: give a hub id, a local checkpoint directory, or {domain: path}")
+    needs_teacher = cfg.method in ("gopd", "offpolicy") or cfg.expert_data == "teacher"
+    if not cfg.teacher and needs_teacher:
+        raise ConfigError(f"method={cfg.method!r} needs a teacher: give a hub id, a local checkpoint directory, or {{domain: path}}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
@@ -218,7 +219,14 @@ def load_models(cfg: RunConfig) -> Models:
             cache[path] = freeze(load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code))
         return cache[path]
 
-    teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()} if cfg.method == "gopd" else {}
+    if cfg.method == "sdpo":
+        from .sdpo import self_teacher
+
+        teachers = {DEFAULT_DOMAIN: self_teacher(student, cfg.sdpo_teacher)}
+    elif cfg.teacher and needs_teacher:
+        teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()}
+    else:
+        teachers = {}
     references = {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})

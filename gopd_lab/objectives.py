@@ -37,6 +37,7 @@ __all__ = [
     "group_advantages",
     "kl_k3",
     "sft_loss",
+    "chord_phi",
 ]
 
 
@@ -266,3 +267,10 @@ def sft_loss(lp: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[T
     nll = -lp if weights is None else -(weights.detach() * lp)
     loss = masked_mean(nll, mask)
     return loss, {"nll": float(masked_mean(-lp.detach(), mask))}
+
+
+def chord_phi(lp: Tensor) -> Tensor:
+    """CHORD's per-token SFT weight ``φ = p·(1 − p)`` with ``p = exp(lp)``, detached: it damps tokens the
+    model already knows (p → 1) and tokens it finds hopeless (p → 0)."""
+    p = lp.detach().exp()
+    return p * (1.0 - p)

@@ -9,7 +9,7 @@ run. For ``full`` the per-state target ``normalise(π_R^(1−λ)·π_T^λ)`` is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,10 @@ class Scored:
     lp_reference: Tensor | None = None
     rewards: Tensor | None = None
     """``(B,)`` verifier rewards (GRPO) or None."""
+    expert: Rollout | None = None
+    """Teacher-forced expert batch for the μ-weighted SFT term (CHORD, OPD + expert data)."""
+    extra: dict = field(default_factory=dict)
+    """Metrics of the scoring stage (e.g. SDPO's ``sdpo_feedback_frac``)."""
     target: Tensor | None = None
     """``full``: ``(N, V)`` log-target; ``jsd``: ``(N, V)`` teacher log-probs."""
     topk_index: Tensor | None = None
@@ -53,11 +57,15 @@ def score_rollout(
     estimator: str = "sampled",
     topk: int = 16,
     chunk_tokens: int = 0,
+    teacher_rollout: Rollout | None = None,
 ) -> Scored:
     """Score a rollout with each sample's teacher, and with its reference only where its λ ≠ 1.
 
     ``lp_reference`` is None when every λ is 1; otherwise rows at λ = 1 hold NaN there (not run).
+    ``teacher_rollout`` (same completions, other prompts) is what the teacher sees instead of
+    ``rollout``: SDPO's self-teacher reads the feedback-augmented prompts.
     """
+    teacher_rollout = teacher_rollout if teacher_rollout is not None else rollout
     lam = torch.tensor([_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device)
     need_reference = bool((lam != 1).any())
     groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
@@ -77,8 +85,11 @@ def score_rollout(
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
 
     for teacher, reference, rows in groups.values():
-        sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
-        out = _score_pair(teacher, reference, sub, lam[rows], estimator=estimator, topk=topk, chunk_tokens=chunk_tokens)
+        whole = len(rows) == len(rollout)
+        sub = rollout if whole else rollout.select(rows)
+        sub_t = teacher_rollout if whole else teacher_rollout.select(rows)
+        out = _score_pair(teacher, reference, sub, lam[rows], estimator=estimator, topk=topk, chunk_tokens=chunk_tokens,
+                          teacher_rollout=sub_t)
         rows_t = torch.as_tensor(rows, device=lp_t.device)
         lp_t[rows_t] = out["lp_teacher"]
         rank[rows_t] = out["rank"]
@@ -119,13 +130,13 @@ def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
 
 @torch.inference_mode()
 def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollout, lam: Tensor, *,
-                estimator: str, topk: int, chunk_tokens: int) -> dict[str, Tensor]:
+                estimator: str, topk: int, chunk_tokens: int, teacher_rollout: Rollout) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
     pos = Positions.of(rollout)
     tokens = rollout.completion_ids[pos.b, pos.c]  # (N,)
     lam_n = lam[pos.b][:, None]  # (N, 1)
     with scoring_view(teacher) as t:
-        feats_t, head_t = completion_features(t, rollout, pos)
+        feats_t, head_t = completion_features(t, teacher_rollout, pos)
         vocab = _vocab_size(t, head_t, feats_t)
     feats_r = head_r = None
     if reference is not None:

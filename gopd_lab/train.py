@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,43 +16,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .models import Models, load_models
 from .evaluate import task_evaluator
-from .rollout import Prompts, load_prompts, prompts_from_tasks, sample, teacher_forced, token_strings
+from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
-from .score import Scored, reference_logprobs, score_rollout
+from .collect import Collector, batch_indices
+from .models import DEFAULT_DOMAIN
+from .schedules import lr_factor, mu_at
+from .score import Scored
+from .sdpo import ema_update
 from .update import UpdateResult, UpdateSettings, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Prompt indices of a step: consecutive slices of per-epoch permutations, a pure function of
-    ``(seed, step)`` so that a resumed run draws exactly the prompts it would have drawn."""
-    start, out = step * batch_size, []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
-    return out
-
-
-def lr_factor(cfg: RunConfig) -> Callable[[int], float]:
-    """Multiplier of ``cfg.lr`` at each step: linear warm-up, then constant, linear or cosine decay to 0."""
-    warm, total = cfg.warmup_steps, cfg.steps
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        if cfg.lr_schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _sync(device: torch.device) -> None:
@@ -67,13 +42,6 @@ def _load_tasks(cfg: RunConfig) -> dict:
     from .tasks import load_tasks
 
     return load_tasks(cfg.task_names)
-
-
-def _rewards(tasks: dict, rollout) -> torch.Tensor:
-    """Verifier reward of each sample (0/1 for the embedded tasks)."""
-    values = [tasks[d].score(p, c) if d in tasks else float("nan")
-              for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)]
-    return torch.tensor(values, dtype=torch.float32)
 
 
 def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int) -> list[dict]:
@@ -133,8 +101,6 @@ def train(
             prompts = prompts_from_tasks(tasks, models.tokenizer, chat_template=cfg.chat_template)
         else:
             prompts = load_prompts(cfg.prompts, models.tokenizer, chat_template=cfg.chat_template)
-    if cfg.method in ("sft", "grpo") and not tasks:
-        raise ConfigError(f"method={cfg.method!r} needs tasks (answers for SFT, a verifier for GRPO); set tasks=...")
     if evaluate is None and tasks:
         evaluate = task_evaluator(tasks, models.tokenizer, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, limit=cfg.eval_limit, seed=cfg.seed)
@@ -146,8 +112,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg)
-    lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
-    max_context = getattr(getattr(student, "config", None), "max_position_embeddings", None)
+    collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
 
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
@@ -174,29 +139,20 @@ def train(
     for step in bar:
         index = [i for i in batch_indices(len(prompts), cfg.batch_size, step, cfg.seed) for _ in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        batch = prompts.select(index)
-        if cfg.method == "sft":
-            rollout = teacher_forced(batch, models.tokenizer, pad_token_id=models.pad_token_id,
-                                     eos_token_id=models.eos_token_id, device=device)
-        else:
-            rollout = sample(student, batch, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             top_p=cfg.top_p, eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id,
-                             tokenizer=models.tokenizer, generator=gens["sample"], max_context=max_context)
-        rollout.prompt_index = index
+        rollout = collector.rollout(index)
         _sync(device)
         t1 = time.perf_counter()
-        rewards = _rewards(tasks, rollout) if tasks else None
-        if cfg.method == "gopd":
-            scored = score_rollout(models, rollout, lam_of, estimator=cfg.estimator, topk=cfg.topk,
-                                   chunk_tokens=cfg.score_chunk_tokens)
-            scored.rewards = rewards
-        else:
-            lp_ref = reference_logprobs(models, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
-            scored = Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
+        scored = collector.score(rollout)
+        if cfg.mu > 0:
+            scored.expert = collector.expert_batch(collector.expert_index(step))
+            settings.mu = mu_at(step, peak=cfg.mu, schedule=cfg.mu_schedule, valley=cfg.mu_valley,
+                                warmup=cfg.mu_warmup_steps, total=cfg.steps)
         _sync(device)
         t2 = time.perf_counter()
         result = update(student, optimizer, scored, settings)
         scheduler.step()
+        if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
+            ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
         t3 = time.perf_counter()
         n = step + 1

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .objectives import (full_loss, gopd_advantages, group_advantages, jsd_loss, kl_k3, masked_mean, sampled_loss,
-                         sft_loss, topk_loss)
+from .objectives import (chord_phi, full_loss, gopd_advantages, group_advantages, jsd_loss, kl_k3, masked_mean,
+                         sampled_loss, sft_loss, topk_loss)
 from .score import Scored
 from .scoring import student_forward
 
@@ -33,11 +33,15 @@ class UpdateSettings:
     group_size: int = 1
     kl_coef: float = 0.0
     scale_std: bool = True
+    mu: float = 0.0
+    """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
+    phi_weighting: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> "UpdateSettings":
-        return cls(cfg.method, cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch,
-                   cfg.max_grad_norm, cfg.score_chunk_tokens, cfg.samples_per_prompt, cfg.kl_coef, cfg.grpo_scale_std)
+        return cls(cfg.rl_method, cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch,
+                   cfg.max_grad_norm, cfg.score_chunk_tokens, cfg.samples_per_prompt, cfg.kl_coef, cfg.grpo_scale_std,
+                   cfg.mu, cfg.phi_weighting)
 
     @property
     def needs_full(self) -> bool:
@@ -103,6 +107,9 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
             lp_old = lp_now
         advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
+        if scored.expert is not None and s.mu > 0:
+            loss, sft_extra = mix_expert_sft(student, loss, scored.expert, s)
+            extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in student.parameters() if p.requires_grad]
@@ -114,6 +121,20 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
+
+
+def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
+    """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
+    out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
+    mask = expert.completion_mask.float()
+    weights = chord_phi(out.lp) if s.phi_weighting else None
+    return sft_loss(out.lp, mask, weights)
+
+
+def mix_expert_sft(student: nn.Module, loss: Tensor, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
+    """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
+    sft, extra = expert_sft_loss(student, expert, s)
+    return (1.0 - s.mu) * loss + s.mu * sft, {"mu": s.mu, "sft_loss": float(sft.detach()), "expert_nll": extra["nll"]}
 
 
 @torch.no_grad()
@@ -134,6 +155,7 @@ def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: T
         "completion_len": float(mask.sum(1).mean()),
     }
     m.update({k: v for k, v in extra.items() if k not in m})
+    m.update(scored.extra)
     if scored.lp_teacher is not None:
         m["lp_teacher_mean"] = float(masked_mean(scored.lp_teacher, mask))
         m["reverse_kl"] = float(masked_mean(lp - scored.lp_teacher, mask))

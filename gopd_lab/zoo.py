@@ -78,10 +78,10 @@ GRPO = dict(temperature=1.0, clip_eps=0.2)
 
 RECIPES: list[ZooModel] = [
     ZooModel("student-base", "sft", "add,mul", steps=3000, lr=3e-3, arch=SMALL, seed=0),
-    ZooModel("teacher-add", "grpo", "add", steps=1000, lr=2e-3, init="student-base", batch_size=32, samples_per_prompt=8, seed=1, extra=GRPO),
-    ZooModel("teacher-mul", "grpo", "mul", steps=1000, lr=2e-3, init="student-base", batch_size=32, samples_per_prompt=8, seed=2, extra=GRPO),
+    ZooModel("teacher-add", "grpo", "add", steps=2000, lr=3e-4, init="student-base", batch_size=128, samples_per_prompt=4, seed=1, extra=GRPO),
+    ZooModel("teacher-mul", "grpo", "mul", steps=2000, lr=3e-4, init="student-base", batch_size=128, samples_per_prompt=4, seed=2, extra=GRPO),
     ZooModel("big-base", "sft", "add,mul", steps=1200, lr=2e-3, arch=BIG, seed=3),
-    ZooModel("big-teacher", "grpo", "add,mul", steps=300, lr=3e-4, init="big-base", batch_size=32, samples_per_prompt=8, seed=4, extra=GRPO),
+    ZooModel("big-teacher", "grpo", "add,mul", steps=1000, lr=2e-4, init="big-base", batch_size=128, samples_per_prompt=4, seed=4, extra=GRPO),
 ]
 
 
@@ -133,16 +133,25 @@ def resolve(spec: str) -> str:
 def build(out: Path | None = None, *, recipes: list[ZooModel] | None = None, work: Path | None = None,
           scale: float = 1.0, eval_limit: int = 0, progress: bool = True) -> dict:
     """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests)."""
+
+    out = Path(out or zoo_dir())
+    work = Path(work or Path("runs") / "zoo-build")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, immune to oversubscription, and reproducible
+    try:
+        return _build(out, recipes or RECIPES, work, scale, eval_limit, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_limit: int, progress: bool) -> dict:
     from .evaluate import evaluate
     from .tasks import load_tasks
     from .tiny import save_tiny_model
     from .tokenizer import build_char_tokenizer
     from .train import train
 
-    out = Path(out or zoo_dir())
-    work = Path(work or Path("runs") / "zoo-build")
     out.mkdir(parents=True, exist_ok=True)
-    recipes = recipes or RECIPES
     tokenizer = build_char_tokenizer()
     tasks = load_tasks(["add", "mul"])
     entries: dict[str, dict] = {}

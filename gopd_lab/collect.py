@@ -1,0 +1,134 @@
+"""Stages 1–2 for every method: build a step's batch → :class:`~gopd_lab.score.Scored`.
+
+- ``gopd``: the student samples, each sample's teacher (and reference) scores it.
+- ``sdpo``: the student samples, the verifier gives feedback, the self-teacher scores the same tokens
+  under the feedback-augmented prompt.
+- ``grpo`` / ``chord``: the student samples, the verifier rewards it (reference log-probs for a KL term).
+- ``sft`` / ``offpolicy``: teacher-forced batches of expert answers (the tasks', or the teacher's own
+  completions generated once at the start).
+- Any method with ``mu > 0`` also carries an expert batch for the μ-weighted SFT term.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, RunConfig
+from .models import Models
+from .rollout import Prompts, Rollout, encode_prompts, read_prompt_file, sample, teacher_forced
+from .runio import append_jsonl, read_jsonl
+from .score import Scored, reference_logprobs, score_rollout
+from .sdpo import build_self_teacher_view
+
+
+def rewards_of(tasks: dict, rollout: Rollout) -> torch.Tensor:
+    """Verifier reward of each sample (NaN for a domain without a task)."""
+    values = [tasks[d].score(p, c) if d in tasks else float("nan")
+              for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class Collector:
+    """Makes each step's :class:`Scored` batch for ``cfg.method``."""
+
+    def __init__(self, cfg: RunConfig, models: Models, tasks: dict, prompts: Prompts, generator: torch.Generator,
+                 out_dir: Path):
+        self.cfg, self.models, self.tasks, self.prompts, self.gen = cfg, models, tasks, prompts, generator
+        self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
+        student = models.student
+        self.max_context = getattr(getattr(student, "config", None), "max_position_embeddings", None)
+        if cfg.method in ("sft", "grpo", "chord", "sdpo") and not tasks:
+            raise ConfigError(f"method={cfg.method!r} needs tasks (answers, a verifier or feedback); set tasks=...")
+        needs_expert = cfg.method in ("sft", "offpolicy") or cfg.mu > 0
+        self.expert = self._expert_prompts(out_dir) if needs_expert else None
+        if self.expert is not None and self.expert.answers is None:
+            raise ConfigError("expert data has no answers")
+
+    # ------------------------------------------------------------------ expert data
+    def _expert_prompts(self, out_dir: Path) -> Prompts:
+        cfg, tok = self.cfg, self.models.tokenizer
+        source = "teacher" if cfg.method == "offpolicy" else cfg.expert_data
+        if source == "teacher":
+            return self._teacher_samples(out_dir / "teacher_samples.jsonl")
+        if source:
+            texts, domains = read_prompt_file(source)
+            answers = [str(r["answer"]) for r in read_jsonl(source) if "prompt" in r]
+            if len(answers) != len(texts):
+                raise ConfigError(f"expert_data {source}: every line needs 'prompt' and 'answer' fields")
+            prompts = encode_prompts(tok, texts, domains, chat_template=cfg.chat_template)
+            prompts.answers = answers
+            return prompts
+        if self.prompts.answers is None:
+            raise ConfigError(f"method={cfg.method!r} / mu > 0 needs expert answers: use tasks=..., or expert_data=")
+        return self.prompts
+
+    def _teacher_samples(self, path: Path) -> Prompts:
+        """Completions the teacher samples once for every training prompt (kept in the run dir, reused on resume)."""
+        if not path.exists():
+            from .evaluate import generate
+
+            rows = []
+            for domain in sorted(set(self.prompts.domains)):
+                idx = [i for i, d in enumerate(self.prompts.domains) if d == domain]
+                part = self.prompts.select(idx)
+                completions = generate(self.models.teacher_for(domain), self.models.tokenizer, part,
+                                       max_new_tokens=self.cfg.max_new_tokens, greedy=False,
+                                       temperature=self.cfg.temperature, generator=self.gen)
+                rows += [{"prompt": p, "domain": domain, "answer": c} for p, c in zip(part.texts, completions)]
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            append_jsonl(tmp, rows)
+            tmp.rename(path)
+        rows = read_jsonl(path)
+        prompts = encode_prompts(self.models.tokenizer, [r["prompt"] for r in rows], [r["domain"] for r in rows],
+                                 chat_template=self.cfg.chat_template)
+        prompts.answers = [r["answer"] for r in rows]
+        return prompts
+
+    def expert_batch(self, index: list[int]) -> Rollout:
+        m = self.models
+        return teacher_forced(self.expert.select(index), m.tokenizer, pad_token_id=m.pad_token_id,
+                              eos_token_id=m.eos_token_id, device=m.device)
+
+    # ------------------------------------------------------------------ one step
+    def rollout(self, index: list[int]) -> Rollout:
+        cfg, m = self.cfg, self.models
+        if cfg.method in ("sft", "offpolicy"):
+            return self.expert_batch(index)
+        r = sample(m.student, self.prompts.select(index), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                   top_p=cfg.top_p, eos_token_id=m.eos_token_id, pad_token_id=m.pad_token_id, tokenizer=m.tokenizer,
+                   generator=self.gen, max_context=self.max_context)
+        r.prompt_index = list(index)
+        return r
+
+    def score(self, rollout: Rollout) -> Scored:
+        cfg, m = self.cfg, self.models
+        rewards = rewards_of(self.tasks, rollout) if self.tasks and cfg.method not in ("sft", "offpolicy") else None
+        if cfg.method in ("gopd", "sdpo"):
+            teacher_view, extra = None, {}
+            if cfg.method == "sdpo":
+                rollout, teacher_view, extra = build_self_teacher_view(rollout, rewards, self.tasks, cfg, m.tokenizer,
+                                                                       m.pad_token_id)
+            scored = score_rollout(m, rollout, self.lam_of, estimator=cfg.estimator, topk=cfg.topk,
+                                   chunk_tokens=cfg.score_chunk_tokens, teacher_rollout=teacher_view)
+            scored.rewards, scored.extra = rewards, extra
+            return scored
+        lp_ref = reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+        return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
+
+    def expert_index(self, step: int) -> list[int]:
+        """The expert examples of a step's SFT term (their own permutation stream)."""
+        return batch_indices(len(self.expert), self.cfg.batch_size, step, self.cfg.seed + 7919)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of a step: consecutive slices of per-epoch permutations, a pure function of
+    ``(seed, step)`` so that a resumed run draws exactly the prompts it would have drawn."""
+    start, out = step * batch_size, []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
+    return out

@@ -1,0 +1,40 @@
+"""Step schedules: the learning-rate multiplier and CHORD's SFT weight μ_k."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+
+def lr_factor(cfg) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at each step: linear warm-up, then constant, linear or cosine decay to 0."""
+    warm, total = cfg.warmup_steps, cfg.steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def mu_at(step: int, *, peak: float, schedule: str = "constant", valley: float = 0.0, warmup: int = 0,
+          total: int = 1) -> float:
+    """CHORD's weight of the SFT term at 0-based ``step`` (Zhang et al., arXiv 2508.11408).
+
+    ``constant``: ``peak`` throughout. ``warmup_cosine``: linear from ``valley`` to ``peak`` over
+    ``warmup`` steps, then cosine decay from ``peak`` to ``valley`` at the last step (``total``).
+    """
+    if schedule == "constant":
+        return peak
+    if schedule != "warmup_cosine":
+        raise ValueError(f"mu_schedule must be constant or warmup_cosine, got {schedule!r}")
+    if step < warmup:
+        return valley + (peak - valley) * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+    return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
