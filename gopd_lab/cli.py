@@ -11,6 +11,7 @@ import argparse
 import ast
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     history = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process reports
+        return 0
     last = history.iloc[-1]
     print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f})")
     summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())

@@ -93,13 +93,13 @@ class Collector:
                               eos_token_id=m.eos_token_id, device=m.device)
 
     # ------------------------------------------------------------------ one step
-    def rollout(self, index: list[int]) -> Rollout:
+    def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
         cfg, m = self.cfg, self.models
         if cfg.method in ("sft", "offpolicy"):
             return self.expert_batch(index)
         r = sample(m.student, self.prompts.select(index), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    top_p=cfg.top_p, eos_token_id=m.eos_token_id, pad_token_id=m.pad_token_id, tokenizer=m.tokenizer,
-                   generator=self.gen, max_context=self.max_context)
+                   generator=self.gen, max_context=self.max_context, row_seeds=row_seeds)
         r.prompt_index = list(index)
         return r
 

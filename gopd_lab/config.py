@@ -104,9 +104,11 @@ class RunConfig:
     steps: int = 100
     """Number of training steps (one rollout batch each)."""
     lr: float = 1e-5
-    """AdamW learning rate."""
+    """Learning rate."""
+    optimizer: str = "adamw"
+    """``adamw`` or ``sgd`` (plain gradient descent: exact comparisons, e.g. multi-process against one process)."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """Weight decay (decoupled for AdamW)."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up steps (constant afterwards)."""
     lr_schedule: str = "constant"
@@ -115,6 +117,9 @@ class RunConfig:
     """Gradient-norm clip (None = off); the pre-clip norm is logged as ``grad_norm``."""
     seed: int = 0
     """Seed for prompt order and sampling (runs are reproducible on CPU)."""
+    row_seeded_sampling: bool = False
+    """Draw each completion from its own seed (seed, step, position in the global batch), so samples do not
+    depend on how the batch is split across processes. Always on under ``accelerate launch`` with N > 1."""
 
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``..."""
@@ -201,6 +206,8 @@ class RunConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.clip_eps is not None and self.clip_eps <= 0:
             raise ConfigError(f"clip_eps must be > 0 or None, got {self.clip_eps}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

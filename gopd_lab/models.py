@@ -193,6 +193,11 @@ def load_models(cfg: RunConfig) -> Models:
     needs_teacher = cfg.method in ("gopd", "offpolicy") or cfg.expert_data == "teacher"
     if not cfg.teacher and needs_teacher:
         raise ConfigError(f"method={cfg.method!r} needs a teacher: give a hub id, a local checkpoint directory, or {{domain: path}}")
+    from .teacher_server import RemoteScorer, is_url
+
+    if (cfg.method == "offpolicy" or cfg.expert_data == "teacher") and any(map(is_url, _by_domain(cfg.teacher).values())):
+        raise ConfigError("a teacher given as a URL only scores tokens; offpolicy / expert_data='teacher' sample from the "
+                          "teacher, so give its checkpoint instead")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
@@ -212,6 +217,11 @@ def load_models(cfg: RunConfig) -> Models:
             if initial_student is None:
                 initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
             return initial_student
+        if is_url(path):  # a teacher/reference served by `python -m gopd_lab.teacher_server`: no weights here
+            if path not in cache:
+                cache[path] = RemoteScorer(path, role=role)
+                cache[path].check_tokenizer(tokenizer, cfg.student)
+            return cache[path]
         if path not in checked:
             check_tokenizers(tokenizer, load_tokenizer(path, trust_remote_code=cfg.trust_remote_code), cfg.student, path)
             checked.add(path)

@@ -193,11 +193,13 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                row_seeds: Sequence[int] | None = None) -> Tensor:
     """Draw one token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
 
     Uses the exponential race ``argmax(p_i / E_i)`` with ``E_i ~ Exp(1)``, which samples exactly from
-    ``p`` without ``torch.multinomial``'s cumulative sums.
+    ``p`` without ``torch.multinomial``'s cumulative sums. With ``row_seeds`` each row's noise comes from
+    its own seed, so a row's sample does not depend on which other rows share its batch.
     """
     logits = logits.float() / temperature  # (B, V)
     if top_p < 1.0:
@@ -207,7 +209,11 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    if row_seeds is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    else:
+        noise = torch.stack([torch.empty(probs.shape[1], dtype=probs.dtype).exponential_(
+            1.0, generator=torch.Generator().manual_seed(int(seed))) for seed in row_seeds]).to(probs.device)
     return (probs / noise).argmax(dim=-1)  # (B,)
 
 
@@ -225,8 +231,12 @@ def sample(
     generator: torch.Generator | None = None,
     greedy: bool = False,
     max_context: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
-    """Sample one completion per prompt from ``model`` (``greedy=True`` takes the argmax instead)."""
+    """Sample one completion per prompt from ``model`` (``greedy=True`` takes the argmax instead).
+
+    ``row_seeds`` (one int per prompt) make each row's draws a function of its own seed only (used for
+    data-parallel runs, whose samples then do not depend on the number of processes)."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts.ids, pad_token_id, device)
     if max_context is not None and prompt_ids.shape[1] + max_new_tokens > max_context:
@@ -240,7 +250,7 @@ def sample(
     seq, mask = prompt_ids, prompt_mask
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, cache, step_input = [], None, seq
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         positions = position_ids_from_mask(mask)
         out = model(input_ids=step_input, attention_mask=mask, position_ids=positions[:, -step_input.shape[1]:],
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -248,7 +258,8 @@ def sample(
         if greedy:
             token = logits.argmax(-1)
         else:
-            token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
+            seeds = None if row_seeds is None else [s * 1_000_003 + t for s in row_seeds]
+            token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator, row_seeds=seeds)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)  # (B,)
         new_tokens.append(token)
         alive = (~done).long()

@@ -107,6 +107,8 @@ def score_rollout(
 
 def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 0) -> Tensor:
     """``(B, C)`` log-probs of each sample's own domain reference (rows grouped by reference model)."""
+    from .teacher_server import RemoteScorer  # imported here, so `python -m gopd_lab.teacher_server` runs clean
+
     out = torch.zeros(rollout.completion_mask.shape, dtype=torch.float32, device=rollout.prompt_ids.device)
     groups: dict[int, tuple[nn.Module, list[int]]] = {}
     for row, domain in enumerate(rollout.domains):
@@ -114,7 +116,9 @@ def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 
         groups.setdefault(id(ref), (ref, []))[1].append(row)
     for ref, rows in groups.values():
         sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
-        out[torch.as_tensor(rows, device=out.device)] = token_logprobs(ref, sub, chunk_tokens=chunk_tokens)
+        lp = ref.token_logprobs(sub, chunk_tokens=chunk_tokens) if isinstance(ref, RemoteScorer) \
+            else token_logprobs(ref, sub, chunk_tokens=chunk_tokens)
+        out[torch.as_tensor(rows, device=out.device)] = lp
     return out
 
 
@@ -132,6 +136,11 @@ def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
 def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollout, lam: Tensor, *,
                 estimator: str, topk: int, chunk_tokens: int, teacher_rollout: Rollout) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
+    from .teacher_server import RemoteScorer, remote_score_pair  # imported here, see reference_logprobs
+
+    if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
+        return remote_score_pair(teacher, reference, rollout, lam, estimator=estimator, topk=topk,
+                                 chunk_tokens=chunk_tokens, teacher_rollout=teacher_rollout)
     pos = Positions.of(rollout)
     tokens = rollout.completion_ids[pos.b, pos.c]  # (N,)
     lam_n = lam[pos.b][:, None]  # (N, 1)

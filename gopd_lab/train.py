@@ -22,6 +22,7 @@ from .evaluate import task_evaluator
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .collect import Collector, batch_indices
+from .distributed import Distributed
 from .models import DEFAULT_DOMAIN
 from .schedules import lr_factor, mu_at
 from .score import Scored
@@ -29,6 +30,11 @@ from .sdpo import ema_update
 from .update import UpdateResult, UpdateSettings, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
+
+
+def row_seed(seed: int, step: int, position: int, sample: int) -> int:
+    """The sampling seed of one completion: a function of where it sits in the *global* batch only."""
+    return ((seed * 1_000_003 + step) * 65_537 + position) * 64 + sample
 
 
 def _sync(device: torch.device) -> None:
@@ -105,28 +111,36 @@ def train(
         evaluate = task_evaluator(tasks, models.tokenizer, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, limit=cfg.eval_limit, seed=cfg.seed)
     cbs = _Callbacks(callbacks)
+    dist = Distributed()
+    main = dist.is_main
     student, device = models.student, models.device
     torch.manual_seed(cfg.seed)
     gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
+    row_seeded = cfg.row_seeded_sampling or dist.world > 1
 
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
+    dist.barrier()
+    if main:
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-            keep_steps_upto(out / name, start)
-    else:
-        for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-            (out / name).unlink(missing_ok=True)
-    atomic_write_json(out / "config.json", cfg.to_dict())
+            if ckpt is not None:
+                keep_steps_upto(out / name, start)
+            else:
+                (out / name).unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", cfg.to_dict())
 
     def run_eval(step: int) -> None:
-        if evaluate is None:
+        if evaluate is None or not main:
             return
         rows = [{"step": step, **r} for r in evaluate(student, step)]
         append_jsonl(out / "eval.jsonl", rows)
@@ -135,48 +149,56 @@ def train(
     if start == 0:
         run_eval(0)
     t_run = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=out.name, disable=not progress, initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc=out.name, disable=not (progress and main), initial=start, total=cfg.steps)
     for step in bar:
-        index = [i for i in batch_indices(len(prompts), cfg.batch_size, step, cfg.seed) for _ in range(cfg.samples_per_prompt)]
+        slots = dist.shard(list(enumerate(batch_indices(len(prompts), cfg.batch_size, step, cfg.seed))))
+        index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
+        seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        rollout = collector.rollout(index)
+        rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
         _sync(device)
         t1 = time.perf_counter()
         scored = collector.score(rollout)
         if cfg.mu > 0:
-            scored.expert = collector.expert_batch(collector.expert_index(step))
+            scored.expert = collector.expert_batch(dist.shard(collector.expert_index(step)))
             settings.mu = mu_at(step, peak=cfg.mu, schedule=cfg.mu_schedule, valley=cfg.mu_valley,
                                 warmup=cfg.mu_warmup_steps, total=cfg.steps)
         _sync(device)
         t2 = time.perf_counter()
-        result = update(student, optimizer, scored, settings)
+        result = update(student, optimizer, scored, settings, dist=dist)
         scheduler.step()
         if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
         t3 = time.perf_counter()
         n = step + 1
-        metrics = {"step": n, **result.metrics, "lr": scheduler.get_last_lr()[0], "time_rollout": t1 - t0,
-                   "time_score": t2 - t1, "time_update": t3 - t2, "time_step": t3 - t0}
-        append_jsonl(out / "metrics.jsonl", [metrics])
-        if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
-            append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
-        cbs.fire("on_step", n, metrics)
-        bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "reward_mean") if k in metrics})
+        metrics = dist.mean_metrics({"step": n, **result.metrics, "lr": scheduler.get_last_lr()[0],
+                                     "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
+                                     "time_step": t3 - t0})
+        metrics["step"] = n
+        if main:
+            append_jsonl(out / "metrics.jsonl", [metrics])
+            if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
+                append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
+            cbs.fire("on_step", n, metrics)
+            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "reward_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
             run_eval(n)
-        if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps:
+        if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps and main:
             save_checkpoint(out, n, student, optimizer, scheduler, gens)
+        dist.barrier()
     bar.close()
 
-    if start < cfg.steps or ckpt is None:
+    if (start < cfg.steps or ckpt is None) and main:
         run_eval(cfg.steps)
         save_checkpoint(out, cfg.steps, student, optimizer, scheduler, gens)
         save_final_model(models, out / "model")
+    dist.barrier()
     history = pd.DataFrame(read_jsonl(out / "metrics.jsonl"))
-    summary = _summary(cfg, history, read_jsonl(out / "eval.jsonl"), time.perf_counter() - t_run)
-    atomic_write_json(out / "summary.json", summary)
-    cbs.fire("on_end", summary)
+    if main:
+        summary = _summary(cfg, history, read_jsonl(out / "eval.jsonl"), time.perf_counter() - t_run)
+        atomic_write_json(out / "summary.json", summary)
+        cbs.fire("on_end", summary)
     return history
 
 

@@ -93,8 +93,13 @@ def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_
     raise ValueError(f"unknown estimator {s.estimator!r}")
 
 
-def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings) -> UpdateResult:
-    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward."""
+def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings,
+           dist=None) -> UpdateResult:
+    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
+
+    With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) each loss is rescaled from a
+    local to a global token mean and gradients are summed over processes before clipping, so the step
+    equals a one-process step on the global batch."""
     rollout = scored.rollout
     mask = rollout.completion_mask.float()  # (B, C)
     student.train()
@@ -107,12 +112,15 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
             lp_old = lp_now
         advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
+        loss = loss * _global_scale(mask, dist)
         if scored.expert is not None and s.mu > 0:
-            loss, sft_extra = mix_expert_sft(student, loss, scored.expert, s)
+            loss, sft_extra = mix_expert_sft(student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist))
             extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in student.parameters() if p.requires_grad]
+        if dist is not None:
+            dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
         optimizer.step()
         if first is None:
@@ -131,10 +139,19 @@ def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tens
     return sft_loss(out.lp, mask, weights)
 
 
-def mix_expert_sft(student: nn.Module, loss: Tensor, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
+def mix_expert_sft(student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0) -> tuple[Tensor, dict[str, float]]:
     """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
     sft, extra = expert_sft_loss(student, expert, s)
-    return (1.0 - s.mu) * loss + s.mu * sft, {"mu": s.mu, "sft_loss": float(sft.detach()), "expert_nll": extra["nll"]}
+    return (1.0 - s.mu) * loss + s.mu * sft * scale, {"mu": s.mu, "sft_loss": float(sft.detach()), "expert_nll": extra["nll"]}
+
+
+def _global_scale(mask: Tensor, dist) -> float:
+    """``n_local / n_global``: turns a local token mean into this process's share of the global one, so the
+    gradients summed over processes are those of the global token mean."""
+    if dist is None or dist.world == 1:
+        return 1.0
+    n_local = float(mask.sum())
+    return n_local / max(dist.sum(n_local), 1.0)
 
 
 @torch.no_grad()
