@@ -159,6 +159,13 @@ class RunConfig:
     """Free-form notes saved with the run (sweep parameters, etc.)."""
 
     def __post_init__(self) -> None:
+        for name in ("teacher", "reference", "lam"):  # {domain: ...} given as JSON text (papermill, shell)
+            value = getattr(self, name)
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{name} looks like JSON but does not parse: {err}") from None
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.estimator not in ESTIMATORS:
