@@ -14,14 +14,6 @@ K, H = 3, 3
 LAMS = [0.5, 1.0, 1.25, 2.0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tree's tensors are tiny: threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def teacher():

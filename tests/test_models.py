@@ -17,14 +17,6 @@ from gopd_lab.train import train
 PROMPTS = ["12+7=", "3*4=", "9+9="]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add contention on a shared CPU machine (25x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(tiny_dirs, tmp_path=None, **kw):
     base = dict(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32",

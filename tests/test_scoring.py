@@ -15,14 +15,6 @@ LENGTHS = [None, 3, 1, 6]
 WIDTH = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add contention on a shared CPU machine (25x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tok():

@@ -23,14 +23,6 @@ METRIC_KEYS = {"loss", "adv_mean", "adv_std", "lp_teacher_mean", "reverse_kl", "
 PER_TOKEN = ("tokens", "lp_student", "lp_teacher", "lp_reference", "advantage")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add contention on a shared CPU machine (25x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(tiny_dirs, tmp_path, name="run", **kw):
     base = dict(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32",
