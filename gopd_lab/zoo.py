@@ -76,12 +76,14 @@ SMALL = dict(hidden=64, layers=2, heads=4, kv_heads=2)
 BIG = dict(hidden=128, layers=4, heads=4, kv_heads=2)
 GRPO = dict(temperature=1.0, clip_eps=0.2)
 
+NOISE = 0.4  # share of SFT answers whose last digit is off by one (see tasks.arith.with_label_noise)
+
 RECIPES: list[ZooModel] = [
-    ZooModel("student-base", "sft", "add,mul", steps=3000, lr=3e-3, arch=SMALL, seed=0),
-    ZooModel("teacher-add", "grpo", "add", steps=2000, lr=3e-4, init="student-base", batch_size=128, samples_per_prompt=4, seed=1, extra=GRPO),
-    ZooModel("teacher-mul", "grpo", "mul", steps=2000, lr=3e-4, init="student-base", batch_size=128, samples_per_prompt=4, seed=2, extra=GRPO),
-    ZooModel("big-base", "sft", "add,mul", steps=1200, lr=2e-3, arch=BIG, seed=3),
-    ZooModel("big-teacher", "grpo", "add,mul", steps=1000, lr=2e-4, init="big-base", batch_size=128, samples_per_prompt=4, seed=4, extra=GRPO),
+    ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
+    ZooModel("teacher-add", "grpo", "add", steps=400, lr=3e-4, init="student-base", batch_size=64, samples_per_prompt=4, seed=1, extra=GRPO),
+    ZooModel("teacher-mul", "grpo", "mul", steps=1200, lr=3e-4, init="student-base", batch_size=64, samples_per_prompt=4, seed=2, extra=GRPO),
+    ZooModel("big-base", "sft", "add,mul", steps=1500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
+    ZooModel("big-teacher", "grpo", "add,mul", steps=600, lr=2e-4, init="big-base", batch_size=64, samples_per_prompt=4, seed=4, extra=GRPO),
 ]
 
 

@@ -1,9 +1,10 @@
 """The embedded arithmetic domains: ``add`` and ``mul``, stand-ins for the paper's math and code.
 
-Prompts and answers are plain decimal text for the character tokenizer: ``"347+85="`` → ``"432"``,
+Prompts and answers are plain decimal text for the character tokenizer: ``"47+85="`` → ``"132"``,
 ``"613*7="`` → ``"4291"``.
 
-- ``add``: ``a+b`` with ``a`` and ``b`` of 1 to 3 digits.
+- ``add``: ``a+b`` with ``a`` and ``b`` of 1 or 2 digits (3-digit operands were beyond what the zoo's
+  tiny student learns in minutes on a CPU: 25 % even on its training prompts).
 - ``mul``: ``a*b`` with ``a`` of 2 or 3 digits and ``b`` of 1 digit. (One-digit ``a`` is left out:
   a times-table fact drawn into the test split would never be seen in training.)
 
@@ -59,7 +60,7 @@ class ArithDomain:
 
 
 DOMAINS: dict[str, ArithDomain] = {
-    "add": ArithDomain("add", "+", (1, 3), (1, 3), lambda a, b: a + b),
+    "add": ArithDomain("add", "+", (1, 2), (1, 2), lambda a, b: a + b),
     "mul": ArithDomain("mul", "*", (2, 3), (1, 1), lambda a, b: a * b),
 }
 
