@@ -14,7 +14,7 @@ from .train import train
 def demo_config(domain: str = "add", lam: float = 1.0, steps: int = 60, out_dir: str = "runs/demo") -> RunConfig:
     """The demo's run: zoo student-base ← zoo teacher-<domain>, reference = the student's initial weights."""
     return RunConfig(student="zoo:student-base", teacher=f"zoo:teacher-{domain}", reference="student", lam=lam,
-                     tasks=domain, estimator="sampled", steps=steps, batch_size=32, samples_per_prompt=1, lr=1e-3,
+                     tasks=domain, estimator="sampled", steps=steps, batch_size=32, samples_per_prompt=1, lr=1e-4,
                      max_new_tokens=6, temperature=1.0, eval_k=4, log_samples_every=10, device="cpu", dtype="float32",
                      out_dir=str(Path(out_dir) / f"{domain}-lam{lam:g}"))
 

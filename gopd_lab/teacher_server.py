@@ -35,13 +35,10 @@ import base64
 import hashlib
 import http.client
 import json
-import socket
 import threading
 import time
 import traceback
-import urllib.error
 import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -174,25 +171,30 @@ def tokenizer_info(tokenizer) -> dict:
 class RemoteScorer:
     """A teacher or reference served by ``python -m gopd_lab.teacher_server``: scores tokens, holds no weights.
 
-    ``timeout`` (seconds per request), ``retries`` (tries per request, exponential backoff from ``backoff``
-    seconds) and ``max_rows`` (rows per request) can also be given in the URL's query string.
+    ``connect_timeout`` / ``timeout`` (seconds to connect / to wait for an answer), ``retries`` (tries per
+    request, exponential backoff from ``backoff`` seconds) and ``max_rows`` (rows per request) can also be
+    given in the URL's query string. Connections are direct (no HTTP proxy).
     """
 
-    def __init__(self, url: str, *, role: str = "teacher", timeout: float = 300.0, retries: int = 4,
-                 backoff: float = 0.5, max_rows: int = 32):
+    OPTIONS = ("connect_timeout", "timeout", "retries", "backoff", "max_rows")
+
+    def __init__(self, url: str, *, role: str = "teacher", connect_timeout: float = 10.0, timeout: float = 600.0,
+                 retries: int = 4, backoff: float = 0.5, max_rows: int = 32):
         parts = urllib.parse.urlsplit(url)
         query = dict(urllib.parse.parse_qsl(parts.query))
-        unknown = sorted(set(query) - {"timeout", "retries", "backoff", "max_rows"})
-        if unknown:
-            raise ModelLoadError(f"unknown option(s) {unknown} in {url!r}; the URL takes timeout, retries, backoff, max_rows")
+        unknown = sorted(set(query) - set(self.OPTIONS))
+        if unknown or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelLoadError(f"{url!r} is not a teacher server URL: http(s)://host:port, options "
+                                 f"{', '.join(self.OPTIONS)} in the query string" + (f" (unknown: {unknown})" if unknown else ""))
         self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self._parts = parts
         self.role = role
+        self.connect_timeout = float(query.get("connect_timeout", connect_timeout))
         self.timeout = float(query.get("timeout", timeout))
         self.retries = max(1, int(query.get("retries", retries)))
         self.backoff = float(query.get("backoff", backoff))
         self.max_rows = max(1, int(query.get("max_rows", max_rows)))
         self._info: dict | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # direct, never via a proxy
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.url!r}, role={self.role!r})"
@@ -258,42 +260,53 @@ class RemoteScorer:
         return self.score(rollout, chunk_tokens=chunk_tokens)["lp"]
 
     def _request(self, path: str, payload: dict | None = None) -> dict:
-        url = self.url + path
         data = None if payload is None else json.dumps(payload).encode()
         failure, server_error = "", False
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
-                                         headers={"Content-Type": "application/json"})
             try:
-                with self._opener.open(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as err:
-                reason = _error_reason(err)
-                if err.code < 500:
-                    raise TeacherServerError(f"the {self.role} server at {url} rejected the request (HTTP {err.code}): {reason}") from None
-                failure = f"HTTP {err.code}: {reason}"
-                server_error = True
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout) as err:
-                failure = str(getattr(err, "reason", err)) or type(err).__name__
-                server_error = False
+                status, body = self._send(path, data)
+            except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, DNS, TLS
+                failure, server_error = f"{type(err).__name__}: {err}", False
+                continue
+            if status < 400:
+                return json.loads(body)
+            reason = _error_reason(body, status)
+            if status < 500:
+                raise TeacherServerError(f"the {self.role} server at {self.url}{path} rejected the request "
+                                         f"(HTTP {status}): {reason}")
+            failure, server_error = f"HTTP {status}: {reason}", True
         tries = f"{self.retries} tr{'y' if self.retries == 1 else 'ies'}"
         if server_error:
-            raise TeacherServerError(f"the {self.role} server at {url} failed on {tries}: {failure}")
-        parts = urllib.parse.urlsplit(self.url)
+            raise TeacherServerError(f"the {self.role} server at {self.url}{path} failed on {tries}: {failure}")
+        host = self._parts.hostname if self._parts.hostname in ("127.0.0.1", "localhost") else "0.0.0.0"
         raise TeacherUnreachable(
-            f"the {self.role} server at {self.url} is unreachable ({failure}; {tries}, timeout {self.timeout:g}s). Start it "
-            f"on the machine that holds the {self.role}: `python -m gopd_lab.teacher_server --model <{self.role} checkpoint> "
-            f"--host {'0.0.0.0' if parts.hostname not in ('127.0.0.1', 'localhost') else parts.hostname} --port "
-            f"{parts.port or 80}`, or fix the URL")
+            f"the {self.role} server at {self.url} is unreachable ({failure}; {tries}, connect timeout "
+            f"{self.connect_timeout:g}s, answer timeout {self.timeout:g}s). Start it on the machine that holds the "
+            f"{self.role}: `python -m gopd_lab.teacher_server --model <{self.role} checkpoint> --host {host} --port "
+            f"{self._parts.port or (443 if self._parts.scheme == 'https' else 80)}`, or fix the URL")
+
+    def _send(self, path: str, data: bytes | None) -> tuple[int, bytes]:
+        """One HTTP exchange → ``(status, body)``; connecting and answering have their own timeouts."""
+        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._parts.hostname, self._parts.port, timeout=self.connect_timeout)
+        try:
+            conn.connect()
+            conn.sock.settimeout(self.timeout)
+            conn.request("GET" if data is None else "POST", self._parts.path.rstrip("/") + path, body=data,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
 
-def _error_reason(err: urllib.error.HTTPError) -> str:
+def _error_reason(body: bytes, status: int) -> str:
     try:
-        return json.loads(err.read()).get("error", err.reason)
-    except Exception:  # noqa: BLE001 - any unreadable body falls back to the status text
-        return str(err.reason)
+        return str(json.loads(body)["error"])
+    except Exception:  # noqa: BLE001 - any unreadable body falls back to the status
+        return http.client.responses.get(status, str(status))
 
 
 # ---------------------------------------------------------------------------------------------- server
