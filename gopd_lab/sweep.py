@@ -127,8 +127,8 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["point_id", "status", "error", "wall_seconds", "notebook"])
     front = ["point_id"] + [c for r in rows for c in r["_params"] if c in df]
     front = list(dict.fromkeys(front + ["status", "error", "wall_seconds"]))
-    final = [c for c in df.columns if c.startswith("final_")]
-    evals = [c for c in df.columns if c.startswith("eval_")]
+    final = [c for c in df.columns if c.startswith("final_") and c not in front]
+    evals = [c for c in df.columns if c.startswith("eval_") and c not in front]  # a parameter may be eval_k
     return df[front + final + evals + ["notebook"]]
 
 

@@ -224,8 +224,12 @@ class SweepSpec:
                 raise SweepError(f"{key} in sweep spec {path} must be a mapping of parameter: value(s)")
             data[key] = data.get(key) or {}
         notebook = Path(data["notebook"])
-        if not notebook.is_absolute() and not notebook.exists() and (path.parent / notebook).exists():
-            data["notebook"] = str(path.parent / notebook)
+        if not notebook.is_absolute() and not notebook.exists():
+            # relative to the spec's folder, or to the repository the spec lives in (specs sit in sweeps/)
+            for base in (path.parent, path.resolve().parent.parent):
+                if (base / notebook).exists():
+                    data["notebook"] = str(base / notebook)
+                    break
         data.setdefault("sweep_dir", None)
         data["sweep_dir"] = data["sweep_dir"] or str(Path("runs/sweeps") / path.stem)
         return cls(**data)

@@ -62,7 +62,8 @@ def load_samples(path: str | os.PathLike, step: int | None = None) -> list[dict]
 
 def references(record: Record) -> dict[str, list[float]]:
     """Reference log-probs scored for ``record`` by name: the run's own first, then ``lp_references``."""
-    refs = {} if record.get("lp_reference") is None else {RUN_REFERENCE: record["lp_reference"]}
+    own = record.get("lp_reference")
+    refs = {} if own is None or all(v is None for v in own) else {RUN_REFERENCE: own}  # all None: not run (λ = 1)
     refs.update(record.get("lp_references") or {})
     return refs
 
@@ -71,7 +72,9 @@ def available_quantities(record: Record) -> list[str]:
     """The quantities of ``QUANTITIES`` that ``record`` holds the data for."""
     has_ref = bool(references(record))
     has_rank = record.get("teacher_rank") is not None
-    needs = {"lp_reference": has_ref, "reward": has_ref, "teacher_rank": has_rank}
+    has_teacher = record.get("lp_teacher") is not None  # GRPO / SFT samples have no teacher
+    needs = {"lp_reference": has_ref and has_teacher, "reward": has_ref and has_teacher, "teacher_rank": has_rank,
+             "lp_teacher": has_teacher}
     return [q for q in QUANTITIES if needs.get(q, True)]
 
 
@@ -99,6 +102,8 @@ def token_values(
     if quantity == "advantage" and lam is None and reference is None:
         return [float(v) for v in record["advantage"]]
     if quantity in ("lp_student", "lp_teacher"):
+        if record.get(quantity) is None:
+            raise ValueError(f"this sample has no {quantity} (a {record.get('method', 'teacher-free')} sample)")
         return [float(v) for v in record[quantity]]
     if quantity == "teacher_rank":
         if record.get("teacher_rank") is None:
@@ -155,18 +160,21 @@ def display_token(token: str) -> tuple[str, bool]:
     return "".join(dim.format(_MARKS[ch]) if ch in _MARKS else html.escape(ch) for ch in token), False
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
     return f"{value:+.4f}" if math.isfinite(value) else str(value)
 
 
 def _hover(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> str:
     lines = [f"#{i} {record['tokens'][i]!r}", f"{quantity} (shown) = {_fmt(shown)}"]
-    lines.append(f"A_t (stored) = {_fmt(float(record['advantage'][i]))}")
-    lines += [f"{k} = {_fmt(float(record[k][i]))}" for k in ("lp_student", "lp_teacher")]
-    if lp_ref is not None:
-        lines.append(f"lp_reference = {_fmt(float(lp_ref[i]))}")
+    lines.append(f"A_t (stored) = {_fmt(record['advantage'][i])}")
+    lines += [f"{k} = {_fmt(record[k][i])}" for k in ("lp_student", "lp_teacher") if record.get(k) is not None]
+    if lp_ref is not None and record.get("lp_teacher") is not None and lp_ref[i] is not None:
+        lines.append(f"lp_reference = {_fmt(lp_ref[i])}")
         lines.append(f"reward = {_fmt(float(record['lp_teacher'][i]) - float(lp_ref[i]))}")
-    lines += [f"lp_reference[{n}] = {_fmt(float(v[i]))}" for n, v in (record.get("lp_references") or {}).items()]
+    lines += [f"lp_reference[{n}] = {_fmt(v[i])}" for n, v in (record.get("lp_references") or {}).items()]
     if record.get("teacher_rank") is not None:
         lines.append(f"teacher_rank = {int(record['teacher_rank'][i])}")
     return html.escape("\n".join(lines))

@@ -183,3 +183,22 @@ def test_save_html_is_self_contained_and_atomic(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "Plotly" in text and not re.search(r"<script[^>]*\bsrc=", text) and len(text) > 1_000_000
     assert [p.name for p in path.parent.iterdir()] == ["train.html"]
+
+
+def test_token_view_of_a_teacher_free_sample_renders():
+    """Regression: GRPO / SFT samples (lp_teacher None) crashed the token view."""
+    from gopd_lab.viz import available_quantities, token_view
+
+    record = {"tokens": ["4", "6", "<eos>"], "lp_student": [-0.1, -0.2, -0.3], "lp_teacher": None,
+              "lp_reference": None, "advantage": [0.5, 0.5, 0.5], "teacher_rank": None, "lam": 1.0, "score": 1.0}
+    html = token_view(record)._repr_html_()
+    assert html.count("title=") >= 3 and "lp_teacher" not in html
+    assert available_quantities(record) == ["advantage", "lp_student"]
+
+
+def test_lam_one_rows_without_reference_are_not_offered_a_reference():
+    from gopd_lab.viz import references
+
+    record = {"tokens": ["1"], "lp_student": [-0.1], "lp_teacher": [-0.2], "lp_reference": [None],
+              "advantage": [-0.1], "lam": 1.0}
+    assert references(record) == {}
