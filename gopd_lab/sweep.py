@@ -384,3 +384,14 @@ def _log_tail(path: Path) -> str | None:
     lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
     errors = [ln for ln in lines if re.search(r"\w(Error|Exception)\b", ln)]
     return (errors or lines or [None])[-1][-500:] if lines else None
+
+
+def summarise(results: pd.DataFrame, by: list[str], metrics: list[str] | None = None) -> pd.DataFrame:
+    """Mean ± std over the points that share ``by`` (e.g. over seeds): one row per group, with
+    ``<metric>_mean``, ``<metric>_std`` and the number of ``points`` that finished."""
+    ok = results[results.status == "ok"]
+    metrics = metrics or [c for c in results.columns if c.startswith("eval_") and c.endswith("_acc")]
+    agg = ok.groupby(by, dropna=False)[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{stat}" for m, stat in agg.columns]
+    agg["points"] = ok.groupby(by, dropna=False).size()
+    return agg.reset_index()
