@@ -181,7 +181,7 @@ def train(
             if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
                 append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
             cbs.fire("on_step", n, metrics)
-            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "reward_mean") if k in metrics})
+            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
             run_eval(n)
         if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps and main:

@@ -180,5 +180,7 @@ def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: T
             reward = scored.lp_teacher - scored.lp_reference  # NaN on rows at λ = 1 (reference not run)
             m["reward_mean"] = float(masked_mean(reward, mask * torch.isfinite(reward)))
     if scored.rewards is not None:
-        m["reward_mean"] = float(scored.rewards.float().mean())
+        m["score_mean"] = float(scored.rewards.float().mean())
+        if scored.lp_teacher is None:  # GRPO / CHORD: the verifier's score is the RL reward
+            m["reward_mean"] = m["score_mean"]
     return m
