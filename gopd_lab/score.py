@@ -158,7 +158,7 @@ def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollou
         logp_t = torch.log_softmax(head_t(feats_t[i:i + n]).float(), -1)  # (n, V)
         lp_tok = logp_t.gather(-1, tok).squeeze(-1)
         _add(acc, "lp_teacher", lp_tok)
-        _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1))
+        _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1, dtype=torch.int32).long())
         logp_r = None
         if head_r is not None:
             logp_r = torch.log_softmax(head_r(feats_r[i:i + n]).float(), -1)  # (n, V)

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .rollout import Rollout, position_ids_from_mask
 
-CHUNK_BYTES = 64 * 2**20  # float32 logits held at once per chunk when chunk_tokens == 0
+CHUNK_BYTES = 8 * 2**20  # float32 logits per chunk when chunk_tokens == 0 (fits in cache; bench: faster and leaner than 64 MiB)
 
 
 @dataclass

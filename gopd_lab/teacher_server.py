@@ -25,7 +25,10 @@ Protocol (JSON over HTTP; one request carries at most ``max_rows`` rows):
 The client splits large batches into requests of at most ``max_rows`` rows, retries connection failures,
 timeouts and 5xx answers with exponential backoff, and raises :class:`TeacherUnreachable` naming the URL and
 the command to start when no server answers. Options ride on the URL's query string:
-``http://host:8765?timeout=60&retries=5&max_rows=8``.
+``http://host:8765?connect_timeout=5&timeout=60&retries=5&max_rows=8``.
+
+The server has no authentication: it listens on 127.0.0.1 by default; give ``--host 0.0.0.0`` only on a
+private network (or put it behind a proxy that authenticates).
 """
 
 from __future__ import annotations
