@@ -51,7 +51,10 @@ class Collector:
         cfg, tok = self.cfg, self.models.tokenizer
         source = "teacher" if cfg.method == "offpolicy" else cfg.expert_data
         if source == "teacher":
-            return self._teacher_samples(out_dir / "teacher_samples.jsonl")
+            path = out_dir / "teacher_samples.jsonl"
+            if not cfg.resume:  # a fresh run never trains on samples another run left behind
+                path.unlink(missing_ok=True)
+            return self._teacher_samples(path)
         if source:
             texts, domains = read_prompt_file(source)
             answers = [str(r["answer"]) for r in read_jsonl(source) if "prompt" in r]

@@ -187,3 +187,15 @@ def test_each_method_runs_and_writes_the_standard_files(method, extra, tiny_dirs
 def test_chord_without_mu_is_refused():
     with pytest.raises(ConfigError, match="mu > 0"):
         RunConfig(method="chord", mu=0.0)
+
+
+def test_offpolicy_regenerates_teacher_samples_left_by_another_run(tiny_dirs, tmp_path):
+    """Regression: a fresh off-policy run reused a stale teacher_samples.jsonl from its out_dir."""
+    out = tmp_path / "off"
+    out.mkdir()
+    (out / "teacher_samples.jsonl").write_text('{"prompt": "1+1=", "domain": "add", "answer": "stale"}\n')
+    cfg = RunConfig(method="offpolicy", student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], tasks="add",
+                    steps=1, batch_size=2, max_new_tokens=3, eval_limit=2, eval_k=0, out_dir=str(out))
+    train(cfg, progress=False)
+    rows = (out / "teacher_samples.jsonl").read_text().splitlines()
+    assert len(rows) == 4000 and "stale" not in rows[0]
