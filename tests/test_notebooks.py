@@ -13,15 +13,14 @@ notebook are the test.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from notebook_checks import assert_clean_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "gopd-lab-notebook-tests"
@@ -47,15 +46,6 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _parameter_names(nb: dict) -> set[str]:
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    tree = ast.parse(_source(cell))
-    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
 
 
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
@@ -65,30 +55,7 @@ def test_notebook_exists(path):
 
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
 def test_committed_notebook_is_clean(path):
-    assert path.stat().st_size < 100_000, f"{path.name} is {path.stat().st_size} bytes; keep notebooks under 100 kB"
-    nb = _read(path)
-    cells = nb["cells"]
-    assert cells and cells[0]["cell_type"] == "markdown", "the first cell says what the notebook shows and needs"
-    assert re.search(r"needs", _source(cells[0]), re.I), "the first cell says what the notebook needs"
-    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1 and tagged[0]["cell_type"] == "code", "exactly one code cell tagged 'parameters'"
-    assert "out_dir" in _parameter_names(nb)
-    assert set(CI_PARAMETERS[path.stem]) <= _parameter_names(nb), "CI parameters must be knobs of the parameters cell"
-    for i, cell in enumerate(cells):
-        if cell["cell_type"] != "code":
-            continue
-        assert cell.get("outputs") == [], f"cell {i} has outputs: strip them before committing"
-        assert cell.get("execution_count") is None, f"cell {i} has an execution count"
-        src = _source(cell)
-        assert not re.search(r"^\s*(async\s+)?(def|class)\s", src, re.M), f"cell {i} defines a function or class"
-        for node in ast.walk(ast.parse(src)):
-            if isinstance(node, ast.Import):
-                roots = {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                roots = {(node.module or "").split(".")[0]}
-            else:
-                continue
-            assert roots <= ALLOWED_IMPORTS, f"cell {i} imports {roots - ALLOWED_IMPORTS}; use gopd_lab"
+    assert_clean_notebook(path, set(CI_PARAMETERS[path.stem]), ALLOWED_IMPORTS)
 
 
 @pytest.fixture(scope="session")

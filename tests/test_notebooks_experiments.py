@@ -12,7 +12,6 @@ notebook relative to it) and write only under ``tmp_path``. The asserts inside e
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from notebook_checks import assert_clean_notebook, source
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -39,44 +39,12 @@ def _path(stem: str) -> Path:
     return NOTEBOOKS / f"{stem}.ipynb"
 
 
-def _source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _parameter_names(cell: dict) -> set[str]:
-    names = set()
-    for node in ast.parse(_source(cell)).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return names
 
 
 @pytest.mark.parametrize("stem", sorted(CI_PARAMETERS))
 def test_committed_notebook_is_clean(stem):
-    path = _path(stem)
-    assert path.stat().st_size < 100_000, f"{path.name} is {path.stat().st_size} bytes; keep notebooks under 100 kB"
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    assert cells and cells[0]["cell_type"] == "markdown", "the first cell is markdown: what it shows and needs"
-    assert re.search(r"what it shows", _source(cells[0]), re.I) and re.search(r"needs", _source(cells[0]), re.I)
-    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1 and tagged[0]["cell_type"] == "code", "exactly one code cell tagged 'parameters'"
-    names = _parameter_names(tagged[0])
-    assert set(CI_PARAMETERS[stem]) | {"out_dir"} <= names, "the CI parameters are knobs of the parameters cell"
-    for i, cell in enumerate(cells):
-        if cell["cell_type"] != "code":
-            continue
-        assert cell.get("outputs") == [], f"cell {i} has outputs: strip them before committing"
-        assert cell.get("execution_count") is None, f"cell {i} has an execution count"
-        src = _source(cell)
-        assert not re.search(r"^\s*(async\s+)?(def|class)\s", src, re.M), f"cell {i} defines a function or class"
-        for node in ast.walk(ast.parse(src)):
-            if isinstance(node, ast.Import):
-                roots = {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                roots = {(node.module or "").split(".")[0]}
-            else:
-                continue
-            assert roots <= ALLOWED_IMPORTS, f"cell {i} imports {roots - ALLOWED_IMPORTS}; use gopd_lab"
+    nb = assert_clean_notebook(_path(stem), set(CI_PARAMETERS[stem]), ALLOWED_IMPORTS)
+    assert re.search(r"what it shows", source(nb["cells"][0]), re.I)
 
 
 @pytest.fixture(scope="module")
