@@ -39,7 +39,7 @@ from _common import (build_world, max_rss_mb, measured, peak_alloc, print_table,
 from gopd_lab.models import Models  # noqa: E402
 from gopd_lab.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
 from gopd_lab.score import score_rollout  # noqa: E402
-from gopd_lab.scoring import token_logprobs  # noqa: E402
+from gopd_lab.scoring import CHUNK_BYTES, token_logprobs  # noqa: E402
 from gopd_lab.update import UpdateSettings, update  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def parse(argv=None):
     p.add_argument("--lam", type=float, default=1.25)
     p.add_argument("--estimator", default="sampled", choices=("sampled", "full", "topk"))
     p.add_argument("--score-chunk-tokens", type=int, default=0,
-                   help="RunConfig.score_chunk_tokens for scoring and the update (0 = about 64 MiB of logits per chunk)")
+                   help="RunConfig.score_chunk_tokens for scoring and the update (0 = scoring.CHUNK_BYTES of float32 logits per chunk)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the per-stage allocation pass")
@@ -215,11 +215,11 @@ def scoring_memory(w, models, rollout, args) -> dict:
     for chunk in [int(c) for c in args.chunk_tokens.split(",")]:
         sc, peak = peak_alloc(score_rollout, models, rollout, 1.0, chunk_tokens=chunk)
         err = float((sc.lp_teacher - naive_lp).abs().max())
-        rows.append({"method": "score_rollout (teacher, lp + rank)", "chunk_tokens": chunk or "default (64 MiB)",
+        rows.append({"method": "score_rollout (teacher, lp + rank)", "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
                      "peak_MB": peak / 2**20, "vs_naive": peak / naive_peak, "max_abs_err": err,
                      "cpu_median_s": median_s(score_rollout, models, rollout, 1.0, chunk_tokens=chunk)})
         _, peak = peak_alloc(token_logprobs, w.teacher, rollout, chunk_tokens=chunk)
-        rows.append({"method": "scoring.token_logprobs", "chunk_tokens": chunk or "default (64 MiB)",
+        rows.append({"method": "scoring.token_logprobs", "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
                      "peak_MB": peak / 2**20, "vs_naive": peak / naive_peak,
                      "cpu_median_s": median_s(token_logprobs, w.teacher, rollout, chunk_tokens=chunk)})
     print_table(rows, ["method", "chunk_tokens", "peak_MB", "vs_naive", "cpu_median_s", "max_abs_err"],
