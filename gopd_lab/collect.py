@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, RunConfig
-from .models import Models
-from .rollout import Prompts, Rollout, encode_prompts, read_prompt_file, sample, teacher_forced
+from .models import DEFAULT_DOMAIN, Models
+from .rollout import Prompts, Rollout, encode_prompts, read_prompt_rows, sample, teacher_forced
 from .runio import append_jsonl, read_jsonl
 from .score import Scored, reference_logprobs, score_rollout
 from .sdpo import build_self_teacher_view
@@ -56,12 +56,10 @@ class Collector:
                 path.unlink(missing_ok=True)
             return self._teacher_samples(path)
         if source:
-            texts, domains = read_prompt_file(source)
-            answers = [str(r["answer"]) for r in read_jsonl(source) if "prompt" in r]
-            if len(answers) != len(texts):
-                raise ConfigError(f"expert_data {source}: every line needs 'prompt' and 'answer' fields")
-            prompts = encode_prompts(tok, texts, domains, chat_template=cfg.chat_template)
-            prompts.answers = answers
+            rows = read_prompt_rows(source, ("prompt", "answer"))
+            prompts = encode_prompts(tok, [str(r["prompt"]) for r in rows],
+                                     [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows], chat_template=cfg.chat_template)
+            prompts.answers = [str(r["answer"]) for r in rows]
             return prompts
         if self.prompts.answers is None:
             raise ConfigError(f"method={cfg.method!r} / mu > 0 needs expert answers: use tasks=..., or expert_data=")

@@ -9,7 +9,6 @@ sampling and much cheaper than ``torch.multinomial`` over a 150k vocabulary on C
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -47,26 +46,29 @@ class Prompts:
         return Prompts(pick(self.ids), pick(self.texts), pick(self.domains), None if self.answers is None else pick(self.answers))
 
 
-def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
-    """Read ``(texts, domains)`` from a JSONL file with a ``prompt`` field and an optional ``domain``."""
+def read_prompt_rows(path: str | Path, required: tuple[str, ...] = ("prompt",)) -> list[dict]:
+    """Rows of a JSONL prompt file, each checked for the ``required`` fields; one clear error otherwise."""
+    from .tasks.base import read_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
-    texts, domains = [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{n} is not valid JSON ({err})") from err
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise ConfigError(f"{path}:{n} has no 'prompt' field; each line must be {{\"prompt\": ..., \"domain\": ...}}")
-        texts.append(str(row["prompt"]))
-        domains.append(str(row.get("domain", DEFAULT_DOMAIN)))
-    if not texts:
-        raise ConfigError(f"prompt file {path} holds no prompts")
-    return texts, domains
+    try:
+        rows = read_jsonl(path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for n, row in rows:
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ConfigError(f"{path}:{n} has no {missing} field; each line must be a JSON object with "
+                              f"{list(required)} (and optionally 'domain')")
+    return [row for _, row in rows]
+
+
+def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read ``(texts, domains)`` from a JSONL file with a ``prompt`` field and an optional ``domain``."""
+    rows = read_prompt_rows(path)
+    return [str(r["prompt"]) for r in rows], [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows]
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], domains: Sequence[str] | None = None, *, chat_template: bool = False) -> Prompts:

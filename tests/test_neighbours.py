@@ -199,3 +199,16 @@ def test_offpolicy_regenerates_teacher_samples_left_by_another_run(tiny_dirs, tm
     train(cfg, progress=False)
     rows = (out / "teacher_samples.jsonl").read_text().splitlines()
     assert len(rows) == 4000 and "stale" not in rows[0]
+
+
+def test_expert_data_file_feeds_the_sft_term_and_a_bad_row_is_one_clear_error(tiny_dirs, tmp_path):
+    good = tmp_path / "expert.jsonl"
+    good.write_text('{"prompt": "1+1=", "answer": "2", "domain": "add"}\n{"prompt": "2+2=", "answer": "4"}\n')
+    cfg = RunConfig(method="gopd", student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], tasks="add", mu=0.5,
+                    expert_data=str(good), steps=1, batch_size=2, max_new_tokens=3, eval_limit=2, eval_k=0,
+                    out_dir=str(tmp_path / "run"))
+    assert train(cfg, progress=False).mu.iloc[0] == 0.5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1="}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1 has no \['answer'\] field"):
+        train(cfg.replace(expert_data=str(bad), out_dir=str(tmp_path / "bad")), progress=False)
