@@ -4,7 +4,7 @@ gopd_lab runs its stages (``sample`` → ``score_rollout`` → ``update``) with 
 per state ``KL(π_θ ‖ π_T)`` over the whole vocabulary on the student's own samples. TRL runs
 ``trl.DistillationTrainer`` (TRL ≥ 1.x; the experimental ``GKDTrainer`` is its predecessor) with ``beta=1.0``
 (reverse KL) on completions it generates itself every step (fully on-policy, what ``lmbda=1.0`` meant in
-``GKDTrainer``). Both: float32 on CPU, the same thread count, AdamW (no weight decay), constant learning rate,
+``GKDTrainer``). Both: float32 on CPU, the same thread count, torch's fused AdamW (no weight decay; the Trainer's default on torch ≥ 2.8, and what ``gopd_lab.train`` uses), constant learning rate,
 gradient clipping at 1.0, temperature 1, full-vocabulary sampling (top-k 0, top-p 1), completions of at most
 ``--new-tokens`` tokens that stop at EOS (the EOS token is trained on, later positions are masked: both
 trainers do this; random models almost never sample EOS, so theirs run the full length), no gradient checkpointing (TRL's default is on; ``--trl-gradient-checkpointing`` turns
@@ -37,6 +37,7 @@ from _common import build_world, print_table, set_threads, stats, task_prompts, 
 
 from gopd_lab.models import Models  # noqa: E402
 from gopd_lab.rollout import sample  # noqa: E402
+from gopd_lab.schedules import make_optimizer  # noqa: E402
 from gopd_lab.score import score_rollout  # noqa: E402
 from gopd_lab.scoring import full_logprobs  # noqa: E402
 from gopd_lab.update import UpdateSettings, update  # noqa: E402
@@ -69,7 +70,8 @@ def parse(argv=None):
 # ---------------------------------------------------------------------------------------------- the two runs
 def run_gopd(base, teacher, tok, prompts, args, batch) -> dict:
     student = copy.deepcopy(base).train()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    opt = make_optimizer([p for p in student.parameters() if p.requires_grad],
+                         argparse.Namespace(optimizer="adamw", lr=args.lr, weight_decay=0.0))  # fused AdamW, as train() uses
     models = Models(student, tok, {"default": teacher})
     settings = UpdateSettings(estimator="full", max_grad_norm=1.0)
     gen = torch.Generator().manual_seed(0)
@@ -118,7 +120,7 @@ def run_trl(base, teacher, tok, prompts, args, batch) -> dict:
         cfg = DistillationConfig(
             output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1, max_steps=args.steps,
             learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            optim="adamw_torch", beta=1.0, temperature=1.0, top_p=1.0, top_k=0, max_completion_length=args.new_tokens,
+            optim="adamw_torch_fused", beta=1.0, temperature=1.0, top_p=1.0, top_k=0, max_completion_length=args.new_tokens,
             gradient_checkpointing=args.trl_gradient_checkpointing,
             bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
             seed=0, shuffle_dataset=False, dataloader_num_workers=0,

@@ -1,9 +1,24 @@
-"""Step schedules: the learning-rate multiplier and CHORD's SFT weight μ_k."""
+"""The optimizer and its step schedules: the learning-rate multiplier and CHORD's SFT weight μ_k."""
 
 from __future__ import annotations
 
 import math
 from typing import Callable
+
+import torch
+
+FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def make_optimizer(params: list, cfg) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``params``. AdamW uses torch's fused kernel (one pass over all parameters, the
+    default of the Hugging Face Trainer on torch ≥ 2.8) when every parameter is a plain floating tensor on a
+    device that has it; the arithmetic is AdamW's either way."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = bool(params) and all(type(p) is torch.nn.Parameter and p.is_floating_point()
+                                 and p.device.type == params[0].device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_factor(cfg) -> Callable[[int], float]:

@@ -155,12 +155,14 @@ def full_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0) 
 class StudentOut:
     """The student's forward pass inside the update: ``lp`` ``(B, C)`` carries the gradient,
     ``logp`` ``(N, V)`` (full distributions at valid positions, with gradient) only when asked,
-    ``entropy`` ``(B, C)`` is detached."""
+    ``entropy`` ``(B, C)`` is detached. :func:`student_kl_forward` instead returns the loss itself in
+    ``kl_loss`` (with gradient) and a detached ``lp``."""
 
     lp: Tensor
     logp: Tensor | None
     entropy: Tensor
     positions: Positions
+    kl_loss: Tensor | None = None
 
 
 def student_forward(model: nn.Module, rollout: Rollout, *, full: bool = False, chunk_tokens: int = 0) -> StudentOut:
@@ -199,3 +201,63 @@ def _lp_entropy(features: Tensor, tokens: Tensor, to_logits: Callable, *, checkp
     if checkpointed and features.requires_grad:
         return checkpoint(chunk, features, use_reentrant=False)
     return chunk(features)
+
+
+def student_kl_forward(model: nn.Module, rollout: Rollout, target: Tensor, *, chunk_tokens: int = 0) -> StudentOut | None:
+    """The ``full`` estimator's loss ``mean_t KL(π_θ(·|s_t) ‖ target(·|s_t))`` fused with the LM head.
+
+    ``target`` ``(N, V)`` holds the detached log-target at the valid positions (:class:`Positions` order).
+    Chunk by chunk the head's logits are formed, reduced to the KL, the token log-prob and the entropy, and
+    turned at once into the gradients of the features and of the head weight (``∂KL/∂z = p ⊙ (log p −
+    log target − KL)``): no ``(N, V)`` activation outlives its chunk and autograd records one node for the
+    whole head. Returns ``None`` when the model has no plain bias-free linear head (the caller then uses
+    :func:`student_forward`).
+    """
+    parts = _decoder_and_head(model)
+    if parts is None or parts[1].bias is not None or getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+        return None
+    pos = Positions.of(rollout)
+    feats, head = completion_features(model, rollout, pos)
+    tokens = rollout.completion_ids[pos.b, pos.c]
+    rows = chunk_rows(head.weight.shape[0], chunk_tokens)
+    loss, lp, ent = _FusedKL.apply(feats, head.weight, target.detach(), tokens, rows)
+    return StudentOut(lp=pos.scatter(lp), logp=None, entropy=pos.scatter(ent), positions=pos, kl_loss=loss)
+
+
+class _FusedKL(torch.autograd.Function):
+    """``(features (N, H), weight (V, H), target (N, V)) → (mean KL, lp (N,), entropy (N,))``; the gradients of the
+    summed KL are computed in the forward pass (the loss is their mean, so backward only scales them by
+    ``incoming gradient / N``)."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, weight: Tensor, target: Tensor, tokens: Tensor, rows: int):
+        n_all = feats.shape[0]
+        grad_f = torch.zeros_like(feats)
+        grad_w = torch.zeros_like(weight) if weight.requires_grad else None
+        lp = feats.new_zeros(n_all, dtype=torch.float32)
+        ent = feats.new_zeros(n_all, dtype=torch.float32)
+        total = feats.new_zeros((), dtype=torch.float32)
+        for i in range(0, n_all, rows):
+            f = feats[i:i + rows]
+            logp = torch.nn.functional.linear(f, weight).float()  # (n, V) logits, then log-probs in place
+            logp -= torch.logsumexp(logp, -1, keepdim=True)
+            p = logp.exp()
+            diff = logp - target[i:i + rows]  # log p − log target
+            kl = torch.bmm(p[:, None, :], diff[:, :, None]).view(-1)  # (n,) without an (n, V) product
+            ent[i:i + rows] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
+            lp[i:i + rows] = logp.gather(-1, tokens[i:i + rows, None]).view(-1)
+            total += kl.sum()
+            g = diff.sub_(kl[:, None]).mul_(p).to(weight.dtype)  # ∂KL_i/∂logits_i, (n, V); the 1/N is applied in backward
+            grad_f[i:i + rows] = g @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.T, f)
+        ctx.save_for_backward(grad_f, grad_w if grad_w is not None else feats.new_zeros(0))
+        ctx.has_grad_w, ctx.n = grad_w is not None, max(n_all, 1)
+        ctx.mark_non_differentiable(lp, ent)
+        return total / ctx.n, lp, ent
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_lp, _grad_ent):
+        grad_f, grad_w = ctx.saved_tensors
+        scale = grad_loss / ctx.n
+        return grad_f * scale, (grad_w * scale if ctx.has_grad_w else None), None, None, None

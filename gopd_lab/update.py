@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .objectives import (chord_phi, full_loss, gopd_advantages, group_advantages, jsd_loss, kl_k3, masked_mean,
                          sampled_loss, sft_loss, topk_loss)
 from .score import Scored
-from .scoring import student_forward
+from .scoring import student_forward, student_kl_forward
 
 
 @dataclass
@@ -82,6 +82,8 @@ def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_
         return loss, extra
     if s.estimator == "sampled":
         return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
+    if out.kl_loss is not None:  # the fused full estimator (student_kl_forward): the same mean KL as full_loss
+        return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
     states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
     if s.estimator == "full":
         return full_loss(out.logp, scored.target, states)
@@ -91,6 +93,16 @@ def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_
     if s.estimator == "jsd":
         return jsd_loss(out.logp, scored.target, states, s.jsd_beta)
     raise ValueError(f"unknown estimator {s.estimator!r}")
+
+
+def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
+    """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
+    log-probs (with full distributions for ``topk``/``jsd``)."""
+    if s.method == "gopd" and s.estimator == "full" and scored.target is not None:
+        out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
+        if out is not None:
+            return out
+    return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
 
 
 def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings,
@@ -106,7 +118,7 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
     first: UpdateResult | None = None
     lp_old = None
     for epoch in range(s.epochs):
-        out = student_forward(student, rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
+        out = _forward(student, scored, s)
         lp_now = out.lp.detach()  # (B, C)
         if lp_old is None:
             lp_old = lp_now

@@ -5,7 +5,7 @@ import torch
 
 from gopd_lab.config import ConfigError
 from gopd_lab.rollout import Prompts, Rollout, encode_prompts, left_pad, position_ids_from_mask, sample
-from gopd_lab.scoring import Positions, full_logprobs, student_forward, token_logprobs
+from gopd_lab.scoring import Positions, full_logprobs, student_forward, student_kl_forward, token_logprobs
 from gopd_lab.tiny import tiny_model
 from gopd_lab.tokenizer import build_char_tokenizer
 
@@ -184,6 +184,48 @@ def test_student_forward_equals_naive_values_and_gradients(tok, chunk, full):
     for name in want:
         scale = want[name].abs().max().clamp(min=1e-3)
         assert torch.allclose(got[name], want[name], atol=1e-5 * float(scale) + 1e-7), name
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 0])
+@pytest.mark.parametrize("tied", [True, False])
+def test_fused_full_kl_equals_full_loss_values_and_gradients(tok, chunk, tied):
+    """student_kl_forward (head + KL fused, gradients formed in the forward) = full_loss on student_forward."""
+    from gopd_lab.objectives import full_loss, target_logprobs
+
+    model = sharp_model(tok, seed=6, tie_word_embeddings=tied)
+    model.train()
+    ro = make_rollout(tok, seed=2)
+    pos = Positions.of(ro)
+    g = torch.Generator().manual_seed(7)
+    teacher = torch.log_softmax(torch.randn(len(pos), len(tok), generator=g) * 2, -1)
+    reference = torch.log_softmax(torch.randn(len(pos), len(tok), generator=g) * 2, -1)
+    target = target_logprobs(teacher, reference, 1.25)  # a G-OPD target at λ = 1.25
+
+    model.zero_grad(set_to_none=True)
+    out = student_kl_forward(model, ro, target, chunk_tokens=chunk)
+    (out.kl_loss * 0.7).backward()  # an incoming gradient other than 1 (e.g. the data-parallel share)
+    got = _param_grads(model)
+
+    model.zero_grad(set_to_none=True)
+    ref = student_forward(model, ro, full=True, chunk_tokens=chunk)
+    want_loss, _ = full_loss(ref.logp, target, torch.ones(len(pos)))
+    (want_loss * 0.7).backward()
+    want = _param_grads(model)
+
+    assert out.kl_loss.item() == pytest.approx(want_loss.item(), rel=1e-5, abs=1e-7)
+    assert torch.allclose(out.lp, ref.lp.detach(), atol=1e-5) and not out.lp.requires_grad
+    assert torch.allclose(out.entropy, ref.entropy, atol=1e-5)
+    assert set(got) == set(want) and len(got) > 5
+    for name in want:
+        scale = want[name].abs().max().clamp(min=1e-3)
+        assert torch.allclose(got[name], want[name], atol=1e-5 * float(scale) + 1e-7), name
+
+
+def test_fused_full_kl_declines_a_head_with_a_bias(tok):
+    model = sharp_model(tok)
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
+    ro = make_rollout(tok)
+    assert student_kl_forward(model, ro, torch.zeros(len(Positions.of(ro)), len(tok))) is None
 
 
 def test_scores_are_float32_for_a_bfloat16_model(tok):
