@@ -100,6 +100,7 @@ def train(
     """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     models = models if models is not None else load_models(cfg)
     tasks = _load_tasks(cfg)
     if prompts is None:
@@ -111,9 +112,10 @@ def train(
         evaluate = task_evaluator(tasks, models.tokenizer, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, limit=cfg.eval_limit, seed=cfg.seed)
     cbs = _Callbacks(callbacks)
-    dist = Distributed()
     main = dist.is_main
     student, device = models.student, models.device
+    if dist.fsdp:
+        dist.shard_student(student, cfg)  # before the optimizer, which then holds only this process's shards
     torch.manual_seed(cfg.seed)
     gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
     params = [p for p in student.parameters() if p.requires_grad]
@@ -140,9 +142,12 @@ def train(
         atomic_write_json(out / "config.json", cfg.to_dict())
 
     def run_eval(step: int) -> None:
-        if evaluate is None or not main:
+        if evaluate is None:
             return
-        rows = [{"step": step, **r} for r in evaluate(student, step)]
+        with dist.full_params(student):  # FSDP: every process gathers the student, the main one evaluates
+            if not main:
+                return
+            rows = [{"step": step, **r} for r in evaluate(student, step)]
         append_jsonl(out / "eval.jsonl", rows)
         cbs.fire("on_eval", step, rows)
 
@@ -155,7 +160,8 @@ def train(
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
+        with dist.full_params(student, when=cfg.method not in ("sft", "offpolicy")):  # FSDP: sample on the gathered student
+            rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
         _sync(device)
         t1 = time.perf_counter()
         scored = collector.score(rollout)
@@ -176,6 +182,8 @@ def train(
                                      "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
                                      "time_step": t3 - t0})
         metrics["step"] = n
+        if dist.fsdp:  # parameter elements the main process holds, and the whole student's
+            metrics["local_param_numel"], metrics["param_numel"] = dist.param_numel(student)
         if main:
             append_jsonl(out / "metrics.jsonl", [metrics])
             if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
@@ -184,15 +192,19 @@ def train(
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
             run_eval(n)
-        if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps and main:
-            save_checkpoint(out, n, student, optimizer, scheduler, gens)
+        if cfg.save_every and n % cfg.save_every == 0 and n != cfg.steps:
+            state = dist.full_state(student, optimizer)  # FSDP: gathered with every process taking part
+            if main:
+                save_checkpoint(out, n, student, optimizer, scheduler, gens, state=state)
         dist.barrier()
     bar.close()
 
-    if (start < cfg.steps or ckpt is None) and main:
+    if start < cfg.steps or ckpt is None:
         run_eval(cfg.steps)
-        save_checkpoint(out, cfg.steps, student, optimizer, scheduler, gens)
-        save_final_model(models, out / "model")
+        state = dist.full_state(student, optimizer)
+        if main:
+            save_checkpoint(out, cfg.steps, student, optimizer, scheduler, gens, state=state)
+            save_final_model(models, out / "model", None if state is None else state[0])
     dist.barrier()
     history = pd.DataFrame(read_jsonl(out / "metrics.jsonl"))
     if main:
@@ -202,13 +214,14 @@ def train(
     return history
 
 
-def save_final_model(models: Models, path: Path) -> None:
-    """``save_pretrained`` the student (and its tokenizer) so it loads like any checkpoint."""
+def save_final_model(models: Models, path: Path, state_dict: dict | None = None) -> None:
+    """``save_pretrained`` the student (and its tokenizer) so it loads like any checkpoint; ``state_dict``: the
+    gathered full weights of a sharded (FSDP) student."""
     student = models.student
     if not hasattr(student, "save_pretrained"):
         return
     tmp = path.with_name(path.name + ".tmp")
-    student.save_pretrained(tmp)
+    student.save_pretrained(tmp, state_dict=state_dict)
     if models.tokenizer is not None:
         models.tokenizer.save_pretrained(tmp)
     if path.exists():
