@@ -24,7 +24,7 @@ from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .collect import Collector, batch_indices
 from .distributed import Distributed
 from .models import DEFAULT_DOMAIN
-from .schedules import lr_factor, mu_at
+from .schedules import make_optimizer, lr_factor, mu_at
 from .score import Scored
 from .sdpo import ema_update
 from .update import UpdateResult, UpdateSettings, update
@@ -119,10 +119,7 @@ def train(
     torch.manual_seed(cfg.seed)
     gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
     params = [p for p in student.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
