@@ -144,7 +144,7 @@ class RunConfig:
     save_every: int = 0
     """Checkpoint every N steps (0 = only at the end)."""
     log_samples_every: int = 10
-    """Write per-token samples every N steps (and at the last step)."""
+    """Write per-token samples every N steps (and at the first and last step; 0 = only those two)."""
     log_samples: int = 4
     """Completions written to samples.jsonl each time samples are logged."""
     eval_every: int = 0

@@ -183,7 +183,7 @@ def train(
             metrics["local_param_numel"], metrics["param_numel"] = dist.param_numel(student)
         if main:
             append_jsonl(out / "metrics.jsonl", [metrics])
-            if cfg.log_samples and (n % cfg.log_samples_every == 0 or n == cfg.steps or n == 1):
+            if cfg.log_samples and ((cfg.log_samples_every and n % cfg.log_samples_every == 0) or n == cfg.steps or n == 1):
                 append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
             cbs.fire("on_step", n, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})

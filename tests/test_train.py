@@ -332,3 +332,10 @@ def test_clip_frac_reports_batch_reuse(tiny_dirs, tmp_path):
                max_grad_norm=None)
     row = train(cfg, progress=False).iloc[0]
     assert row["clip_frac"] > 0 and row["approx_kl_old"] != 0
+
+
+def test_log_samples_every_0_logs_only_the_first_and_last_step(tiny_dirs, tmp_path):
+    cfg = _cfg(tiny_dirs, tmp_path, steps=3, log_samples=2, log_samples_every=0)
+    train(cfg, progress=False)
+    steps = sorted({r["step"] for r in _jsonl(Path(cfg.out_dir) / "samples.jsonl")})
+    assert steps == [1, 3]
