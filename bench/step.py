@@ -38,6 +38,7 @@ from _common import (build_world, max_rss_mb, measured, peak_alloc, print_table,
 
 from gopd_lab.models import Models  # noqa: E402
 from gopd_lab.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
+from gopd_lab.schedules import make_optimizer  # noqa: E402
 from gopd_lab.score import score_rollout  # noqa: E402
 from gopd_lab.scoring import CHUNK_BYTES, token_logprobs  # noqa: E402
 from gopd_lab.update import UpdateSettings, update  # noqa: E402
@@ -108,9 +109,10 @@ def run(args) -> dict:
     prompts = w.prompts.select(range(args.batch))
     models = Models(w.student, w.tokenizer, {"default": w.teacher}, {"default": w.reference})
     settings = UpdateSettings(estimator=args.estimator, chunk_tokens=args.score_chunk_tokens)
-    opt = torch.optim.AdamW([p for p in w.student.parameters() if p.requires_grad], lr=1e-4)
+    opt = make_optimizer([p for p in w.student.parameters() if p.requires_grad],  # as train() builds it: fused AdamW
+                         argparse.Namespace(optimizer="adamw", lr=1e-4, weight_decay=0.01))
     floor_student = copy.deepcopy(w.student)
-    floor_opt = torch.optim.AdamW(floor_student.parameters(), lr=1e-4)
+    floor_opt = torch.optim.AdamW(floor_student.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     n_tok = args.batch * args.new_tokens
 

@@ -166,13 +166,17 @@ class StudentOut:
 
 
 def student_forward(model: nn.Module, rollout: Rollout, *, full: bool = False, chunk_tokens: int = 0) -> StudentOut:
-    """Student log-probs with gradient, chunked; when only token log-probs are needed each chunk of the
-    LM head is recomputed in backward (activation checkpointing) so its logits are not kept."""
+    """Student log-probs with gradient, chunked. When only token log-probs are needed, a plain bias-free LM
+    head goes through :class:`_TokenLogprob` (each chunk's logits formed once in forward and once in
+    backward, never kept); other heads recompute each chunk in backward by activation checkpointing."""
     pos = Positions.of(rollout)
     feats, to_logits = completion_features(model, rollout, pos)
     tokens = rollout.completion_ids[pos.b, pos.c]
     vocab = _vocab_size(model, to_logits, feats)
     n = chunk_rows(vocab, chunk_tokens)
+    if not full and isinstance(to_logits, nn.Linear) and to_logits.bias is None:
+        lp, ent = _TokenLogprob.apply(feats, to_logits.weight, tokens, n)
+        return StudentOut(lp=pos.scatter(lp), logp=None, entropy=pos.scatter(ent), positions=pos)
     lps, ents, logps = [], [], []
     for i in range(0, len(pos), n):
         f, t = feats[i:i + n], tokens[i:i + n]
@@ -261,3 +265,46 @@ class _FusedKL(torch.autograd.Function):
         grad_f, grad_w = ctx.saved_tensors
         scale = grad_loss / ctx.n
         return grad_f * scale, (grad_w * scale if ctx.has_grad_w else None), None, None, None
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """``(features (N, H), weight (V, H), tokens (N,)) → (lp (N,), entropy (N,))`` of a bias-free LM head, chunk
+    by chunk. Forward keeps only each position's log-normaliser; backward forms each chunk's logits once more
+    and turns them straight into ``∂lp/∂logits = onehot − p`` (no autograd graph over ``(n, V)`` tensors)."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, weight: Tensor, tokens: Tensor, rows: int):
+        n_all = feats.shape[0]
+        lp = feats.new_zeros(n_all, dtype=torch.float32)
+        ent = feats.new_zeros(n_all, dtype=torch.float32)
+        lse = feats.new_zeros(n_all, dtype=torch.float32)
+        for i in range(0, n_all, rows):
+            logp = torch.nn.functional.linear(feats[i:i + rows], weight).float()  # (n, V) logits, then log-probs
+            norm = torch.logsumexp(logp, -1)
+            logp -= norm[:, None]
+            lse[i:i + rows] = norm
+            lp[i:i + rows] = logp.gather(-1, tokens[i:i + rows, None]).view(-1)
+            ent[i:i + rows] = -torch.bmm(logp.exp()[:, None, :], logp[:, :, None]).view(-1)
+        ctx.save_for_backward(feats, weight, tokens, lse)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(ent)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, grad_lp: Tensor, _grad_ent):
+        feats, weight, tokens, lse = ctx.saved_tensors
+        want_f, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_f = torch.zeros_like(feats) if want_f else None
+        grad_w = torch.zeros_like(weight) if want_w else None
+        grad_lp = grad_lp.float()
+        for i in range(0, feats.shape[0], ctx.rows):
+            f, g_i = feats[i:i + ctx.rows], grad_lp[i:i + ctx.rows, None]  # (n, H), (n, 1)
+            g = torch.nn.functional.linear(f, weight).float()
+            g.sub_(lse[i:i + ctx.rows, None]).exp_().mul_(-g_i)  # −grad · p
+            g.scatter_add_(-1, tokens[i:i + ctx.rows, None], g_i)  # + grad · onehot(token)
+            g = g.to(weight.dtype)
+            if want_f:
+                grad_f[i:i + ctx.rows] = g @ weight
+            if want_w:
+                grad_w.addmm_(g.T, f)
+        return grad_f, grad_w, None, None
