@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,notebooks,lora
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lab zoo clean
+.PHONY: setup lint demo test test-fast lab zoo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ setup: $(BIN)/.installed            ## create .venv with gopd_lab and its extras
 demo: setup                         ## the main job: OPD vs ExOPD on the embedded zoo, before/after table
 	$(BIN)/gopd-lab demo
 
-test: setup                         ## the whole test suite (CPU, no network)
+lint: setup                         ## ruff: lint and format check (the rules are in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint                    ## lint, then the whole test suite (CPU, no network)
 	$(BIN)/python -m pytest -q
 
 test-fast: setup                    ## skip the slow tests

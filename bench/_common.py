@@ -13,9 +13,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -54,14 +54,22 @@ def zoo_available(*specs: str) -> bool:
     return all(s[4:] in have for s in specs if s.startswith("zoo:"))
 
 
-def random_qwen2(vocab: int, *, seed: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                 tokenizer=None) -> nn.Module:
+def random_qwen2(
+    vocab: int, *, seed: int, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, tokenizer=None
+) -> nn.Module:
     """A random ``Qwen2ForCausalLM`` of any vocabulary (``tiny.tiny_config``); special ids from the char tokenizer."""
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = tiny_config(vocab, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, max_positions=256,
-                      tokenizer=tokenizer or build_char_tokenizer())
+    cfg = tiny_config(
+        vocab,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        max_positions=256,
+        tokenizer=tokenizer or build_char_tokenizer(),
+    )
     return Qwen2ForCausalLM(cfg).eval()
 
 
@@ -79,8 +87,16 @@ def random_prompts(vocab: int, n: int, length: int, seed: int = 0) -> Prompts:
     return Prompts(ids, [""] * n, ["default"] * n)
 
 
-def build_world(*, student: str = "", teacher: str = "", vocab: int = 0, hidden: int = 64, layers: int = 2,
-                n_prompts: int = 64, prompt_len: int = 16) -> World:
+def build_world(
+    *,
+    student: str = "",
+    teacher: str = "",
+    vocab: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    n_prompts: int = 64,
+    prompt_len: int = 16,
+) -> World:
     """Zoo / checkpoint models when ``student`` and ``teacher`` load, random models of ``vocab`` tokens when
     ``vocab`` > 0; a ``zoo:`` spec without a built zoo falls back to tiny random models of the zoo's shape."""
     tok = build_char_tokenizer()

@@ -33,8 +33,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (build_world, max_rss_mb, measured, peak_alloc, print_table, proc_cpu_s, set_threads, stats,  # noqa: E402
-                     write_json)
+from _common import (  # noqa: E402
+    build_world,
+    max_rss_mb,
+    measured,
+    peak_alloc,
+    print_table,
+    proc_cpu_s,
+    set_threads,
+    stats,
+    write_json,
+)
 
 from gopd_lab.models import Models  # noqa: E402
 from gopd_lab.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
@@ -48,7 +57,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", default="zoo:student-base")
     p.add_argument("--teacher", default="zoo:teacher-add")
-    p.add_argument("--vocab", type=int, default=0, help="random models of this vocabulary instead of --student/--teacher")
+    p.add_argument(
+        "--vocab", type=int, default=0, help="random models of this vocabulary instead of --student/--teacher"
+    )
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
@@ -56,8 +67,12 @@ def parse(argv=None):
     p.add_argument("--prompt-len", type=int, default=16, help="prompt length of random models")
     p.add_argument("--lam", type=float, default=1.25)
     p.add_argument("--estimator", default="sampled", choices=("sampled", "full", "topk"))
-    p.add_argument("--score-chunk-tokens", type=int, default=0,
-                   help="RunConfig.score_chunk_tokens for scoring and the update (0 = scoring.CHUNK_BYTES of float32 logits per chunk)")
+    p.add_argument(
+        "--score-chunk-tokens",
+        type=int,
+        default=0,
+        help="RunConfig.score_chunk_tokens for scoring and the update (0 = scoring.CHUNK_BYTES of float32 logits per chunk)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the per-stage allocation pass")
@@ -83,7 +98,9 @@ def bare_forward(model, rollout):
 
 def bare_train_step(model, opt, rollout):
     """The floor of the update: forward, cross-entropy on the sampled tokens, backward, AdamW step."""
-    logits = model(**model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1).logits[:, :-1]
+    logits = model(**model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1).logits[
+        :, :-1
+    ]
     mask = rollout.completion_mask.bool()  # (B, C)
     loss = F.cross_entropy(logits[mask].float(), rollout.completion_ids[mask])
     opt.zero_grad(set_to_none=True)
@@ -95,32 +112,57 @@ def bare_train_step(model, opt, rollout):
 @torch.inference_mode()
 def bare_generate(model, prompts, new_tokens, pad_id):
     ids, mask = left_pad(prompts.ids, pad_id)
-    return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id)
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=pad_id,
+    )
 
 
 def run(args) -> dict:
     set_threads(args.threads)
-    w = build_world(student=args.student, teacher=args.teacher, vocab=args.vocab, hidden=args.hidden, layers=args.layers,
-                    n_prompts=args.batch, prompt_len=args.prompt_len)
-    print(f"setting: {w.name}; batch {args.batch} x {args.new_tokens} new tokens; lam {args.lam}; estimator "
-          f"{args.estimator}; score_chunk_tokens {args.score_chunk_tokens}; {args.threads} thread(s); {args.repeats} repeats")
+    w = build_world(
+        student=args.student,
+        teacher=args.teacher,
+        vocab=args.vocab,
+        hidden=args.hidden,
+        layers=args.layers,
+        n_prompts=args.batch,
+        prompt_len=args.prompt_len,
+    )
+    print(
+        f"setting: {w.name}; batch {args.batch} x {args.new_tokens} new tokens; lam {args.lam}; estimator "
+        f"{args.estimator}; score_chunk_tokens {args.score_chunk_tokens}; {args.threads} thread(s); {args.repeats} repeats"
+    )
     pad = w.tokenizer.pad_token_id
     prompts = w.prompts.select(range(args.batch))
     models = Models(w.student, w.tokenizer, {"default": w.teacher}, {"default": w.reference})
     settings = UpdateSettings(estimator=args.estimator, chunk_tokens=args.score_chunk_tokens)
-    opt = make_optimizer([p for p in w.student.parameters() if p.requires_grad],  # as train() builds it: fused AdamW
-                         argparse.Namespace(optimizer="adamw", lr=1e-4, weight_decay=0.01))
+    opt = make_optimizer(
+        [p for p in w.student.parameters() if p.requires_grad],  # as train() builds it: fused AdamW
+        argparse.Namespace(optimizer="adamw", lr=1e-4, weight_decay=0.01),
+    )
     floor_student = copy.deepcopy(w.student)
     floor_opt = torch.optim.AdamW(floor_student.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     n_tok = args.batch * args.new_tokens
 
     stages = {
-        "rollout": lambda: sample(w.student, prompts, max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=pad,
-                                  generator=gen),
-        "score_teacher": lambda ro: score_rollout(models, ro, 1.0, estimator=args.estimator, chunk_tokens=args.score_chunk_tokens),
-        "score": lambda ro: score_rollout(models, ro, args.lam, estimator=args.estimator, chunk_tokens=args.score_chunk_tokens),
+        "rollout": lambda: sample(
+            w.student, prompts, max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=pad, generator=gen
+        ),
+        "score_teacher": lambda ro: score_rollout(
+            models, ro, 1.0, estimator=args.estimator, chunk_tokens=args.score_chunk_tokens
+        ),
+        "score": lambda ro: score_rollout(
+            models, ro, args.lam, estimator=args.estimator, chunk_tokens=args.score_chunk_tokens
+        ),
         "update": lambda sc: update(w.student, opt, sc, settings),
     }
     floors = {
@@ -164,28 +206,63 @@ def run(args) -> dict:
         _, memory["floor_score"] = peak_alloc(floors["score"], ro)
         _, memory["floor_update"] = peak_alloc(floors["update"], ro)
 
-    labels = {"rollout": ("rollout (sample)", "HF generate"), "score_teacher": ("score: teacher (lam=1 pass)", "teacher forward"),
-              "score": (f"score: teacher+reference (lam={args.lam:g})", "teacher+reference forward"),
-              "update": ("update (fwd+bwd+AdamW)", "student fwd+CE+bwd+AdamW"), "step": ("step = rollout+score+update", "sum of floors")}
+    labels = {
+        "rollout": ("rollout (sample)", "HF generate"),
+        "score_teacher": ("score: teacher (lam=1 pass)", "teacher forward"),
+        "score": (f"score: teacher+reference (lam={args.lam:g})", "teacher+reference forward"),
+        "update": ("update (fwd+bwd+AdamW)", "student fwd+CE+bwd+AdamW"),
+        "step": ("step = rollout+score+update", "sum of floors"),
+    }
     rows = []
     for key, (label, floor_label) in labels.items():
         t, f = times[key], times["floor_" + key]
         ratio = {c: [a / b for a, b in zip(t[c], f[c])] for c in ("wall", "cpu")}
-        rows.append({
-            "stage": label, "wall_median_s": stats(t["wall"])["median"],
-            "wall_min_max_s": f"{min(t['wall']):.3g}-{max(t['wall']):.3g}", "cpu_median_s": stats(t["cpu"])["median"],
-            "tok/s": n_tok / stats(t["cpu"])["median"], "peak_MB": memory[key] / 2**20 if key in memory else "",
-            "floor": floor_label, "floor_wall_s": stats(f["wall"])["median"], "floor_cpu_s": stats(f["cpu"])["median"],
-            "floor_peak_MB": memory["floor_" + key] / 2**20 if key in memory else "",
-            "ratio_wall": stats(ratio["wall"])["median"], "ratio_cpu": stats(ratio["cpu"])["median"],
-            "ratio_cpu_min_max": f"{min(ratio['cpu']):.2f}-{max(ratio['cpu']):.2f}",
-        })
-    print_table(rows, ["stage", "wall_median_s", "wall_min_max_s", "cpu_median_s", "tok/s", "peak_MB", "floor", "floor_wall_s",
-                       "floor_cpu_s", "floor_peak_MB", "ratio_wall", "ratio_cpu", "ratio_cpu_min_max"],
-                title="one G-OPD step vs its floor (ratio = stage / floor per repeat, median; tok/s on CPU time)")
+        rows.append(
+            {
+                "stage": label,
+                "wall_median_s": stats(t["wall"])["median"],
+                "wall_min_max_s": f"{min(t['wall']):.3g}-{max(t['wall']):.3g}",
+                "cpu_median_s": stats(t["cpu"])["median"],
+                "tok/s": n_tok / stats(t["cpu"])["median"],
+                "peak_MB": memory[key] / 2**20 if key in memory else "",
+                "floor": floor_label,
+                "floor_wall_s": stats(f["wall"])["median"],
+                "floor_cpu_s": stats(f["cpu"])["median"],
+                "floor_peak_MB": memory["floor_" + key] / 2**20 if key in memory else "",
+                "ratio_wall": stats(ratio["wall"])["median"],
+                "ratio_cpu": stats(ratio["cpu"])["median"],
+                "ratio_cpu_min_max": f"{min(ratio['cpu']):.2f}-{max(ratio['cpu']):.2f}",
+            }
+        )
+    print_table(
+        rows,
+        [
+            "stage",
+            "wall_median_s",
+            "wall_min_max_s",
+            "cpu_median_s",
+            "tok/s",
+            "peak_MB",
+            "floor",
+            "floor_wall_s",
+            "floor_cpu_s",
+            "floor_peak_MB",
+            "ratio_wall",
+            "ratio_cpu",
+            "ratio_cpu_min_max",
+        ],
+        title="one G-OPD step vs its floor (ratio = stage / floor per repeat, median; tok/s on CPU time)",
+    )
     print(f"process max RSS: {max_rss_mb():.0f} MB")
-    result = {"setting": w.name, "args": vars(args), "tokens_per_step": n_tok, "times_s": times,
-              "peak_alloc_bytes": memory, "rows": rows, "max_rss_mb": max_rss_mb()}
+    result = {
+        "setting": w.name,
+        "args": vars(args),
+        "tokens_per_step": n_tok,
+        "times_s": times,
+        "peak_alloc_bytes": memory,
+        "rows": rows,
+        "max_rss_mb": max_rss_mb(),
+    }
     if args.scoring_memory:
         result["scoring_memory"] = scoring_memory(w, models, stages["rollout"](), args)
     if args.remote:
@@ -197,7 +274,9 @@ def run(args) -> dict:
 def naive_scoring(model, rollout):
     """The naive way: full ``log_softmax`` over every completion position, then gather the sampled tokens."""
     with torch.inference_mode():
-        logits = model(**model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1).logits[:, :-1]
+        logits = model(
+            **model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1
+        ).logits[:, :-1]
         lp = torch.log_softmax(logits.float(), -1).gather(-1, rollout.completion_ids[..., None]).squeeze(-1)  # (B, C)
         return lp * rollout.completion_mask
 
@@ -205,27 +284,56 @@ def naive_scoring(model, rollout):
 def scoring_memory(w, models, rollout, args) -> dict:
     """Peak allocations (and median CPU time over 3 unprofiled calls) of teacher scoring vs the naive
     log_softmax + gather on the same positions."""
+
     def median_s(fn, *a, **k):
         return stats([measured(fn, *a, **k)[2] for _ in range(3)])["median"]
 
     naive_lp, naive_peak = peak_alloc(naive_scoring, w.teacher, rollout)
     _, fwd_peak = peak_alloc(bare_forward, w.teacher, rollout)
-    rows = [{"method": "naive log_softmax(logits).gather", "chunk_tokens": "-", "peak_MB": naive_peak / 2**20, "vs_naive": 1.0,
-             "cpu_median_s": median_s(naive_scoring, w.teacher, rollout)},
-            {"method": "bare forward (logits_to_keep), no reduction", "chunk_tokens": "-", "peak_MB": fwd_peak / 2**20,
-             "vs_naive": fwd_peak / naive_peak, "cpu_median_s": median_s(bare_forward, w.teacher, rollout)}]
+    rows = [
+        {
+            "method": "naive log_softmax(logits).gather",
+            "chunk_tokens": "-",
+            "peak_MB": naive_peak / 2**20,
+            "vs_naive": 1.0,
+            "cpu_median_s": median_s(naive_scoring, w.teacher, rollout),
+        },
+        {
+            "method": "bare forward (logits_to_keep), no reduction",
+            "chunk_tokens": "-",
+            "peak_MB": fwd_peak / 2**20,
+            "vs_naive": fwd_peak / naive_peak,
+            "cpu_median_s": median_s(bare_forward, w.teacher, rollout),
+        },
+    ]
     for chunk in [int(c) for c in args.chunk_tokens.split(",")]:
         sc, peak = peak_alloc(score_rollout, models, rollout, 1.0, chunk_tokens=chunk)
         err = float((sc.lp_teacher - naive_lp).abs().max())
-        rows.append({"method": "score_rollout (teacher, lp + rank)", "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
-                     "peak_MB": peak / 2**20, "vs_naive": peak / naive_peak, "max_abs_err": err,
-                     "cpu_median_s": median_s(score_rollout, models, rollout, 1.0, chunk_tokens=chunk)})
+        rows.append(
+            {
+                "method": "score_rollout (teacher, lp + rank)",
+                "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
+                "peak_MB": peak / 2**20,
+                "vs_naive": peak / naive_peak,
+                "max_abs_err": err,
+                "cpu_median_s": median_s(score_rollout, models, rollout, 1.0, chunk_tokens=chunk),
+            }
+        )
         _, peak = peak_alloc(token_logprobs, w.teacher, rollout, chunk_tokens=chunk)
-        rows.append({"method": "scoring.token_logprobs", "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
-                     "peak_MB": peak / 2**20, "vs_naive": peak / naive_peak,
-                     "cpu_median_s": median_s(token_logprobs, w.teacher, rollout, chunk_tokens=chunk)})
-    print_table(rows, ["method", "chunk_tokens", "peak_MB", "vs_naive", "cpu_median_s", "max_abs_err"],
-                title=f"scoring peak allocations, V={w.vocab}, {rollout.num_tokens} completion positions (target: <= 1/8 of naive)")
+        rows.append(
+            {
+                "method": "scoring.token_logprobs",
+                "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
+                "peak_MB": peak / 2**20,
+                "vs_naive": peak / naive_peak,
+                "cpu_median_s": median_s(token_logprobs, w.teacher, rollout, chunk_tokens=chunk),
+            }
+        )
+    print_table(
+        rows,
+        ["method", "chunk_tokens", "peak_MB", "vs_naive", "cpu_median_s", "max_abs_err"],
+        title=f"scoring peak allocations, V={w.vocab}, {rollout.num_tokens} completion positions (target: <= 1/8 of naive)",
+    )
     return {"rows": rows, "positions": rollout.num_tokens, "vocab": w.vocab}
 
 
@@ -245,8 +353,23 @@ def remote_overhead(w, models, rollout, args) -> dict:
         w.teacher.save_pretrained(tmp)
         w.tokenizer.save_pretrained(tmp)
         port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "gopd_lab.teacher_server", "--model", tmp, "--port", str(port),
-                                 "--threads", str(args.threads), "--device", "cpu", "--dtype", "float32"])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gopd_lab.teacher_server",
+                "--model",
+                tmp,
+                "--port",
+                str(port),
+                "--threads",
+                str(args.threads),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ]
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 300
@@ -256,17 +379,23 @@ def remote_overhead(w, models, rollout, args) -> dict:
                     break
                 except OSError:
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("the teacher server did not start")
+                        raise RuntimeError("the teacher server did not start") from None
                     time.sleep(0.3)
             remote = Models(w.student, w.tokenizer, {"default": RemoteScorer(url)}, {"default": w.reference})
-            score = lambda m, lam: score_rollout(m, rollout, lam, estimator=args.estimator,  # noqa: E731
-                                                 chunk_tokens=args.score_chunk_tokens)
+
+            def score(m, lam):
+                return score_rollout(m, rollout, lam, estimator=args.estimator, chunk_tokens=args.score_chunk_tokens)
+
             for m in (models, remote):
                 score(m, args.lam)  # warm-up
             t = {k: {"wall": [], "cpu": []} for k in ("local_teacher", "remote_teacher", "local_lam", "remote_lam")}
             for _ in range(args.repeats):
-                for key, m, lam in (("local_teacher", models, 1.0), ("remote_teacher", remote, 1.0),
-                                    ("local_lam", models, args.lam), ("remote_lam", remote, args.lam)):
+                for key, m, lam in (
+                    ("local_teacher", models, 1.0),
+                    ("remote_teacher", remote, 1.0),
+                    ("local_lam", models, args.lam),
+                    ("remote_lam", remote, args.lam),
+                ):
                     server0 = proc_cpu_s(proc.pid)
                     _, wall, cpu = measured(score, m, lam)
                     t[key]["wall"].append(wall)
@@ -280,14 +409,26 @@ def remote_overhead(w, models, rollout, args) -> dict:
         loc, rem = t["local_" + key], t["remote_" + key]
         cpu_loc, cpu_rem = sum(loc["cpu"]) / len(loc["cpu"]), sum(rem["cpu"]) / len(rem["cpu"])  # means: 10 ms ticks
         wall_ratio = [r / q for r, q in zip(rem["wall"], loc["wall"])]
-        rows.append({"scoring": label, "in_process_wall_s": stats(loc["wall"])["median"],
-                     "remote_wall_s": stats(rem["wall"])["median"],
-                     "wall_overhead_s": stats(rem["wall"])["median"] - stats(loc["wall"])["median"],
-                     "wall_ratio": stats(wall_ratio)["median"], "wall_ratio_min_max": f"{min(wall_ratio):.2f}-{max(wall_ratio):.2f}",
-                     "in_process_cpu_s": cpu_loc, "remote_cpu_s (client+server)": cpu_rem,
-                     "cpu_overhead_s": cpu_rem - cpu_loc, "cpu_ratio": cpu_rem / cpu_loc})
-    print_table(rows, list(rows[0]), title=f"teacher server overhead per step (loopback subprocess, max_rows=32, estimator "
-                                           f"{args.estimator}); max |lp diff| {diff:.1e}")
+        rows.append(
+            {
+                "scoring": label,
+                "in_process_wall_s": stats(loc["wall"])["median"],
+                "remote_wall_s": stats(rem["wall"])["median"],
+                "wall_overhead_s": stats(rem["wall"])["median"] - stats(loc["wall"])["median"],
+                "wall_ratio": stats(wall_ratio)["median"],
+                "wall_ratio_min_max": f"{min(wall_ratio):.2f}-{max(wall_ratio):.2f}",
+                "in_process_cpu_s": cpu_loc,
+                "remote_cpu_s (client+server)": cpu_rem,
+                "cpu_overhead_s": cpu_rem - cpu_loc,
+                "cpu_ratio": cpu_rem / cpu_loc,
+            }
+        )
+    print_table(
+        rows,
+        list(rows[0]),
+        title=f"teacher server overhead per step (loopback subprocess, max_rows=32, estimator "
+        f"{args.estimator}); max |lp diff| {diff:.1e}",
+    )
     return {"times_s": t, "rows": rows, "max_abs_lp_diff": diff}
 
 
@@ -295,12 +436,25 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.scoring_memory_only:
         set_threads(args.threads)
-        w = build_world(student=args.student, teacher=args.teacher, vocab=args.vocab, hidden=args.hidden,
-                        layers=args.layers, n_prompts=args.batch, prompt_len=args.prompt_len)
+        w = build_world(
+            student=args.student,
+            teacher=args.teacher,
+            vocab=args.vocab,
+            hidden=args.hidden,
+            layers=args.layers,
+            n_prompts=args.batch,
+            prompt_len=args.prompt_len,
+        )
         print(f"setting: {w.name}; batch {args.batch} x {args.new_tokens} new tokens")
         models = Models(w.student, w.tokenizer, {"default": w.teacher}, {"default": w.reference})
-        ro = sample(w.student, w.prompts, max_new_tokens=args.new_tokens, eos_token_id=None,
-                    pad_token_id=w.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+        ro = sample(
+            w.student,
+            w.prompts,
+            max_new_tokens=args.new_tokens,
+            eos_token_id=None,
+            pad_token_id=w.tokenizer.pad_token_id,
+            generator=torch.Generator().manual_seed(0),
+        )
         result = {"setting": w.name, "args": vars(args), "scoring_memory": scoring_memory(w, models, ro, args)}
     else:
         result = run(args)

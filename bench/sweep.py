@@ -44,8 +44,15 @@ def one_sweep(workers: int, args, where: Path):
     grid = {"lam": [1.0, 1.25], "seed": [0, 1]}
     fixed = {"steps": args.steps, "eval_limit": args.eval_limit, "log_samples_every": 0}
     t0 = time.perf_counter()
-    df = run_sweep(ROOT / "notebooks" / "experiment_point.ipynb", grid, fixed, sweep_dir=where, workers=workers,
-                   progress=False, cwd=ROOT)
+    df = run_sweep(
+        ROOT / "notebooks" / "experiment_point.ipynb",
+        grid,
+        fixed,
+        sweep_dir=where,
+        workers=workers,
+        progress=False,
+        cwd=ROOT,
+    )
     wall = time.perf_counter() - t0
     if (df["status"] != "ok").any():
         raise SystemExit(f"a point failed in {where}: {df[df['status'] != 'ok'].to_dict('records')}")
@@ -55,9 +62,12 @@ def one_sweep(workers: int, args, where: Path):
 def main(argv=None) -> None:
     args = parse(argv)
     cores = os.cpu_count()
-    print(f"4-point sweep, {args.steps} steps/point, eval on {args.eval_limit} prompts; {cores} cores; "
-          f"1 worker ({cores} threads) vs {args.workers} workers ({max(1, cores // args.workers)} thread(s) each); "
-          f"{args.repeats} alternating pairs", flush=True)
+    print(
+        f"4-point sweep, {args.steps} steps/point, eval on {args.eval_limit} prompts; {cores} cores; "
+        f"1 worker ({cores} threads) vs {args.workers} workers ({max(1, cores // args.workers)} thread(s) each); "
+        f"{args.repeats} alternating pairs",
+        flush=True,
+    )
     rows, ratios, same = [], [], []
     with tempfile.TemporaryDirectory(prefix="gopd_bench_sweep_") as tmp:
         for rep in range(args.repeats):
@@ -72,14 +82,29 @@ def main(argv=None) -> None:
             key = [c for c in frames[1].columns if c.startswith("eval_") and frames[1][c].dtype.kind == "f"]
             a = frames[1].sort_values("point_id")[key].to_numpy()
             b = frames[args.workers].sort_values("point_id")[key].to_numpy()
-            same.append(float(abs(a - b).max()) if key else None)  # thread counts differ, so tiny float drift is possible
+            same.append(
+                float(abs(a - b).max()) if key else None
+            )  # thread counts differ, so tiny float drift is possible
     print_table(rows, ["rep", "workers", "wall_s"], title="sweep wall time")
     r = stats(ratios)
-    print(f"\n{args.workers} workers / 1 worker wall time ({len(ratios)} pairs): median {r['median']:.2f}  "
-          f"min {r['min']:.2f}  max {r['max']:.2f}; max |Δ| of the evaluation columns between the two: {same}")
-    write_json(args.out, {"args": vars(args), "cores": cores, "rows": rows, "ratios": ratios, "ratio": r,
-                          "max_abs_diff_eval": same, "median_wall_s": {
-                              w: statistics.median(x["wall_s"] for x in rows if x["workers"] == w) for w in (1, args.workers)}})
+    print(
+        f"\n{args.workers} workers / 1 worker wall time ({len(ratios)} pairs): median {r['median']:.2f}  "
+        f"min {r['min']:.2f}  max {r['max']:.2f}; max |Δ| of the evaluation columns between the two: {same}"
+    )
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "cores": cores,
+            "rows": rows,
+            "ratios": ratios,
+            "ratio": r,
+            "max_abs_diff_eval": same,
+            "median_wall_s": {
+                w: statistics.median(x["wall_s"] for x in rows if x["workers"] == w) for w in (1, args.workers)
+            },
+        },
+    )
     print(f"wrote {args.out}")
 
 

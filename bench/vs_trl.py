@@ -70,16 +70,24 @@ def parse(argv=None):
 # ---------------------------------------------------------------------------------------------- the two runs
 def run_gopd(base, teacher, tok, prompts, args, batch) -> dict:
     student = copy.deepcopy(base).train()
-    opt = make_optimizer([p for p in student.parameters() if p.requires_grad],
-                         argparse.Namespace(optimizer="adamw", lr=args.lr, weight_decay=0.0))  # fused AdamW, as train() uses
+    opt = make_optimizer(
+        [p for p in student.parameters() if p.requires_grad],
+        argparse.Namespace(optimizer="adamw", lr=args.lr, weight_decay=0.0),
+    )  # fused AdamW, as train() uses
     models = Models(student, tok, {"default": teacher})
     settings = UpdateSettings(estimator="full", max_grad_norm=1.0)
     gen = torch.Generator().manual_seed(0)
     times, cpu, losses, lengths = [], [], [], []
     for step in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        ro = sample(student, prompts.select(range(step * batch, (step + 1) * batch)), max_new_tokens=args.new_tokens,
-                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=gen)
+        ro = sample(
+            student,
+            prompts.select(range(step * batch, (step + 1) * batch)),
+            max_new_tokens=args.new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            generator=gen,
+        )
         scored = score_rollout(models, ro, 1.0, estimator="full")
         result = update(student, opt, scored, settings)
         times.append(time.perf_counter() - t0)
@@ -118,28 +126,60 @@ def run_trl(base, teacher, tok, prompts, args, batch) -> dict:
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
         cfg = DistillationConfig(
-            output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1, max_steps=args.steps,
-            learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            optim="adamw_torch_fused", beta=1.0, temperature=1.0, top_p=1.0, top_k=0, max_completion_length=args.new_tokens,
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=1,
+            max_steps=args.steps,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch_fused",
+            beta=1.0,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_completion_length=args.new_tokens,
             gradient_checkpointing=args.trl_gradient_checkpointing,
-            bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-            seed=0, shuffle_dataset=False, dataloader_num_workers=0,
+            bf16=False,
+            fp16=False,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            seed=0,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
         )
-        data = Dataset.from_dict({"prompt": prompts.texts[:args.steps * batch]})
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=data,
-                                      processing_class=tok, callbacks=[timer])
+        data = Dataset.from_dict({"prompt": prompts.texts[: args.steps * batch]})
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=cfg, train_dataset=data, processing_class=tok, callbacks=[timer]
+        )
         trainer.remove_callback(PrinterCallback)  # logs are kept by the timer, not printed
         trainer.train()
     torch.set_num_threads(args.threads)  # in case the Trainer touched it
-    return {"student": trainer.model.eval(), "step_s": timer.times[1:], "step_cpu_s": timer.cpu[1:], "loss": timer.losses,
-            "completion_len": timer.lengths}
+    return {
+        "student": trainer.model.eval(),
+        "step_s": timer.times[1:],
+        "step_cpu_s": timer.cpu[1:],
+        "loss": timer.losses,
+        "completion_len": timer.lengths,
+    }
 
 
 @torch.no_grad()
 def reverse_kl(student, teacher, tok, prompts, new_tokens: int) -> float:
     """Mean over the student's own sampled tokens of the exact ``KL(π_θ(·|s_t) ‖ π_T(·|s_t))``."""
-    ro = sample(student, prompts, max_new_tokens=new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                generator=torch.Generator().manual_seed(1234))
+    ro = sample(
+        student,
+        prompts,
+        max_new_tokens=new_tokens,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(1234),
+    )
     kl, n = 0.0, 0
     for lo in range(0, len(ro), 4):  # 4 rows at a time: two (N, V) float32 tensors at V = 151,936
         sub = ro.select(list(range(lo, min(lo + 4, len(ro)))))
@@ -153,12 +193,17 @@ def bench_setting(name: str, args) -> dict:
     spec = SETTINGS[name]
     batch = spec["batch"]
     args = argparse.Namespace(**{**vars(args), "steps": args.steps or spec["steps"], "lr": args.lr or spec["lr"]})
-    w = build_world(student=args.student, teacher=args.teacher, vocab=spec["vocab"], hidden=args.hidden, layers=args.layers)
+    w = build_world(
+        student=args.student, teacher=args.teacher, vocab=spec["vocab"], hidden=args.hidden, layers=args.layers
+    )
     pool = task_prompts(w.tokenizer, args.steps * batch + args.eval_prompts)  # text prompts: both sides tokenise them
     train_prompts = pool.select(range(args.steps * batch))
     eval_prompts = pool.select(range(args.steps * batch, len(pool)))
-    print(f"\n== {name}: {w.name}; batch {batch} x <= {args.new_tokens} new tokens; lr {args.lr:g}; {args.steps} steps/run "
-          f"(first untimed); {args.repeats} alternating pairs; {args.threads} thread(s)", flush=True)
+    print(
+        f"\n== {name}: {w.name}; batch {batch} x <= {args.new_tokens} new tokens; lr {args.lr:g}; {args.steps} steps/run "
+        f"(first untimed); {args.repeats} alternating pairs; {args.threads} thread(s)",
+        flush=True,
+    )
     kl0 = reverse_kl(w.student, w.teacher, w.tokenizer, eval_prompts, args.new_tokens)
     runs = {"gopd_lab": [], "trl": []}
     for rep in range(args.repeats):
@@ -167,33 +212,56 @@ def bench_setting(name: str, args) -> dict:
             r = fn(w.student, w.teacher, w.tokenizer, train_prompts, args, batch)
             r["final_reverse_kl"] = reverse_kl(r.pop("student"), w.teacher, w.tokenizer, eval_prompts, args.new_tokens)
             runs[side].append(r)
-            print(f"  rep {rep} {side:8s} step median {statistics.median(r['step_s']):.3f}s wall "
-                  f"{statistics.median(r['step_cpu_s']):.3f}s CPU  train loss "
-                  f"{r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}  final reverse KL {r['final_reverse_kl']:.4f}", flush=True)
-    ratios = {c: [statistics.median(t[c]) / statistics.median(g[c]) for g, t in zip(runs["gopd_lab"], runs["trl"])]
-              for c in ("step_s", "step_cpu_s")}
+            print(
+                f"  rep {rep} {side:8s} step median {statistics.median(r['step_s']):.3f}s wall "
+                f"{statistics.median(r['step_cpu_s']):.3f}s CPU  train loss "
+                f"{r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}  final reverse KL {r['final_reverse_kl']:.4f}",
+                flush=True,
+            )
+    ratios = {
+        c: [statistics.median(t[c]) / statistics.median(g[c]) for g, t in zip(runs["gopd_lab"], runs["trl"])]
+        for c in ("step_s", "step_cpu_s")
+    }
     rows = []
     for side in ("gopd_lab", "trl"):
         wall = stats([s for r in runs[side] for s in r["step_s"]])
         cpu = stats([s for r in runs[side] for s in r["step_cpu_s"]])
-        rows.append({"trainer": side, "wall_median_s": wall["median"], "wall_min_max_s": f"{wall['min']:.3g}-{wall['max']:.3g}",
-                     "cpu_median_s": cpu["median"], "cpu_min_max_s": f"{cpu['min']:.3g}-{cpu['max']:.3g}",
-                     "mean_completion_len": statistics.mean(x for r in runs[side] for x in r["completion_len"]),
-                     "first_step_loss": statistics.median(r["loss"][0] for r in runs[side]),
-                     "last_step_loss": statistics.median(r["loss"][-1] for r in runs[side]),
-                     "reverse_kl_init": kl0,
-                     "reverse_kl_final": statistics.median(r["final_reverse_kl"] for r in runs[side])})
+        rows.append(
+            {
+                "trainer": side,
+                "wall_median_s": wall["median"],
+                "wall_min_max_s": f"{wall['min']:.3g}-{wall['max']:.3g}",
+                "cpu_median_s": cpu["median"],
+                "cpu_min_max_s": f"{cpu['min']:.3g}-{cpu['max']:.3g}",
+                "mean_completion_len": statistics.mean(x for r in runs[side] for x in r["completion_len"]),
+                "first_step_loss": statistics.median(r["loss"][0] for r in runs[side]),
+                "last_step_loss": statistics.median(r["loss"][-1] for r in runs[side]),
+                "reverse_kl_init": kl0,
+                "reverse_kl_final": statistics.median(r["final_reverse_kl"] for r in runs[side]),
+            }
+        )
     print_table(rows, list(rows[0]), title=f"{name}: per-step time and reverse KL")
     summary = {c: stats(v) for c, v in ratios.items()}
     for c, label in (("step_s", "wall"), ("step_cpu_s", "CPU")):
         r = summary[c]
-        print(f"TRL / gopd_lab per-step {label} time (median per run, {len(ratios[c])} pairs): "
-              f"median {r['median']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}")
+        print(
+            f"TRL / gopd_lab per-step {label} time (median per run, {len(ratios[c])} pairs): "
+            f"median {r['median']:.2f}  min {r['min']:.2f}  max {r['max']:.2f}"
+        )
     for side in runs:
         for run in runs[side]:
             run.pop("student", None)
-    return {"setting": w.name, "batch": batch, "lr": args.lr, "steps": args.steps, "ratio_trl_over_gopd": summary, "ratios": ratios, "rows": rows, "runs": runs,
-            "reverse_kl_init": kl0}
+    return {
+        "setting": w.name,
+        "batch": batch,
+        "lr": args.lr,
+        "steps": args.steps,
+        "ratio_trl_over_gopd": summary,
+        "ratios": ratios,
+        "rows": rows,
+        "runs": runs,
+        "reverse_kl_init": kl0,
+    }
 
 
 def main(argv=None) -> None:

@@ -33,8 +33,16 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, generators: dict[str, torch.Generator], *, state: tuple[dict, dict] | None = None) -> Path:
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    generators: dict[str, torch.Generator],
+    *,
+    state: tuple[dict, dict] | None = None,
+) -> Path:
     """``state``: the full ``(model, optimizer)`` state dicts of a sharded student
     (:meth:`~gopd_lab.distributed.Distributed.full_state`), written instead of ``model`` / ``optimizer``'s own."""
     final = checkpoint_dir(out_dir, step)
@@ -57,8 +65,9 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    generators: dict[str, torch.Generator]) -> int:
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, generators: dict[str, torch.Generator]
+) -> int:
     """Restore everything saved by :func:`save_checkpoint`; returns the step it was taken at."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     from torch.distributed.fsdp import FSDPModule
@@ -74,8 +83,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     else:
         missing, unexpected = load_model(model, str(path / "student.safetensors"), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected}); "
-                           "resume with the same student and LoRA settings, or start a new out_dir")
+        raise RuntimeError(
+            f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected}); "
+            "resume with the same student and LoRA settings, or start a new out_dir"
+        )
     opt = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer_state = opt["optimizer"]
     by_position = all(isinstance(p, int) for g in optimizer_state["param_groups"] for p in g["params"])

@@ -24,7 +24,11 @@ def _field_docs() -> dict[str, str]:
     tree = ast.parse(inspect.getsource(RunConfig))
     body, docs = tree.body[0].body, {}
     for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(b, ast.Expr)
+            and isinstance(getattr(b, "value", None), ast.Constant)
+        ):
             docs[a.target.id] = " ".join(str(b.value.value).split())
     return docs
 
@@ -48,8 +52,13 @@ def _parse_value(text: str) -> Any:
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     docs = _field_docs()
     for f in config_fields():
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="V",
-                            help=docs.get(f.name, "").replace("%", "%%"))
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            default=None,
+            metavar="V",
+            help=docs.get(f.name, "").replace("%", "%%"),
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -91,8 +100,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, role="model", device=device, dtype=torch.float32)
     tokenizer = load_tokenizer(args.model)
-    table = evaluate(model, tokenizer, load_tasks(args.tasks.split(",")), k=args.k, max_new_tokens=args.max_new_tokens,
-                     limit=args.limit, seed=args.seed)
+    table = evaluate(
+        model,
+        tokenizer,
+        load_tasks(args.tasks.split(",")),
+        k=args.k,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        seed=args.seed,
+    )
     print(table.to_string(index=False))
     if args.out:
         from .runio import atomic_write_text
@@ -126,13 +142,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g.strip()]
     spec = spec_from_cli(args.notebook, args.spec, args.grid, args.set)
     try:
-        df = run_spec(spec, sweep_dir=args.sweep_dir, workers=args.workers, kernel_name=args.kernel,
-                      timeout=args.timeout, gpus=gpus, rerun=args.rerun or None)
+        df = run_spec(
+            spec,
+            sweep_dir=args.sweep_dir,
+            workers=args.workers,
+            kernel_name=args.kernel,
+            timeout=args.timeout,
+            gpus=gpus,
+            rerun=args.rerun or None,
+        )
     except KeyboardInterrupt:
         print("gopd-lab sweep: interrupted; run the same command again to finish the missing points", file=sys.stderr)
         return 130
-    shown = ["point_id", "status", "wall_seconds"] + [c for c in df.columns if c in ("final_loss", "final_reverse_kl")
-                                                      or (c.startswith("eval_") and c.endswith("greedy_acc"))]
+    shown = ["point_id", "status", "wall_seconds"] + [
+        c
+        for c in df.columns
+        if c in ("final_loss", "final_reverse_kl") or (c.startswith("eval_") and c.endswith("greedy_acc"))
+    ]
     print(df[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 1 if (df.status == "failed").any() else 0
 
@@ -161,21 +187,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["build", "list"])
     p.add_argument("--out", help="zoo directory (default data/zoo)")
     p.add_argument("--only", help="comma-separated model names to (re)build")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)"
+    )
     p.add_argument("--eval-limit", type=int, default=0)
     p.set_defaults(func=cmd_zoo)
 
-    p = sub.add_parser("demo", help="distil student-base from a domain teacher with λ = 1 and λ = 1.25; before/after table")
+    p = sub.add_parser(
+        "demo", help="distil student-base from a domain teacher with λ = 1 and λ = 1.25; before/after table"
+    )
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--domain", default="add")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("sweep", help="run a parameterised notebook over a grid with papermill (parallel, resumable) → results.parquet")
-    p.add_argument("notebook", nargs="?", help="notebook with a cell tagged 'parameters' that has out_dir (or give --spec)")
-    p.add_argument("--spec", help="YAML sweep file: notebook, grid, fixed, sweep_dir, workers, kernel_name, timeout, gpus")
-    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                   help="a swept parameter (repeatable; values are YAML scalars, or a YAML list [..])")
+    p = sub.add_parser(
+        "sweep", help="run a parameterised notebook over a grid with papermill (parallel, resumable) → results.parquet"
+    )
+    p.add_argument(
+        "notebook", nargs="?", help="notebook with a cell tagged 'parameters' that has out_dir (or give --spec)"
+    )
+    p.add_argument(
+        "--spec", help="YAML sweep file: notebook, grid, fixed, sweep_dir, workers, kernel_name, timeout, gpus"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a swept parameter (repeatable; values are YAML scalars, or a YAML list [..])",
+    )
     p.add_argument("--set", action="append", default=[], metavar="NAME=V", help="a fixed parameter (repeatable)")
     p.add_argument("--sweep-dir", help="where point dirs and results go (default runs/sweeps/<spec or notebook name>)")
     p.add_argument("--workers", type=int, default=None, help="points run at once (default 1 or the spec's)")
@@ -198,4 +239,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -25,16 +25,19 @@ from .sdpo import build_self_teacher_view
 
 def rewards_of(tasks: dict, rollout: Rollout) -> torch.Tensor:
     """Verifier reward of each sample (NaN for a domain without a task)."""
-    values = [tasks[d].score(p, c) if d in tasks else float("nan")
-              for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)]
+    values = [
+        tasks[d].score(p, c) if d in tasks else float("nan")
+        for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)
+    ]
     return torch.tensor(values, dtype=torch.float32)
 
 
 class Collector:
     """Makes each step's :class:`Scored` batch for ``cfg.method``."""
 
-    def __init__(self, cfg: RunConfig, models: Models, tasks: dict, prompts: Prompts, generator: torch.Generator,
-                 out_dir: Path):
+    def __init__(
+        self, cfg: RunConfig, models: Models, tasks: dict, prompts: Prompts, generator: torch.Generator, out_dir: Path
+    ):
         self.cfg, self.models, self.tasks, self.prompts, self.gen = cfg, models, tasks, prompts, generator
         self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
         student = models.student
@@ -57,8 +60,12 @@ class Collector:
             return self._teacher_samples(path)
         if source:
             rows = read_prompt_rows(source, ("prompt", "answer"))
-            prompts = encode_prompts(tok, [str(r["prompt"]) for r in rows],
-                                     [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows], chat_template=cfg.chat_template)
+            prompts = encode_prompts(
+                tok,
+                [str(r["prompt"]) for r in rows],
+                [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows],
+                chat_template=cfg.chat_template,
+            )
             prompts.answers = [str(r["answer"]) for r in rows]
             return prompts
         if self.prompts.answers is None:
@@ -74,33 +81,58 @@ class Collector:
             for domain in sorted(set(self.prompts.domains)):
                 idx = [i for i, d in enumerate(self.prompts.domains) if d == domain]
                 part = self.prompts.select(idx)
-                completions = generate(self.models.teacher_for(domain), self.models.tokenizer, part,
-                                       max_new_tokens=self.cfg.max_new_tokens, greedy=False,
-                                       temperature=self.cfg.temperature, generator=self.gen)
+                completions = generate(
+                    self.models.teacher_for(domain),
+                    self.models.tokenizer,
+                    part,
+                    max_new_tokens=self.cfg.max_new_tokens,
+                    greedy=False,
+                    temperature=self.cfg.temperature,
+                    generator=self.gen,
+                )
                 rows += [{"prompt": p, "domain": domain, "answer": c} for p, c in zip(part.texts, completions)]
             tmp = path.with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
             append_jsonl(tmp, rows)
             tmp.rename(path)
         rows = read_jsonl(path)
-        prompts = encode_prompts(self.models.tokenizer, [r["prompt"] for r in rows], [r["domain"] for r in rows],
-                                 chat_template=self.cfg.chat_template)
+        prompts = encode_prompts(
+            self.models.tokenizer,
+            [r["prompt"] for r in rows],
+            [r["domain"] for r in rows],
+            chat_template=self.cfg.chat_template,
+        )
         prompts.answers = [r["answer"] for r in rows]
         return prompts
 
     def expert_batch(self, index: list[int]) -> Rollout:
         m = self.models
-        return teacher_forced(self.expert.select(index), m.tokenizer, pad_token_id=m.pad_token_id,
-                              eos_token_id=m.eos_token_id, device=m.device)
+        return teacher_forced(
+            self.expert.select(index),
+            m.tokenizer,
+            pad_token_id=m.pad_token_id,
+            eos_token_id=m.eos_token_id,
+            device=m.device,
+        )
 
     # ------------------------------------------------------------------ one step
     def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
         cfg, m = self.cfg, self.models
         if cfg.method in ("sft", "offpolicy"):
             return self.expert_batch(index)
-        r = sample(m.student, self.prompts.select(index), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_p=cfg.top_p, eos_token_id=m.eos_token_id, pad_token_id=m.pad_token_id, tokenizer=m.tokenizer,
-                   generator=self.gen, max_context=self.max_context, row_seeds=row_seeds)
+        r = sample(
+            m.student,
+            self.prompts.select(index),
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            eos_token_id=m.eos_token_id,
+            pad_token_id=m.pad_token_id,
+            tokenizer=m.tokenizer,
+            generator=self.gen,
+            max_context=self.max_context,
+            row_seeds=row_seeds,
+        )
         r.prompt_index = list(index)
         return r
 
@@ -110,10 +142,18 @@ class Collector:
         if cfg.method in ("gopd", "sdpo"):
             teacher_view, extra = None, {}
             if cfg.method == "sdpo":
-                rollout, teacher_view, extra = build_self_teacher_view(rollout, rewards, self.tasks, cfg, m.tokenizer,
-                                                                       m.pad_token_id)
-            scored = score_rollout(m, rollout, self.lam_of, estimator=cfg.estimator, topk=cfg.topk,
-                                   chunk_tokens=cfg.score_chunk_tokens, teacher_rollout=teacher_view)
+                rollout, teacher_view, extra = build_self_teacher_view(
+                    rollout, rewards, self.tasks, cfg, m.tokenizer, m.pad_token_id
+                )
+            scored = score_rollout(
+                m,
+                rollout,
+                self.lam_of,
+                estimator=cfg.estimator,
+                topk=cfg.topk,
+                chunk_tokens=cfg.score_chunk_tokens,
+                teacher_rollout=teacher_view,
+            )
             scored.rewards, scored.extra = rewards, extra
             return scored
         lp_ref = reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
@@ -131,5 +171,5 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return out

@@ -173,7 +173,9 @@ class RunConfig:
         for domain, lam in self.lam_items():
             if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
                 where = f" for domain {domain!r}" if domain else ""
-                raise ConfigError(f"lam must be a finite number > 0{where}, got {lam!r} (1 = OPD, 1.25 = ExOPD default)")
+                raise ConfigError(
+                    f"lam must be a finite number > 0{where}, got {lam!r} (1 = OPD, 1.25 = ExOPD default)"
+                )
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.gamma > 0 and self.estimator != "sampled":
@@ -186,8 +188,12 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name, allowed in (("sdpo_teacher", ("live", "initial", "ema")), ("sdpo_feedback", ("verifier", "solution", "both")),
-                              ("sdpo_no_feedback", ("mask", "plain")), ("mu_schedule", ("constant", "warmup_cosine"))):
+        for name, allowed in (
+            ("sdpo_teacher", ("live", "initial", "ema")),
+            ("sdpo_feedback", ("verifier", "solution", "both")),
+            ("sdpo_no_feedback", ("mask", "plain")),
+            ("mu_schedule", ("constant", "warmup_cosine")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.sdpo_ema_rate < 1.0:
@@ -195,14 +201,27 @@ class RunConfig:
         if not 0.0 <= self.mu <= 1.0:
             raise ConfigError(f"mu must be in [0, 1], got {self.mu}")
         if self.mu_schedule == "warmup_cosine" and not 0.0 <= self.mu_valley <= self.mu:
-            raise ConfigError(f"need 0 <= mu_valley <= mu for warmup_cosine, got mu={self.mu}, mu_valley={self.mu_valley}")
+            raise ConfigError(
+                f"need 0 <= mu_valley <= mu for warmup_cosine, got mu={self.mu}, mu_valley={self.mu_valley}"
+            )
         if self.method == "chord" and self.mu <= 0:
             raise ConfigError("method='chord' needs mu > 0 (the weight of the SFT term); mu=0 is plain GRPO")
         if self.method == "sdpo" and "{prompt}" not in self.sdpo_template:
             raise ConfigError("sdpo_template must contain {prompt}")
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        for name in ("mu_warmup_steps", "eval_k", "eval_limit", "save_every", "log_samples_every", "log_samples", "eval_every", "warmup_steps", "lora_r", "score_chunk_tokens"):
+        for name in (
+            "mu_warmup_steps",
+            "eval_k",
+            "eval_limit",
+            "save_every",
+            "log_samples_every",
+            "log_samples",
+            "eval_every",
+            "warmup_steps",
+            "lora_r",
+            "score_chunk_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -262,11 +281,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -276,7 +295,7 @@ class RunConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         """Read a YAML or JSON config file."""
         path = Path(path)
         if not path.is_file():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,8 +27,10 @@ from torch import nn
 
 from .config import ConfigError
 
-_UNSUPPORTED_LAUNCH_OPTIONS = {"FSDP_OFFLOAD_PARAMS": "--fsdp_offload_params",
-                               "FSDP_ACTIVATION_CHECKPOINTING": "--fsdp_activation_checkpointing"}
+_UNSUPPORTED_LAUNCH_OPTIONS = {
+    "FSDP_OFFLOAD_PARAMS": "--fsdp_offload_params",
+    "FSDP_ACTIVATION_CHECKPOINTING": "--fsdp_activation_checkpointing",
+}
 
 
 def _flag(name: str) -> bool:
@@ -38,20 +40,27 @@ def _flag(name: str) -> bool:
 def _check_fsdp(world: int, cfg) -> None:
     """Refuse an FSDP run that cannot work, saying what to do instead."""
     if world < 2:
-        raise ConfigError("FSDP (accelerate launch --use_fsdp) shards the student across processes and needs at least "
-                          f"2 of them, got {world}: launch with --num_processes N (N >= 2), or drop --use_fsdp for a "
-                          "one-process run")
+        raise ConfigError(
+            "FSDP (accelerate launch --use_fsdp) shards the student across processes and needs at least "
+            f"2 of them, got {world}: launch with --num_processes N (N >= 2), or drop --use_fsdp for a "
+            "one-process run"
+        )
     for env, option in _UNSUPPORTED_LAUNCH_OPTIONS.items():
         if _flag(env):
-            raise ConfigError(f"gopd-lab's FSDP does not support {option}; drop it (each process keeps its shard on "
-                              "its own device)")
+            raise ConfigError(
+                f"gopd-lab's FSDP does not support {option}; drop it (each process keeps its shard on its own device)"
+            )
     if cfg is not None and cfg.lora_r > 0:
-        raise ConfigError("FSDP with LoRA (lora_r > 0) is not supported: LoRA's trainable state is already small and "
-                          "its reference runs the student's own base weights. Launch with --multi_gpu (data parallel) "
-                          "for LoRA, or set lora_r=0 to shard full fine-tuning")
+        raise ConfigError(
+            "FSDP with LoRA (lora_r > 0) is not supported: LoRA's trainable state is already small and "
+            "its reference runs the student's own base weights. Launch with --multi_gpu (data parallel) "
+            "for LoRA, or set lora_r=0 to shard full fine-tuning"
+        )
     if cfg is not None and cfg.method == "sdpo":
-        raise ConfigError("FSDP with method='sdpo' is not supported: its self-teacher is the student itself. Launch "
-                          "with --multi_gpu (data parallel) for SDPO")
+        raise ConfigError(
+            "FSDP with method='sdpo' is not supported: its self-teacher is the student itself. Launch "
+            "with --multi_gpu (data parallel) for SDPO"
+        )
 
 
 class Distributed:
@@ -83,7 +92,7 @@ class Distributed:
         if len(items) % self.world:
             raise ValueError(f"batch_size={len(items)} must be divisible by the {self.world} processes")
         per = len(items) // self.world
-        return items[self.rank * per:(self.rank + 1) * per]
+        return items[self.rank * per : (self.rank + 1) * per]
 
     def sum(self, value: float) -> float:
         """Sum of a number over processes."""
@@ -132,8 +141,10 @@ class Distributed:
         decoder = getattr(student, "get_decoder", lambda: None)()
         layers = getattr(decoder, "layers", None)
         if not isinstance(layers, nn.ModuleList) or not len(layers):
-            raise ConfigError(f"FSDP needs a Hugging Face decoder-only student (decoder layers at .model.layers); "
-                              f"{type(student).__name__} has none. Launch with --multi_gpu (data parallel) instead")
+            raise ConfigError(
+                f"FSDP needs a Hugging Face decoder-only student (decoder layers at .model.layers); "
+                f"{type(student).__name__} has none. Launch with --multi_gpu (data parallel) instead"
+            )
         device = next(student.parameters()).device
         mesh = init_device_mesh(device.type, (self.world,))
         for layer in layers:
@@ -148,8 +159,11 @@ class Distributed:
         fully_shard.state(student)._lazy_init()
         decoder.register_forward_pre_hook(lambda *_: student.unshard())  # a no-op when already gathered
         local, total = self.param_numel(student)
-        print(f"gopd-lab fsdp: process {self.rank}/{self.world} holds {local} of {total} student parameter "
-              "elements", file=sys.stderr, flush=True)
+        print(
+            f"gopd-lab fsdp: process {self.rank}/{self.world} holds {local} of {total} student parameter elements",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @staticmethod
     def param_numel(model: nn.Module) -> tuple[int, int]:
@@ -190,6 +204,8 @@ class Distributed:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        weights, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        weights, optim = get_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
         return {k: v for k, v in weights.items() if k not in tied}, optim

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
@@ -11,21 +11,48 @@ from torch import nn
 from .rollout import Prompts, prompts_from_tasks, sample
 
 
-def generate(model: nn.Module, tokenizer, prompts: Prompts, *, max_new_tokens: int, greedy: bool, temperature: float = 1.0,
-             batch_size: int = 256, generator: torch.Generator | None = None) -> list[str]:
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int,
+    greedy: bool,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> list[str]:
     """Completions for every prompt, in batches."""
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         part = prompts.select(range(i, min(i + batch_size, len(prompts))))
-        r = sample(model, part, max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer,
-                   generator=generator)
+        r = sample(
+            model,
+            part,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            greedy=greedy,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tokenizer=tokenizer,
+            generator=generator,
+        )
         out.extend(r.completions)
     return out
 
 
-def evaluate(model: nn.Module, tokenizer, tasks: dict, *, k: int = 4, max_new_tokens: int = 8, temperature: float = 1.0,
-             batch_size: int = 256, limit: int = 0, seed: int = 0) -> pd.DataFrame:
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    tasks: dict,
+    *,
+    k: int = 4,
+    max_new_tokens: int = 8,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    limit: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per-domain accuracy on each task's test split.
 
     Columns: ``domain``, ``greedy_acc`` (argmax decoding), ``mean_acc`` (mean over ``k`` samples at
@@ -34,8 +61,19 @@ def evaluate(model: nn.Module, tokenizer, tasks: dict, *, k: int = 4, max_new_to
     prompts = prompts_from_tasks(tasks, tokenizer, split="test", limit=limit)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True, batch_size=batch_size)
-    sampled = [generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=False, temperature=temperature,
-                        batch_size=batch_size, generator=gen) for _ in range(k)]
+    sampled = [
+        generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            greedy=False,
+            temperature=temperature,
+            batch_size=batch_size,
+            generator=gen,
+        )
+        for _ in range(k)
+    ]
     rows = []
     for domain, task in tasks.items():
         idx = [i for i, d in enumerate(prompts.domains) if d == domain]

@@ -116,7 +116,9 @@ def sequence_level_optimum(teacher: TabularPolicy, reference: TabularPolicy, lam
         lo, hi = depth_offset(K, d), depth_offset(K, d + 1)
         if d < H - 1:
             lo_c = depth_offset(K, d + 1)
-            log_z_next = torch.logsumexp(log_g[lo_c:lo_c + K ** (d + 1)] + log_z_child[lo_c:lo_c + K ** (d + 1)], -1)
+            log_z_next = torch.logsumexp(
+                log_g[lo_c : lo_c + K ** (d + 1)] + log_z_child[lo_c : lo_c + K ** (d + 1)], -1
+            )
             log_z_child[lo:hi] = log_z_next.view(K**d, K)
     return TabularPolicy(K, H, torch.log_softmax(log_g + log_z_child, -1))
 
@@ -145,5 +147,12 @@ def enumerated_rollout(K: int, H: int) -> Rollout:
     seqs = all_sequences(K, H)
     n = len(seqs)
     ones = torch.ones(n, 1, dtype=torch.long)
-    return Rollout(ones * PROMPT_TOKEN, ones, seqs, torch.ones_like(seqs), ["<s>"] * n,
-                   [" ".join(map(str, s.tolist())) for s in seqs], ["default"] * n)
+    return Rollout(
+        ones * PROMPT_TOKEN,
+        ones,
+        seqs,
+        torch.ones_like(seqs),
+        ["<s>"] * n,
+        [" ".join(map(str, s.tolist())) for s in seqs],
+        ["default"] * n,
+    )

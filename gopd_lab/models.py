@@ -6,11 +6,11 @@ and in ``eval()`` mode; scoring runs them under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -126,11 +126,15 @@ def _check_exists(path: str, role: str) -> None:
     """A local-looking path that does not exist is a user error worth naming (hub ids pass through)."""
     looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") > 1
     if looks_local and not Path(path).expanduser().is_dir():
-        raise ModelLoadError(f"{role} model path {path!r} does not exist or is not a directory; "
-                             "give a local checkpoint directory or a Hugging Face hub id")
+        raise ModelLoadError(
+            f"{role} model path {path!r} does not exist or is not a directory; "
+            "give a local checkpoint directory or a Hugging Face hub id"
+        )
 
 
-def load_model(path: str, *, role: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
+def load_model(
+    path: str, *, role: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False
+) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` with safe defaults (safetensors, no remote code)."""
     from transformers import AutoModelForCausalLM
 
@@ -176,7 +180,8 @@ def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str)
             problems.append(f"{attr} differs ({a!r} vs {b!r})")
     if problems:
         raise ModelLoadError(
-            f"tokenizer mismatch between student {student_name!r} and {other_name!r}: " + "; ".join(problems)
+            f"tokenizer mismatch between student {student_name!r} and {other_name!r}: "
+            + "; ".join(problems)
             + ". On-policy distillation scores the student's own tokens, so both models must share one tokenizer; "
             "pick a teacher/reference from the same model family."
         )
@@ -192,16 +197,24 @@ def load_models(cfg: RunConfig) -> Models:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
     needs_teacher = cfg.method in ("gopd", "offpolicy") or cfg.expert_data == "teacher"
     if not cfg.teacher and needs_teacher:
-        raise ConfigError(f"method={cfg.method!r} needs a teacher: give a hub id, a local checkpoint directory, or {{domain: path}}")
+        raise ConfigError(
+            f"method={cfg.method!r} needs a teacher: give a hub id, a local checkpoint directory, or {{domain: path}}"
+        )
     from .teacher_server import RemoteScorer, is_url
 
-    if (cfg.method == "offpolicy" or cfg.expert_data == "teacher") and any(map(is_url, _by_domain(cfg.teacher).values())):
-        raise ConfigError("a teacher given as a URL only scores tokens; offpolicy / expert_data='teacher' sample from the "
-                          "teacher, so give its checkpoint instead")
+    if (cfg.method == "offpolicy" or cfg.expert_data == "teacher") and any(
+        map(is_url, _by_domain(cfg.teacher).values())
+    ):
+        raise ConfigError(
+            "a teacher given as a URL only scores tokens; offpolicy / expert_data='teacher' sample from the "
+            "teacher, so give its checkpoint instead"
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
-    student = load_model(cfg.student, role="student", device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    student = load_model(
+        cfg.student, role="student", device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+    )
     initial_student: nn.Module | None = None
     if cfg.lora_r > 0:
         student = _add_lora(student, cfg)
@@ -223,10 +236,14 @@ def load_models(cfg: RunConfig) -> Models:
                 cache[path].check_tokenizer(tokenizer, cfg.student)
             return cache[path]
         if path not in checked:
-            check_tokenizers(tokenizer, load_tokenizer(path, trust_remote_code=cfg.trust_remote_code), cfg.student, path)
+            check_tokenizers(
+                tokenizer, load_tokenizer(path, trust_remote_code=cfg.trust_remote_code), cfg.student, path
+            )
             checked.add(path)
         if path not in cache:
-            cache[path] = freeze(load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code))
+            cache[path] = freeze(
+                load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+            )
         return cache[path]
 
     if cfg.method == "sdpo":
@@ -237,7 +254,9 @@ def load_models(cfg: RunConfig) -> Models:
         teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()}
     else:
         teachers = {}
-    references = {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
+    references = (
+        {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
+    )
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
     return Models(student=student, tokenizer=tokenizer, teachers=teachers, references=references, names=names)
@@ -248,5 +267,7 @@ def _add_lora(student: nn.Module, cfg: RunConfig) -> nn.Module:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # pragma: no cover - exercised only without peft
         raise ModelLoadError("lora_r > 0 needs peft: pip install 'gopd-lab[lora]'") from err
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"
+    )
     return get_peft_model(student, lora)

@@ -239,7 +239,6 @@ def entropy_from_logp(logp: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-
 def group_advantages(rewards: Tensor, group_size: int, *, scale_std: bool = True, eps: float = 1e-6) -> Tensor:
     """GRPO's group-relative advantages (Shao et al. 2024): ``(r - mean_g) / (std_g + eps)``.
 

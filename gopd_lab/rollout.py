@@ -10,9 +10,9 @@ sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× che
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +42,13 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def select(self, index: Sequence[int]) -> "Prompts":
-        pick = lambda xs: [xs[i] for i in index]  # noqa: E731
-        return Prompts(pick(self.ids), pick(self.texts), pick(self.domains), None if self.answers is None else pick(self.answers))
+    def select(self, index: Sequence[int]) -> Prompts:
+        def pick(xs):
+            return [xs[i] for i in index]
+
+        return Prompts(
+            pick(self.ids), pick(self.texts), pick(self.domains), None if self.answers is None else pick(self.answers)
+        )
 
 
 def read_prompt_rows(path: str | Path, required: tuple[str, ...] = ("prompt",)) -> list[dict]:
@@ -61,8 +65,10 @@ def read_prompt_rows(path: str | Path, required: tuple[str, ...] = ("prompt",)) 
     for n, row in rows:
         missing = [k for k in required if k not in row]
         if missing:
-            raise ConfigError(f"{path}:{n} has no {missing} field; each line must be a JSON object with "
-                              f"{list(required)} (and optionally 'domain')")
+            raise ConfigError(
+                f"{path}:{n} has no {missing} field; each line must be a JSON object with "
+                f"{list(required)} (and optionally 'domain')"
+            )
     return [row for _, row in rows]
 
 
@@ -72,14 +78,22 @@ def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
     return [str(r["prompt"]) for r in rows], [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows]
 
 
-def encode_prompts(tokenizer, texts: Sequence[str], domains: Sequence[str] | None = None, *, chat_template: bool = False) -> Prompts:
+def encode_prompts(
+    tokenizer, texts: Sequence[str], domains: Sequence[str] | None = None, *, chat_template: bool = False
+) -> Prompts:
     """Tokenise prompts once (optionally through the tokenizer's chat template)."""
     if not texts:
         raise ConfigError("the prompt set is empty; give at least one prompt")
     ids = []
     for text in texts:
         if chat_template:
-            ids.append(list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)))
+            ids.append(
+                list(
+                    tokenizer.apply_chat_template(
+                        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+                    )
+                )
+            )
         else:
             ids.append(tokenizer(text, add_special_tokens=True)["input_ids"])
     if any(len(x) == 0 for x in ids):
@@ -87,7 +101,9 @@ def encode_prompts(tokenizer, texts: Sequence[str], domains: Sequence[str] | Non
     return Prompts(ids, list(texts), list(domains) if domains is not None else [DEFAULT_DOMAIN] * len(texts))
 
 
-def prompts_from_tasks(tasks: dict, tokenizer, *, split: str = "train", chat_template: bool = False, limit: int = 0) -> Prompts:
+def prompts_from_tasks(
+    tasks: dict, tokenizer, *, split: str = "train", chat_template: bool = False, limit: int = 0
+) -> Prompts:
     """All prompts of the tasks' ``split`` (``train`` or ``test``) with their domains and answers,
     interleaved across domains so that any prefix mixes them (``limit`` > 0 keeps that many per task)."""
     per_task = []
@@ -97,7 +113,9 @@ def prompts_from_tasks(tasks: dict, tokenizer, *, split: str = "train", chat_tem
     if not any(per_task):
         raise ConfigError(f"the tasks {sorted(tasks)} have no {split} examples")
     ordered = [ex for row in _interleave(per_task) for ex in row]
-    prompts = encode_prompts(tokenizer, [e.prompt for e in ordered], [e.domain for e in ordered], chat_template=chat_template)
+    prompts = encode_prompts(
+        tokenizer, [e.prompt for e in ordered], [e.domain for e in ordered], chat_template=chat_template
+    )
     prompts.answers = [e.answer for e in ordered]
     return prompts
 
@@ -107,24 +125,40 @@ def _interleave(lists: list[list]) -> list[list]:
     return [[x[i] for x in lists if i < len(x)] for i in range(longest)]
 
 
-def teacher_forced(prompts: Prompts, tokenizer, completions: Sequence[str] | None = None, *, pad_token_id: int = 0,
-                   eos_token_id: int | None = None, device: torch.device | str = "cpu") -> Rollout:
+def teacher_forced(
+    prompts: Prompts,
+    tokenizer,
+    completions: Sequence[str] | None = None,
+    *,
+    pad_token_id: int = 0,
+    eos_token_id: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Rollout:
     """A :class:`Rollout` whose completions are given texts (default: the prompts' answers) followed by
     EOS: the input of SFT and of scoring fixed completions."""
     completions = list(completions if completions is not None else (prompts.answers or []))
     if len(completions) != len(prompts):
         raise ConfigError("teacher_forced needs one completion per prompt (the prompts carry no answers)")
-    rows = [tokenizer(c, add_special_tokens=False)["input_ids"] + ([eos_token_id] if eos_token_id is not None else [])
-            for c in completions]
+    rows = [
+        tokenizer(c, add_special_tokens=False)["input_ids"] + ([eos_token_id] if eos_token_id is not None else [])
+        for c in completions
+    ]
     width = max(1, max(len(r) for r in rows))
     comp = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     cmask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        comp[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        cmask[i, :len(r)] = 1
+        comp[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        cmask[i, : len(r)] = 1
     prompt_ids, prompt_mask = left_pad(prompts.ids, pad_token_id, device)
-    return Rollout(prompt_ids, prompt_mask, comp.to(device), cmask.to(device), list(prompts.texts), list(completions),
-                   list(prompts.domains))
+    return Rollout(
+        prompt_ids,
+        prompt_mask,
+        comp.to(device),
+        cmask.to(device),
+        list(prompts.texts),
+        list(completions),
+        list(prompts.domains),
+    )
 
 
 def load_prompts(source: str | Sequence[str], tokenizer, *, chat_template: bool = False) -> Prompts:
@@ -171,12 +205,22 @@ class Rollout:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
-    def select(self, rows: Sequence[int] | Tensor) -> "Rollout":
+    def select(self, rows: Sequence[int] | Tensor) -> Rollout:
         rows_t = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids.device)
-        pick = lambda xs: [xs[int(i)] for i in rows_t]  # noqa: E731
-        return Rollout(self.prompt_ids[rows_t], self.prompt_mask[rows_t], self.completion_ids[rows_t],
-                       self.completion_mask[rows_t], pick(self.prompts), pick(self.completions), pick(self.domains),
-                       pick(self.prompt_index) if self.prompt_index else [])
+
+        def pick(xs):
+            return [xs[int(i)] for i in rows_t]
+
+        return Rollout(
+            self.prompt_ids[rows_t],
+            self.prompt_mask[rows_t],
+            self.completion_ids[rows_t],
+            self.completion_mask[rows_t],
+            pick(self.prompts),
+            pick(self.completions),
+            pick(self.domains),
+            pick(self.prompt_index) if self.prompt_index else [],
+        )
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -186,8 +230,8 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -196,8 +240,14 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                row_seeds: Sequence[int] | None = None) -> Tensor:
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
+) -> Tensor:
     """Draw one token per row from ``softmax(logits / temperature)`` restricted to the top-p nucleus.
 
     Uses the exponential race ``argmax(p_i / E_i)`` with ``E_i ~ Exp(1)``, which samples exactly from
@@ -215,8 +265,12 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
     if row_seeds is None:
         uniform = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
     else:
-        uniform = torch.stack([torch.rand(probs.shape[1], dtype=probs.dtype, generator=torch.Generator().manual_seed(int(seed)))
-                               for seed in row_seeds]).to(probs.device)
+        uniform = torch.stack(
+            [
+                torch.rand(probs.shape[1], dtype=probs.dtype, generator=torch.Generator().manual_seed(int(seed)))
+                for seed in row_seeds
+            ]
+        ).to(probs.device)
     noise = uniform.log_().neg_()  # E = −log U ~ Exp(1); U = 0 gives E = inf, which only removes that token's draw
     return (probs / noise).argmax(dim=-1)  # (B,)
 
@@ -252,18 +306,47 @@ def sample(
     model.eval()
     try:
         with torch.inference_mode():  # lighter than no_grad; the results are cloned out below for autograd's use
-            completion_ids, completion_mask = _decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p,
-                                                      eos_token_id, pad_token_id, generator, greedy, row_seeds)
+            completion_ids, completion_mask = _decode(
+                model,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens,
+                temperature,
+                top_p,
+                eos_token_id,
+                pad_token_id,
+                generator,
+                greedy,
+                row_seeds,
+            )
     finally:
         if was_training:
             model.train()
     completion_ids, completion_mask = completion_ids.clone(), completion_mask.clone()  # (B, C) each
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, list(prompts.texts),
-                   decode_completions(tokenizer, completion_ids, completion_mask), list(prompts.domains))
+    return Rollout(
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        list(prompts.texts),
+        decode_completions(tokenizer, completion_ids, completion_mask),
+        list(prompts.domains),
+    )
 
 
-def _decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id, generator,
-            greedy, row_seeds) -> tuple[Tensor, Tensor]:
+def _decode(
+    model,
+    prompt_ids,
+    prompt_mask,
+    max_new_tokens,
+    temperature,
+    top_p,
+    eos_token_id,
+    pad_token_id,
+    generator,
+    greedy,
+    row_seeds,
+) -> tuple[Tensor, Tensor]:
     """The key-value-cached loop of :func:`sample` → ``(completion_ids, completion_mask)``, each ``(B, C)``."""
     device = prompt_ids.device
     batch = prompt_ids.shape[0]
@@ -272,8 +355,14 @@ def _decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, 
     new_tokens, cache, step_input = [], None, seq
     for t in range(max_new_tokens):
         positions = position_ids_from_mask(mask)
-        out = model(input_ids=step_input, attention_mask=mask, position_ids=positions[:, -step_input.shape[1]:],
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=step_input,
+            attention_mask=mask,
+            position_ids=positions[:, -step_input.shape[1] :],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[:, -1, :]  # (B, V)
         if greedy:
             token = logits.argmax(-1)
@@ -291,7 +380,7 @@ def _decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, 
             break
         cache = getattr(out, "past_key_values", None)
         step_input = token[:, None] if cache is not None else seq
-    return torch.stack(new_tokens, dim=1), mask[:, prompt_ids.shape[1]:]
+    return torch.stack(new_tokens, dim=1), mask[:, prompt_ids.shape[1] :]
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:

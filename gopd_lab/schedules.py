@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -16,8 +16,12 @@ def make_optimizer(params: list, cfg) -> torch.optim.Optimizer:
     device that has it; the arithmetic is AdamW's either way."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fused = bool(params) and all(type(p) is torch.nn.Parameter and p.is_floating_point()
-                                 and p.device.type == params[0].device.type in FUSED_DEVICES for p in params)
+    fused = bool(params) and all(
+        type(p) is torch.nn.Parameter
+        and p.is_floating_point()
+        and p.device.type == params[0].device.type in FUSED_DEVICES
+        for p in params
+    )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
@@ -38,8 +42,9 @@ def lr_factor(cfg) -> Callable[[int], float]:
     return factor
 
 
-def mu_at(step: int, *, peak: float, schedule: str = "constant", valley: float = 0.0, warmup: int = 0,
-          total: int = 1) -> float:
+def mu_at(
+    step: int, *, peak: float, schedule: str = "constant", valley: float = 0.0, warmup: int = 0, total: int = 1
+) -> float:
     """CHORD's weight of the SFT term at 0-based ``step`` (Zhang et al., arXiv 2508.11408).
 
     ``constant``: ``peak`` throughout. ``warmup_cosine``: linear from ``valley`` to ``peak`` over

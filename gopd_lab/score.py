@@ -66,7 +66,9 @@ def score_rollout(
     ``rollout``: SDPO's self-teacher reads the feedback-augmented prompts.
     """
     teacher_rollout = teacher_rollout if teacher_rollout is not None else rollout
-    lam = torch.tensor([_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device)
+    lam = torch.tensor(
+        [_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device
+    )
     need_reference = bool((lam != 1).any())
     groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
     for row, domain in enumerate(rollout.domains):
@@ -88,8 +90,16 @@ def score_rollout(
         whole = len(rows) == len(rollout)
         sub = rollout if whole else rollout.select(rows)
         sub_t = teacher_rollout if whole else teacher_rollout.select(rows)
-        out = _score_pair(teacher, reference, sub, lam[rows], estimator=estimator, topk=topk, chunk_tokens=chunk_tokens,
-                          teacher_rollout=sub_t)
+        out = _score_pair(
+            teacher,
+            reference,
+            sub,
+            lam[rows],
+            estimator=estimator,
+            topk=topk,
+            chunk_tokens=chunk_tokens,
+            teacher_rollout=sub_t,
+        )
         rows_t = torch.as_tensor(rows, device=lp_t.device)
         lp_t[rows_t] = out["lp_teacher"]
         rank[rows_t] = out["rank"]
@@ -116,8 +126,11 @@ def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 
         groups.setdefault(id(ref), (ref, []))[1].append(row)
     for ref, rows in groups.values():
         sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
-        lp = ref.token_logprobs(sub, chunk_tokens=chunk_tokens) if isinstance(ref, RemoteScorer) \
+        lp = (
+            ref.token_logprobs(sub, chunk_tokens=chunk_tokens)
+            if isinstance(ref, RemoteScorer)
             else token_logprobs(ref, sub, chunk_tokens=chunk_tokens)
+        )
         out[torch.as_tensor(rows, device=out.device)] = lp
     return out
 
@@ -133,14 +146,31 @@ def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
 
 
 @torch.inference_mode()
-def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollout, lam: Tensor, *,
-                estimator: str, topk: int, chunk_tokens: int, teacher_rollout: Rollout) -> dict[str, Tensor]:
+def _score_pair(
+    teacher: nn.Module,
+    reference: nn.Module | None,
+    rollout: Rollout,
+    lam: Tensor,
+    *,
+    estimator: str,
+    topk: int,
+    chunk_tokens: int,
+    teacher_rollout: Rollout,
+) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
     from .teacher_server import RemoteScorer, remote_score_pair  # imported here, see reference_logprobs
 
     if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
-        return remote_score_pair(teacher, reference, rollout, lam, estimator=estimator, topk=topk,
-                                 chunk_tokens=chunk_tokens, teacher_rollout=teacher_rollout)
+        return remote_score_pair(
+            teacher,
+            reference,
+            rollout,
+            lam,
+            estimator=estimator,
+            topk=topk,
+            chunk_tokens=chunk_tokens,
+            teacher_rollout=teacher_rollout,
+        )
     pos = Positions.of(rollout)
     tokens = rollout.completion_ids[pos.b, pos.c]  # (N,)
     lam_n = lam[pos.b][:, None]  # (N, 1)
@@ -154,17 +184,17 @@ def _score_pair(teacher: nn.Module, reference: nn.Module | None, rollout: Rollou
     n = chunk_rows(vocab, chunk_tokens)
     acc: dict[str, list[Tensor]] = {}
     for i in range(0, len(pos), n):
-        tok = tokens[i:i + n, None]
-        logp_t = torch.log_softmax(head_t(feats_t[i:i + n]).float(), -1)  # (n, V)
+        tok = tokens[i : i + n, None]
+        logp_t = torch.log_softmax(head_t(feats_t[i : i + n]).float(), -1)  # (n, V)
         lp_tok = logp_t.gather(-1, tok).squeeze(-1)
         _add(acc, "lp_teacher", lp_tok)
         _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1, dtype=torch.int32).long())
         logp_r = None
         if head_r is not None:
-            logp_r = torch.log_softmax(head_r(feats_r[i:i + n]).float(), -1)  # (n, V)
+            logp_r = torch.log_softmax(head_r(feats_r[i : i + n]).float(), -1)  # (n, V)
             _add(acc, "lp_reference", logp_r.gather(-1, tok).squeeze(-1))
         if estimator == "full":
-            _add(acc, "target", target_logprobs(logp_t, logp_r, lam_n[i:i + n]))
+            _add(acc, "target", target_logprobs(logp_t, logp_r, lam_n[i : i + n]))
         elif estimator == "jsd":
             _add(acc, "target", logp_t)
         elif estimator == "topk":

@@ -11,8 +11,8 @@ separate decoder/head (e.g. the tabular policies of :mod:`gopd_lab.exact`) fall 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .rollout import Rollout, position_ids_from_mask
 
-CHUNK_BYTES = 8 * 2**20  # float32 logits per chunk when chunk_tokens == 0 (fits in cache; bench: faster and leaner than 64 MiB)
+CHUNK_BYTES = (
+    8 * 2**20
+)  # float32 logits per chunk when chunk_tokens == 0 (fits in cache; bench: faster and leaner than 64 MiB)
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Positions:
     shape: tuple[int, int]
 
     @classmethod
-    def of(cls, rollout: Rollout) -> "Positions":
+    def of(cls, rollout: Rollout) -> Positions:
         b, c = rollout.completion_mask.bool().nonzero(as_tuple=True)
         return cls(b, c, tuple(rollout.completion_mask.shape))
 
@@ -70,7 +72,9 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return decoder, head
 
 
-def completion_features(model: nn.Module, rollout: Rollout, pos: Positions) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+def completion_features(
+    model: nn.Module, rollout: Rollout, pos: Positions
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """Features at the valid completion positions and the map from features to logits.
 
     Returns ``(features (N, H), to_logits)``: hidden states + the LM head when the model exposes them,
@@ -103,7 +107,9 @@ def _vocab_size(model: nn.Module, to_logits: Callable, features: Tensor) -> int:
     return int(weight.shape[0]) if weight is not None else int(features.shape[-1])
 
 
-def _token_stats(logits: Tensor, tokens: Tensor, *, rank: bool = False, entropy: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _token_stats(
+    logits: Tensor, tokens: Tensor, *, rank: bool = False, entropy: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(lp_token, rank, entropy)`` for one chunk of float32 logits ``(n, V)``."""
     logits = logits.float()
     token_logit = logits.gather(-1, tokens[:, None]).squeeze(-1)  # (n,)
@@ -130,12 +136,14 @@ def token_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0,
         n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
         lps, ranks = [], []
         for i in range(0, len(pos), n):
-            lp, r, _ = _token_stats(to_logits(feats[i:i + n]), tokens[i:i + n], rank=with_rank)
+            lp, r, _ = _token_stats(to_logits(feats[i : i + n]), tokens[i : i + n], rank=with_rank)
             lps.append(lp)
             ranks.append(r)
         lp = pos.scatter(torch.cat(lps) if lps else feats.new_zeros(0, dtype=torch.float32))
         if with_rank:
-            rank = pos.scatter(torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=feats.device), fill=0)
+            rank = pos.scatter(
+                torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=feats.device), fill=0
+            )
             return lp, rank
         return lp
 
@@ -148,7 +156,7 @@ def full_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0) 
         pos = Positions.of(rollout)
         feats, to_logits = completion_features(m, rollout, pos)
         n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
-        return torch.cat([torch.log_softmax(to_logits(feats[i:i + n]).float(), -1) for i in range(0, len(pos), n)])
+        return torch.cat([torch.log_softmax(to_logits(feats[i : i + n]).float(), -1) for i in range(0, len(pos), n)])
 
 
 @dataclass
@@ -179,7 +187,7 @@ def student_forward(model: nn.Module, rollout: Rollout, *, full: bool = False, c
         return StudentOut(lp=pos.scatter(lp), logp=None, entropy=pos.scatter(ent), positions=pos)
     lps, ents, logps = [], [], []
     for i in range(0, len(pos), n):
-        f, t = feats[i:i + n], tokens[i:i + n]
+        f, t = feats[i : i + n], tokens[i : i + n]
         if full:
             logp = torch.log_softmax(to_logits(f).float(), -1)  # (n, V)
             logps.append(logp)
@@ -207,7 +215,9 @@ def _lp_entropy(features: Tensor, tokens: Tensor, to_logits: Callable, *, checkp
     return chunk(features)
 
 
-def student_kl_forward(model: nn.Module, rollout: Rollout, target: Tensor, *, chunk_tokens: int = 0) -> StudentOut | None:
+def student_kl_forward(
+    model: nn.Module, rollout: Rollout, target: Tensor, *, chunk_tokens: int = 0
+) -> StudentOut | None:
     """The ``full`` estimator's loss ``mean_t KL(π_θ(·|s_t) ‖ target(·|s_t))`` fused with the LM head.
 
     ``target`` ``(N, V)`` holds the detached log-target at the valid positions (:class:`Positions` order).
@@ -218,7 +228,11 @@ def student_kl_forward(model: nn.Module, rollout: Rollout, target: Tensor, *, ch
     :func:`student_forward`).
     """
     parts = _decoder_and_head(model)
-    if parts is None or parts[1].bias is not None or getattr(getattr(model, "config", None), "final_logit_softcapping", None):
+    if (
+        parts is None
+        or parts[1].bias is not None
+        or getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    ):
         return None
     pos = Positions.of(rollout)
     feats, head = completion_features(model, rollout, pos)
@@ -242,17 +256,19 @@ class _FusedKL(torch.autograd.Function):
         ent = feats.new_zeros(n_all, dtype=torch.float32)
         total = feats.new_zeros((), dtype=torch.float32)
         for i in range(0, n_all, rows):
-            f = feats[i:i + rows]
+            f = feats[i : i + rows]
             logp = torch.nn.functional.linear(f, weight).float()  # (n, V) logits, then log-probs in place
             logp -= torch.logsumexp(logp, -1, keepdim=True)
             p = logp.exp()
-            diff = logp - target[i:i + rows]  # log p − log target
+            diff = logp - target[i : i + rows]  # log p − log target
             kl = torch.bmm(p[:, None, :], diff[:, :, None]).view(-1)  # (n,) without an (n, V) product
-            ent[i:i + rows] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
-            lp[i:i + rows] = logp.gather(-1, tokens[i:i + rows, None]).view(-1)
+            ent[i : i + rows] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
+            lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
             total += kl.sum()
-            g = diff.sub_(kl[:, None]).mul_(p).to(weight.dtype)  # ∂KL_i/∂logits_i, (n, V); the 1/N is applied in backward
-            grad_f[i:i + rows] = g @ weight
+            g = (
+                diff.sub_(kl[:, None]).mul_(p).to(weight.dtype)
+            )  # ∂KL_i/∂logits_i, (n, V); the 1/N is applied in backward
+            grad_f[i : i + rows] = g @ weight
             if grad_w is not None:
                 grad_w.addmm_(g.T, f)
         ctx.save_for_backward(grad_f, grad_w if grad_w is not None else feats.new_zeros(0))
@@ -279,12 +295,12 @@ class _TokenLogprob(torch.autograd.Function):
         ent = feats.new_zeros(n_all, dtype=torch.float32)
         lse = feats.new_zeros(n_all, dtype=torch.float32)
         for i in range(0, n_all, rows):
-            logp = torch.nn.functional.linear(feats[i:i + rows], weight).float()  # (n, V) logits, then log-probs
+            logp = torch.nn.functional.linear(feats[i : i + rows], weight).float()  # (n, V) logits, then log-probs
             norm = torch.logsumexp(logp, -1)
             logp -= norm[:, None]
-            lse[i:i + rows] = norm
-            lp[i:i + rows] = logp.gather(-1, tokens[i:i + rows, None]).view(-1)
-            ent[i:i + rows] = -torch.bmm(logp.exp()[:, None, :], logp[:, :, None]).view(-1)
+            lse[i : i + rows] = norm
+            lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
+            ent[i : i + rows] = -torch.bmm(logp.exp()[:, None, :], logp[:, :, None]).view(-1)
         ctx.save_for_backward(feats, weight, tokens, lse)
         ctx.rows = rows
         ctx.mark_non_differentiable(ent)
@@ -298,13 +314,13 @@ class _TokenLogprob(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_lp = grad_lp.float()
         for i in range(0, feats.shape[0], ctx.rows):
-            f, g_i = feats[i:i + ctx.rows], grad_lp[i:i + ctx.rows, None]  # (n, H), (n, 1)
+            f, g_i = feats[i : i + ctx.rows], grad_lp[i : i + ctx.rows, None]  # (n, H), (n, 1)
             g = torch.nn.functional.linear(f, weight).float()
-            g.sub_(lse[i:i + ctx.rows, None]).exp_().mul_(-g_i)  # −grad · p
-            g.scatter_add_(-1, tokens[i:i + ctx.rows, None], g_i)  # + grad · onehot(token)
+            g.sub_(lse[i : i + ctx.rows, None]).exp_().mul_(-g_i)  # −grad · p
+            g.scatter_add_(-1, tokens[i : i + ctx.rows, None], g_i)  # + grad · onehot(token)
             g = g.to(weight.dtype)
             if want_f:
-                grad_f[i:i + ctx.rows] = g @ weight
+                grad_f[i : i + ctx.rows] = g @ weight
             if want_w:
                 grad_w.addmm_(g.T, f)
         return grad_f, grad_w, None, None

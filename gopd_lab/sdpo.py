@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -63,7 +63,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, rate: float) -> None:
         t.mul_(rate).add_(s.detach(), alpha=1.0 - rate)
 
 
-def feedback_texts(rollout: Rollout, rewards: torch.Tensor, tasks: dict, group_size: int, mode: str) -> tuple[list[str | None], list[str | None]]:
+def feedback_texts(
+    rollout: Rollout, rewards: torch.Tensor, tasks: dict, group_size: int, mode: str
+) -> tuple[list[str | None], list[str | None]]:
     """``(feedback, solution)`` per sample: the task's feedback when wrong (``mode`` ``verifier`` or
     ``both``) and a correct completion from another sample of the same prompt (``solution`` or ``both``)."""
     feedback: list[str | None] = [None] * len(rollout)
@@ -89,24 +91,42 @@ def self_teacher_rollout(rollout: Rollout, texts: list[str], tokenizer, pad_toke
     """The same completion tokens behind new prompts (the self-teacher's view of each sample)."""
     ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     prompt_ids, prompt_mask = left_pad(ids, pad_token_id, rollout.prompt_ids.device)
-    return Rollout(prompt_ids, prompt_mask, rollout.completion_ids, rollout.completion_mask, texts,
-                   list(rollout.completions), list(rollout.domains), list(rollout.prompt_index))
+    return Rollout(
+        prompt_ids,
+        prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        texts,
+        list(rollout.completions),
+        list(rollout.domains),
+        list(rollout.prompt_index),
+    )
 
 
-def build_self_teacher_view(rollout: Rollout, rewards: torch.Tensor, tasks: dict, cfg, tokenizer,
-                            pad_token_id: int) -> tuple[Rollout, Rollout, dict[str, float]]:
+def build_self_teacher_view(
+    rollout: Rollout, rewards: torch.Tensor, tasks: dict, cfg, tokenizer, pad_token_id: int
+) -> tuple[Rollout, Rollout, dict[str, float]]:
     """``(student_rollout, teacher_rollout, metrics)``. Samples with no feedback are masked out of the
     update (``sdpo_no_feedback="mask"``) or scored under the plain prompt (``"plain"``)."""
     feedback, solution = feedback_texts(rollout, rewards, tasks, cfg.samples_per_prompt, cfg.sdpo_feedback)
     has = [f is not None or s is not None for f, s in zip(feedback, solution)]
-    texts = [teacher_prompt(cfg.sdpo_template, p, f, s) if h else p
-             for p, f, s, h in zip(rollout.prompts, feedback, solution, has)]
+    texts = [
+        teacher_prompt(cfg.sdpo_template, p, f, s) if h else p
+        for p, f, s, h in zip(rollout.prompts, feedback, solution, has)
+    ]
     student_view = rollout
     if cfg.sdpo_no_feedback == "mask" and not all(has):
         keep = torch.tensor(has, dtype=rollout.completion_mask.dtype, device=rollout.completion_mask.device)
-        student_view = Rollout(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
-                               rollout.completion_mask * keep[:, None], rollout.prompts, rollout.completions,
-                               rollout.domains, rollout.prompt_index)
+        student_view = Rollout(
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids,
+            rollout.completion_mask * keep[:, None],
+            rollout.prompts,
+            rollout.completions,
+            rollout.domains,
+            rollout.prompt_index,
+        )
     teacher_view = self_teacher_rollout(student_view, texts, tokenizer, pad_token_id)
     return student_view, teacher_view, {"sdpo_feedback_frac": sum(has) / max(1, len(has))}
 

@@ -3,8 +3,14 @@ resumable, failure-tolerant; the results come back as one pandas DataFrame.
 
 ```python
 from gopd_lab.sweep import run_sweep, load_sweep
-df = run_sweep("notebooks/experiments/lam.ipynb", grid={"lam": [0.5, 1, 1.25], "seed": [0, 1]},
-               fixed={"steps": 20}, sweep_dir="runs/sweeps/lam", workers=2)
+
+df = run_sweep(
+    "notebooks/experiments/lam.ipynb",
+    grid={"lam": [0.5, 1, 1.25], "seed": [0, 1]},
+    fixed={"steps": 20},
+    sweep_dir="runs/sweeps/lam",
+    workers=2,
+)
 ```
 
 The notebook has a cell tagged ``parameters`` with an ``out_dir`` and calls
@@ -58,10 +64,20 @@ __all__ = ["run_sweep", "load_sweep", "run_spec", "SweepError", "SweepSpec"]
 KERNEL_NAME = "gopd-lab-sweep"
 
 
-def run_sweep(notebook: str | Path, grid: dict[str, list] | None = None, fixed: dict[str, Any] | None = None, *,
-              sweep_dir: str | Path | None = None, workers: int = 1, kernel_name: str | None = None,
-              timeout: float | None = None, gpus: list | None = None, cwd: str | Path | None = None,
-              rerun: bool = False, progress: bool = True) -> pd.DataFrame:
+def run_sweep(
+    notebook: str | Path,
+    grid: dict[str, list] | None = None,
+    fixed: dict[str, Any] | None = None,
+    *,
+    sweep_dir: str | Path | None = None,
+    workers: int = 1,
+    kernel_name: str | None = None,
+    timeout: float | None = None,
+    gpus: list | None = None,
+    cwd: str | Path | None = None,
+    rerun: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Run ``notebook`` once per point of ``grid`` (× ``fixed``) and return :func:`load_sweep`'s DataFrame.
 
     ``sweep_dir`` defaults to ``runs/sweeps/<notebook name>``; ``workers`` points run at once; ``kernel_name``
@@ -81,10 +97,26 @@ def run_sweep(notebook: str | Path, grid: dict[str, list] | None = None, fixed: 
     if pending:
         _check_tools(kernel_name)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "sweep.json", {"notebook": str(notebook), "grid": grid or {}, "fixed": fixed or {},
-                                            "points": [p.id for p in points], "params": {p.id: p.params for p in points}})
-    runner = _Runner(notebook, root.resolve(), defaults, workers, kernel_name, timeout,
-                     _visible_gpus() if gpus is None else [str(g) for g in gpus], cwd)
+    atomic_write_json(
+        root / "sweep.json",
+        {
+            "notebook": str(notebook),
+            "grid": grid or {},
+            "fixed": fixed or {},
+            "points": [p.id for p in points],
+            "params": {p.id: p.params for p in points},
+        },
+    )
+    runner = _Runner(
+        notebook,
+        root.resolve(),
+        defaults,
+        workers,
+        kernel_name,
+        timeout,
+        _visible_gpus() if gpus is None else [str(g) for g in gpus],
+        cwd,
+    )
     try:
         runner.run(pending, total=len(points), progress=progress)
     finally:
@@ -94,8 +126,10 @@ def run_sweep(notebook: str | Path, grid: dict[str, list] | None = None, fixed: 
     results.attrs.update(ran=[p.id for p in pending], skipped=skipped)
     if progress:
         failed = results[results.status == "failed"]
-        line = (f"sweep {root}: {len(points)} points, {len(pending)} ran, {len(skipped)} skipped, "
-                f"{len(failed)} failed → {root / 'results.parquet'}")
+        line = (
+            f"sweep {root}: {len(points)} points, {len(pending)} ran, {len(skipped)} skipped, "
+            f"{len(failed)} failed → {root / 'results.parquet'}"
+        )
         for _, row in failed.iterrows():
             line += f"\n  failed {row.point_id}: {row.error} (see {row.notebook})"
         tqdm.write(line)
@@ -135,8 +169,14 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
 def _gather_point(d: Path, planned: dict | None = None) -> dict:
     info = _read_json(d / "point.json") or {}
     params = _read_json(d / "params.json") or info.get("params") or planned or {}
-    row = {"point_id": d.name, **params, "status": info.get("status", "pending"), "error": info.get("error"),
-           "wall_seconds": info.get("wall_seconds"), "notebook": info.get("notebook")}
+    row = {
+        "point_id": d.name,
+        **params,
+        "status": info.get("status", "pending"),
+        "error": info.get("error"),
+        "wall_seconds": info.get("wall_seconds"),
+        "notebook": info.get("notebook"),
+    }
     summary = _read_json(d / "summary.json")
     if summary is not None:  # run files are read only from a run that finished writing them
         row.update({f"final_{k}": v for k, v in (summary.get("final") or {}).items() if k != "step"})
@@ -144,7 +184,9 @@ def _gather_point(d: Path, planned: dict | None = None) -> dict:
         last = max((r.get("step", 0) for r in evals), default=None)
         for r in evals:
             if r.get("step") == last:
-                row.update({f"eval_{r.get('domain', 'all')}_{k}": v for k, v in r.items() if k not in ("step", "domain")})
+                row.update(
+                    {f"eval_{r.get('domain', 'all')}_{k}": v for k, v in r.items() if k not in ("step", "domain")}
+                )
     row["_params"] = list(params)
     return row
 
@@ -180,10 +222,13 @@ def _finished(root: Path, point: Point) -> bool:
     if not info or info.get("status") != "ok":
         return False
     if not same_params(info.get("params", {}), point.params):
-        changed = sorted(k for k in {*info.get("params", {}), *point.params}
-                         if info.get("params", {}).get(k) != point.params.get(k))
-        raise SweepError(f"point {point.id} in {root} finished with other values of {changed}; use a new "
-                         "sweep_dir, or rerun=True (--rerun) to run every point again")
+        changed = sorted(
+            k for k in {*info.get("params", {}), *point.params} if info.get("params", {}).get(k) != point.params.get(k)
+        )
+        raise SweepError(
+            f"point {point.id} in {root} finished with other values of {changed}; use a new "
+            "sweep_dir, or rerun=True (--rerun) to run every point again"
+        )
     return True
 
 
@@ -246,8 +291,9 @@ class _Runner:
             finally:
                 slots.put(slot)
 
-        bar = tqdm(total=total, initial=total - len(points), desc=f"sweep {self.root.name}", unit="point",
-                   disable=not progress)
+        bar = tqdm(
+            total=total, initial=total - len(points), desc=f"sweep {self.root.name}", unit="point", disable=not progress
+        )
         failed = 0
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
             futures = [pool.submit(work, p) for p in points]
@@ -277,9 +323,17 @@ class _Runner:
         params = {**point.params, "out_dir": str(d)}
         if "torch_threads" in self.defaults and "torch_threads" not in params:
             params["torch_threads"] = self.threads
-        record = {"point_id": point.id, "status": "running", "params": point.params, "error": None,
-                  "notebook": str(executed), "wall_seconds": None, "started": time.time(),
-                  "threads": self.threads, "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES")}
+        record = {
+            "point_id": point.id,
+            "status": "running",
+            "params": point.params,
+            "error": None,
+            "notebook": str(executed),
+            "wall_seconds": None,
+            "started": time.time(),
+            "threads": self.threads,
+            "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+        }
         atomic_write_json(d / "params.json", point.params)
         atomic_write_json(d / "point.json", record)
         t0 = time.perf_counter()
@@ -289,19 +343,32 @@ class _Runner:
             rc, error = -1, f"{type(err).__name__}: {err}"
         if rc != 0 and self.stop.is_set():
             error = "interrupted: the sweep was stopped while this point ran (rerun the sweep to run it)"
-        record.update(status="ok" if rc == 0 else "failed", error=None if rc == 0 else error, returncode=rc,
-                      wall_seconds=time.perf_counter() - t0, finished=time.time())
+        record.update(
+            status="ok" if rc == 0 else "failed",
+            error=None if rc == 0 else error,
+            returncode=rc,
+            wall_seconds=time.perf_counter() - t0,
+            finished=time.time(),
+        )
         atomic_write_json(d / "point.json", record)
         with self.lock:
-            append_jsonl(self.root / "executions.jsonl", [{k: record[k] for k in
-                                                           ("point_id", "status", "wall_seconds", "finished")}])
+            append_jsonl(
+                self.root / "executions.jsonl",
+                [{k: record[k] for k in ("point_id", "status", "wall_seconds", "finished")}],
+            )
         return record
 
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
         n = str(self.threads)
-        env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, GOPD_TORCH_THREADS=n,
-                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+        env.update(
+            OMP_NUM_THREADS=n,
+            MKL_NUM_THREADS=n,
+            OPENBLAS_NUM_THREADS=n,
+            GOPD_TORCH_THREADS=n,
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+        )
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         if self.kernel_dir:
@@ -310,12 +377,29 @@ class _Runner:
 
     def papermill(self, pid: str, executed: Path, params: dict, env: dict, log: Path) -> tuple[int, str | None]:
         encoded = base64.b64encode(yaml.safe_dump(params).encode()).decode()
-        cmd = [sys.executable, "-m", "papermill", str(self.notebook), str(executed), "-b", encoded,
-               "-k", self.kernel_name or KERNEL_NAME, "--no-progress-bar"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(self.notebook),
+            str(executed),
+            "-b",
+            encoded,
+            "-k",
+            self.kernel_name or KERNEL_NAME,
+            "--no-progress-bar",
+        ]
         posix = os.name == "posix"
         with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=posix)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=posix,
+            )
             with self.lock:
                 self.procs[pid] = proc
             try:
@@ -359,9 +443,12 @@ def _private_kernel() -> str:
     """A kernelspec dir (for ``JUPYTER_PATH``) whose kernel is this interpreter, so that a sweep started from
     any venv or notebook runs its points with the same Python and packages, registered or not."""
     root = tempfile.mkdtemp(prefix="gopd-sweep-kernel-")
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"gopd-lab sweep ({sys.executable})", "language": "python",
-            "metadata": {"debugger": False}}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"gopd-lab sweep ({sys.executable})",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
     atomic_write_json(Path(root) / "kernels" / KERNEL_NAME / "kernel.json", spec)
     return root
 

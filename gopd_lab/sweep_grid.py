@@ -102,7 +102,9 @@ def point_id(values: dict[str, Any]) -> str:
 
 
 def same_params(a: dict, b: dict) -> bool:
-    canon = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
+    def canon(d):
+        return json.dumps(d, sort_keys=True, default=str)
+
     return canon(a) == canon(b)
 
 
@@ -120,8 +122,10 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
-        raise SweepError(f"{path} has no cell tagged 'parameters' (papermill convention): tag the cell that "
-                         "assigns the defaults, including out_dir")
+        raise SweepError(
+            f"{path} has no cell tagged 'parameters' (papermill convention): tag the cell that "
+            "assigns the defaults, including out_dir"
+        )
     params: dict[str, Any] = {}
     for name, info in inspect_notebook(str(path)).items():
         params[name] = _literal(info.get("default"))
@@ -130,7 +134,9 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     except SyntaxError:
         return params
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for target in targets:
             if isinstance(target, ast.Name) and target.id not in params:
                 value = getattr(node, "value", None)
@@ -152,13 +158,17 @@ def plan_points(grid: dict[str, Any], fixed: dict[str, Any], defaults: dict[str,
     grid = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in (grid or {}).items()}
     fixed = dict(fixed or {})
     if "out_dir" not in defaults:
-        raise SweepError("the notebook's parameters cell has no out_dir: add out_dir = \"runs/...\" and pass it to "
-                         "RunConfig(out_dir=out_dir) (the sweep sets it to each point's run dir)")
+        raise SweepError(
+            'the notebook\'s parameters cell has no out_dir: add out_dir = "runs/..." and pass it to '
+            "RunConfig(out_dir=out_dir) (the sweep sets it to each point's run dir)"
+        )
     valid = sorted(set(defaults) - {"out_dir"})
     unknown = [n for n in [*grid, *fixed] if n not in defaults or n == "out_dir"]
     if unknown:
-        raise SweepError(f"unknown parameter(s) {unknown}: the notebook's parameters cell defines {valid} "
-                         "(out_dir is set by the sweep)")
+        raise SweepError(
+            f"unknown parameter(s) {unknown}: the notebook's parameters cell defines {valid} "
+            "(out_dir is set by the sweep)"
+        )
     both = sorted(set(grid) & set(fixed))
     if both:
         raise SweepError(f"{both} given both as grid and fixed values; keep one")
@@ -183,11 +193,11 @@ def plan_points(grid: dict[str, Any], fixed: dict[str, Any], defaults: dict[str,
 class SweepSpec:
     """A sweep as a YAML file (``gopd-lab sweep --spec sweeps/lam.yaml``)::
 
-        notebook: notebooks/experiments/lam.ipynb   # relative to the working dir, else to this file
-        sweep_dir: runs/sweeps/lam                  # default: runs/sweeps/<spec file name>
-        workers: 2
-        grid: {lam: [0.5, 1, 1.25, 1.5, 2], seed: [0, 1, 2]}
-        fixed: {steps: 20, student: "zoo:student-base"}
+    notebook: notebooks/experiments/lam.ipynb   # relative to the working dir, else to this file
+    sweep_dir: runs/sweeps/lam                  # default: runs/sweeps/<spec file name>
+    workers: 2
+    grid: {lam: [0.5, 1, 1.25, 1.5, 2], seed: [0, 1, 2]}
+    fixed: {steps: 20, student: "zoo:student-base"}
     """
 
     notebook: str
@@ -208,7 +218,7 @@ class SweepSpec:
     """CUDA devices handed out to workers round-robin; default: every visible device."""
 
     @classmethod
-    def load(cls, path: str | Path) -> "SweepSpec":
+    def load(cls, path: str | Path) -> SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise SweepError(f"sweep spec {path} does not exist")

@@ -74,8 +74,16 @@ def is_url(spec: object) -> bool:
 
 # ---------------------------------------------------------------------------------------------- the computation
 @torch.inference_mode()
-def score_tokens(model: nn.Module, rollout: Rollout, *, rank: bool = False, topk: int = 0, full: bool = False,
-                 gather: Tensor | None = None, chunk_tokens: int = 0) -> dict[str, Tensor]:
+def score_tokens(
+    model: nn.Module,
+    rollout: Rollout,
+    *,
+    rank: bool = False,
+    topk: int = 0,
+    full: bool = False,
+    gather: Tensor | None = None,
+    chunk_tokens: int = 0,
+) -> dict[str, Tensor]:
     """One model's view of a rollout, chunk by chunk, as ``score._score_pair`` computes it for a teacher.
 
     Returns ``lp`` ``(B, C)`` (0 where masked) and, when asked, ``rank`` ``(B, C)``, ``topk_index`` /
@@ -91,8 +99,8 @@ def score_tokens(model: nn.Module, rollout: Rollout, *, rank: bool = False, topk
     k = min(topk, vocab)
     acc: dict[str, list[Tensor]] = {}
     for i in range(0, len(pos), n):
-        logp = torch.log_softmax(head(feats[i:i + n]).float(), -1)  # (n, V)
-        lp = logp.gather(-1, tokens[i:i + n, None]).squeeze(-1)  # (n,)
+        logp = torch.log_softmax(head(feats[i : i + n]).float(), -1)  # (n, V)
+        lp = logp.gather(-1, tokens[i : i + n, None]).squeeze(-1)  # (n,)
         acc.setdefault("lp", []).append(lp)
         if rank:
             acc.setdefault("rank", []).append((logp > lp[:, None]).sum(-1))
@@ -103,13 +111,23 @@ def score_tokens(model: nn.Module, rollout: Rollout, *, rank: bool = False, topk
         if full:
             acc.setdefault("full", []).append(logp)
         if gather is not None:
-            acc.setdefault("gather", []).append(logp.gather(-1, gather[i:i + n]))
+            acc.setdefault("gather", []).append(logp.gather(-1, gather[i : i + n]))
     dev = feats.device
-    empty = {"lp": torch.zeros(0, device=dev), "rank": torch.zeros(0, dtype=torch.long, device=dev),
-             "topk_index": torch.zeros(0, k, dtype=torch.long, device=dev), "topk_logp": torch.zeros(0, k, device=dev),
-             "full": torch.zeros(0, vocab, device=dev),
-             "gather": torch.zeros(0, 0 if gather is None else gather.shape[-1], device=dev)}
-    wanted = ["lp"] + ["rank"] * rank + ["topk_index", "topk_logp"] * bool(k) + ["full"] * full + ["gather"] * (gather is not None)
+    empty = {
+        "lp": torch.zeros(0, device=dev),
+        "rank": torch.zeros(0, dtype=torch.long, device=dev),
+        "topk_index": torch.zeros(0, k, dtype=torch.long, device=dev),
+        "topk_logp": torch.zeros(0, k, device=dev),
+        "full": torch.zeros(0, vocab, device=dev),
+        "gather": torch.zeros(0, 0 if gather is None else gather.shape[-1], device=dev),
+    }
+    wanted = (
+        ["lp"]
+        + ["rank"] * rank
+        + ["topk_index", "topk_logp"] * bool(k)
+        + ["full"] * full
+        + ["gather"] * (gather is not None)
+    )
     out = {name: torch.cat(acc[name]) if name in acc else empty[name] for name in wanted}
     out["lp"] = pos.scatter(out["lp"])
     if rank:
@@ -117,8 +135,17 @@ def score_tokens(model: nn.Module, rollout: Rollout, *, rank: bool = False, topk
     return out
 
 
-def remote_score_pair(teacher, reference, rollout: Rollout, lam: Tensor, *, estimator: str, topk: int, chunk_tokens: int,
-                      teacher_rollout: Rollout) -> dict[str, Tensor]:
+def remote_score_pair(
+    teacher,
+    reference,
+    rollout: Rollout,
+    lam: Tensor,
+    *,
+    estimator: str,
+    topk: int,
+    chunk_tokens: int,
+    teacher_rollout: Rollout,
+) -> dict[str, Tensor]:
     """``score._score_pair`` when the teacher or the reference is a :class:`RemoteScorer` (the other may be a
     local model): ask each for what the estimator needs and assemble the same outputs."""
     want_full = estimator in ("full", "jsd")
@@ -127,8 +154,13 @@ def remote_score_pair(teacher, reference, rollout: Rollout, lam: Tensor, *, esti
     out = {"lp_teacher": t["lp"], "rank": t["rank"]}
     r = None
     if reference is not None:
-        r = _ask(reference, rollout, full=estimator == "full", gather=t["topk_index"] if k else None,
-                 chunk_tokens=chunk_tokens)
+        r = _ask(
+            reference,
+            rollout,
+            full=estimator == "full",
+            gather=t["topk_index"] if k else None,
+            chunk_tokens=chunk_tokens,
+        )
         out["lp_reference"] = r["lp"]
     if estimator == "full":
         lam_n = lam[Positions.of(rollout).b][:, None]  # (N, 1)
@@ -151,7 +183,11 @@ def _ask(scorer, rollout: Rollout, **want) -> dict[str, Tensor]:
 # ---------------------------------------------------------------------------------------------- wire format
 def encode_tensor(t: Tensor) -> dict:
     a = t.detach().cpu().contiguous().numpy()
-    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode()}
+    return {
+        "dtype": str(a.dtype),
+        "shape": list(a.shape),
+        "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
 
 
 def decode_tensor(d: dict, device: torch.device | str = "cpu") -> Tensor:
@@ -166,8 +202,11 @@ def vocab_hash(tokenizer) -> str:
 
 
 def tokenizer_info(tokenizer) -> dict:
-    return {"vocab_hash": vocab_hash(tokenizer), "size": len(tokenizer),
-            "special_tokens": {a: getattr(tokenizer, a) for a in SPECIAL_TOKENS}}
+    return {
+        "vocab_hash": vocab_hash(tokenizer),
+        "size": len(tokenizer),
+        "special_tokens": {a: getattr(tokenizer, a) for a in SPECIAL_TOKENS},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -181,14 +220,25 @@ class RemoteScorer:
 
     OPTIONS = ("connect_timeout", "timeout", "retries", "backoff", "max_rows")
 
-    def __init__(self, url: str, *, role: str = "teacher", connect_timeout: float = 10.0, timeout: float = 600.0,
-                 retries: int = 4, backoff: float = 0.5, max_rows: int = 32):
+    def __init__(
+        self,
+        url: str,
+        *,
+        role: str = "teacher",
+        connect_timeout: float = 10.0,
+        timeout: float = 600.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_rows: int = 32,
+    ):
         parts = urllib.parse.urlsplit(url)
         query = dict(urllib.parse.parse_qsl(parts.query))
         unknown = sorted(set(query) - set(self.OPTIONS))
         if unknown or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ModelLoadError(f"{url!r} is not a teacher server URL: http(s)://host:port, options "
-                                 f"{', '.join(self.OPTIONS)} in the query string" + (f" (unknown: {unknown})" if unknown else ""))
+            raise ModelLoadError(
+                f"{url!r} is not a teacher server URL: http(s)://host:port, options "
+                f"{', '.join(self.OPTIONS)} in the query string" + (f" (unknown: {unknown})" if unknown else "")
+            )
         self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self._parts = parts
         self.role = role
@@ -208,8 +258,10 @@ class RemoteScorer:
         if self._info is None:
             info = self._request("/info")
             if info.get("protocol") != PROTOCOL:
-                raise TeacherServerError(f"{self.url} speaks protocol {info.get('protocol')!r}, this client {PROTOCOL}; "
-                                         "run the same gopd_lab version on both sides")
+                raise TeacherServerError(
+                    f"{self.url} speaks protocol {info.get('protocol')!r}, this client {PROTOCOL}; "
+                    "run the same gopd_lab version on both sides"
+                )
             self._info = info
         return self._info
 
@@ -227,18 +279,28 @@ class RemoteScorer:
         if problems:
             raise ModelLoadError(
                 f"tokenizer mismatch between student {student_name!r} and {self.url!r} ({self.info.get('model')}): "
-                + "; ".join(problems) + ". On-policy distillation scores the student's own tokens, so both models must "
+                + "; ".join(problems)
+                + ". On-policy distillation scores the student's own tokens, so both models must "
                 "share one tokenizer; pick a teacher/reference from the same model family."
             )
 
-    def score(self, rollout: Rollout, *, rank: bool = False, topk: int = 0, full: bool = False,
-              gather: Tensor | None = None, chunk_tokens: int = 0) -> dict[str, Tensor]:
+    def score(
+        self,
+        rollout: Rollout,
+        *,
+        rank: bool = False,
+        topk: int = 0,
+        full: bool = False,
+        gather: Tensor | None = None,
+        chunk_tokens: int = 0,
+    ) -> dict[str, Tensor]:
         """:func:`score_tokens` on the server, in requests of at most ``max_rows`` rows."""
         if full and self.info["vocab_size"] > FULL_VOCAB_LIMIT:
             raise ModelLoadError(
                 f"the {self.role} at {self.url} has a {self.info['vocab_size']}-token vocabulary; full per-state "
                 f"distributions are sent over the wire only up to {FULL_VOCAB_LIMIT} tokens. Use estimator='topk' or "
-                "'sampled' with a remote teacher, or load the model in-process")
+                "'sampled' with a remote teacher, or load the model in-process"
+            )
         device = rollout.prompt_ids.device
         per_row = rollout.completion_mask.bool().sum(1).tolist()  # valid states per row
         parts: list[dict[str, Tensor]] = []
@@ -248,10 +310,15 @@ class RemoteScorer:
             sub = rollout if len(rows) == len(rollout) else rollout.select(list(rows))
             n_states = sum(per_row[i] for i in rows)
             payload = {
-                "prompt_ids": sub.prompt_ids.tolist(), "prompt_mask": sub.prompt_mask.tolist(),
-                "completion_ids": sub.completion_ids.tolist(), "completion_mask": sub.completion_mask.tolist(),
-                "rank": rank, "topk": topk, "full": full, "chunk_tokens": chunk_tokens,
-                "gather": None if gather is None else gather[start_state:start_state + n_states].tolist(),
+                "prompt_ids": sub.prompt_ids.tolist(),
+                "prompt_mask": sub.prompt_mask.tolist(),
+                "completion_ids": sub.completion_ids.tolist(),
+                "completion_mask": sub.completion_mask.tolist(),
+                "rank": rank,
+                "topk": topk,
+                "full": full,
+                "chunk_tokens": chunk_tokens,
+                "gather": None if gather is None else gather[start_state : start_state + n_states].tolist(),
             }
             start_state += n_states
             answer = self._request("/score", payload)
@@ -277,8 +344,9 @@ class RemoteScorer:
                 return json.loads(body)
             reason = _error_reason(body, status)
             if status < 500:
-                raise TeacherServerError(f"the {self.role} server at {self.url}{path} rejected the request "
-                                         f"(HTTP {status}): {reason}")
+                raise TeacherServerError(
+                    f"the {self.role} server at {self.url}{path} rejected the request (HTTP {status}): {reason}"
+                )
             failure, server_error = f"HTTP {status}: {reason}", True
         tries = f"{self.retries} tr{'y' if self.retries == 1 else 'ies'}"
         if server_error:
@@ -288,7 +356,8 @@ class RemoteScorer:
             f"the {self.role} server at {self.url} is unreachable ({failure}; {tries}, connect timeout "
             f"{self.connect_timeout:g}s, answer timeout {self.timeout:g}s). Start it on the machine that holds the "
             f"{self.role}: `python -m gopd_lab.teacher_server --model <{self.role} checkpoint> --host {host} --port "
-            f"{self._parts.port or (443 if self._parts.scheme == 'https' else 80)}`, or fix the URL")
+            f"{self._parts.port or (443 if self._parts.scheme == 'https' else 80)}`, or fix the URL"
+        )
 
     def _send(self, path: str, data: bytes | None) -> tuple[int, bytes]:
         """One HTTP exchange → ``(status, body)``; connecting and answering have their own timeouts."""
@@ -297,8 +366,12 @@ class RemoteScorer:
         try:
             conn.connect()
             conn.sock.settimeout(self.timeout)
-            conn.request("GET" if data is None else "POST", self._parts.path.rstrip("/") + path, body=data,
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "GET" if data is None else "POST",
+                self._parts.path.rstrip("/") + path,
+                body=data,
+                headers={"Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -326,11 +399,19 @@ class TeacherService:
             p.requires_grad_(False)
         self.tokenizer, self.name, self.max_rows = tokenizer, name, max_rows
         self.device = next(self.model.parameters()).device
-        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0]) if hasattr(self.model, "get_output_embeddings") \
+        self.vocab_size = (
+            int(self.model.get_output_embeddings().weight.shape[0])
+            if hasattr(self.model, "get_output_embeddings")
             else int(self.model.config.vocab_size)
+        )
         self.lock = threading.Lock()
-        self.info = {"protocol": PROTOCOL, "model": name, "vocab_size": self.vocab_size,
-                     "tokenizer": tokenizer_info(tokenizer), "max_rows": max_rows}
+        self.info = {
+            "protocol": PROTOCOL,
+            "model": name,
+            "vocab_size": self.vocab_size,
+            "tokenizer": tokenizer_info(tokenizer),
+            "max_rows": max_rows,
+        }
 
     def score(self, req: dict) -> dict:
         rollout, want = self._parse(req)
@@ -340,14 +421,21 @@ class TeacherService:
 
     def _parse(self, req: dict) -> tuple[Rollout, dict]:
         try:
-            t = {k: torch.as_tensor(req[k], dtype=torch.long) for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")}
+            t = {
+                k: torch.as_tensor(req[k], dtype=torch.long)
+                for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+            }
         except KeyError as err:
             raise BadRequest(f"missing field {err.args[0]!r}") from None
         except (TypeError, ValueError, RuntimeError) as err:
             raise BadRequest(f"ids and masks must be rectangular lists of ints ({err})") from None
         b = t["prompt_ids"].shape[0]
-        if any(x.dim() != 2 for x in t.values()) or t["prompt_ids"].shape != t["prompt_mask"].shape \
-                or t["completion_ids"].shape != t["completion_mask"].shape or t["completion_ids"].shape[0] != b:
+        if (
+            any(x.dim() != 2 for x in t.values())
+            or t["prompt_ids"].shape != t["prompt_mask"].shape
+            or t["completion_ids"].shape != t["completion_mask"].shape
+            or t["completion_ids"].shape[0] != b
+        ):
             raise BadRequest("prompt_ids/prompt_mask must be (B, P) and completion_ids/completion_mask (B, C)")
         if b > self.max_rows:
             raise BadRequest(f"{b} rows in one request; this server takes at most {self.max_rows} (lower max_rows)")
@@ -357,21 +445,39 @@ class TeacherService:
         gather = req.get("gather")
         n_states = int(t["completion_mask"].bool().sum())
         if gather is not None:
-            gather = torch.as_tensor(gather, dtype=torch.long).reshape(n_states, -1) if n_states else torch.zeros(0, 0, dtype=torch.long)
+            gather = (
+                torch.as_tensor(gather, dtype=torch.long).reshape(n_states, -1)
+                if n_states
+                else torch.zeros(0, 0, dtype=torch.long)
+            )
             if gather.numel() and (int(gather.min()) < 0 or int(gather.max()) >= self.vocab_size):
                 raise BadRequest(f"gather ids must be in [0, {self.vocab_size})")
             gather = gather.to(self.device)
         t = {k: v.to(self.device) for k, v in t.items()}
-        rollout = Rollout(t["prompt_ids"], t["prompt_mask"], t["completion_ids"], t["completion_mask"],
-                          [""] * b, [""] * b, [DEFAULT_DOMAIN] * b)
-        want = dict(rank=bool(req.get("rank", False)), topk=max(0, int(req.get("topk", 0))), full=bool(req.get("full", False)),
-                    gather=gather, chunk_tokens=max(0, int(req.get("chunk_tokens", 0))))
+        rollout = Rollout(
+            t["prompt_ids"],
+            t["prompt_mask"],
+            t["completion_ids"],
+            t["completion_mask"],
+            [""] * b,
+            [""] * b,
+            [DEFAULT_DOMAIN] * b,
+        )
+        want = dict(
+            rank=bool(req.get("rank", False)),
+            topk=max(0, int(req.get("topk", 0))),
+            full=bool(req.get("full", False)),
+            gather=gather,
+            chunk_tokens=max(0, int(req.get("chunk_tokens", 0))),
+        )
         return rollout, want
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "gopd-lab-teacher/1"
-    disable_nagle_algorithm = True  # headers and body are two writes: without this, delayed ACK stalls each answer ~40 ms
+    disable_nagle_algorithm = (
+        True  # headers and body are two writes: without this, delayed ACK stalls each answer ~40 ms
+    )
     service: TeacherService
     verbose = False
 
@@ -412,7 +518,9 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
 
-def make_server(service: TeacherService, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    service: TeacherService, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
+) -> ThreadingHTTPServer:
     """A threading HTTP server for ``service`` (``port=0`` picks a free port; the URL is ``server.url``)."""
     handler = type("Handler", (_Handler,), {"service": service, "verbose": verbose})
     server = ThreadingHTTPServer((host, port), handler)
@@ -421,7 +529,9 @@ def make_server(service: TeacherService, host: str = "127.0.0.1", port: int = 0,
     return server
 
 
-def serve_in_thread(model: nn.Module, tokenizer, *, name: str = "", host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def serve_in_thread(
+    model: nn.Module, tokenizer, *, name: str = "", host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
     """Start a server on a background thread (tests, notebooks); stop it with ``server.shutdown()``."""
     server = make_server(TeacherService(model, tokenizer, name=name), host, port)
     threading.Thread(target=server.serve_forever, name=f"teacher-server-{server.url}", daemon=True).start()
@@ -429,8 +539,9 @@ def serve_in_thread(model: nn.Module, tokenizer, *, name: str = "", host: str = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gopd_lab.teacher_server",
-                                     description="Serve a teacher/reference's token log-probs over HTTP.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gopd_lab.teacher_server", description="Serve a teacher/reference's token log-probs over HTTP."
+    )
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory or zoo:<name>")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8765)
@@ -445,8 +556,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model = load_model(args.model, role="teacher", device=device, dtype=resolve_dtype(args.dtype, device),
-                       trust_remote_code=args.trust_remote_code)
+    model = load_model(
+        args.model,
+        role="teacher",
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        trust_remote_code=args.trust_remote_code,
+    )
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     server = make_server(TeacherService(model, tokenizer, name=args.model), args.host, args.port, verbose=args.verbose)
     print(f"serving {args.model} on {server.url} (device {device}); Ctrl-C stops", flush=True)

@@ -15,17 +15,37 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from .tokenizer import build_char_tokenizer
 
 
-def tiny_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                intermediate: int | None = None, max_positions: int = 128, tokenizer=None,
-                tie_word_embeddings: bool = True) -> Qwen2Config:
+def tiny_config(
+    vocab_size: int,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 128,
+    tokenizer=None,
+    tie_word_embeddings: bool = True,
+) -> Qwen2Config:
     """A small ``Qwen2Config``; special-token ids come from ``tokenizer`` when given."""
     ids = {}
     if tokenizer is not None:
-        ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        ids = dict(
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     return Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=intermediate or 4 * hidden, max_position_embeddings=max_positions,
-        tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0, **ids,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate or 4 * hidden,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_word_embeddings,
+        attention_dropout=0.0,
+        **ids,
     )
 
 

@@ -8,23 +8,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .collect import Collector, batch_indices
 from .config import RunConfig
-from .models import Models, load_models
+from .distributed import Distributed
 from .evaluate import task_evaluator
+from .models import DEFAULT_DOMAIN, Models, load_models
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
-from .collect import Collector, batch_indices
-from .distributed import Distributed
-from .models import DEFAULT_DOMAIN
-from .schedules import make_optimizer, lr_factor, mu_at
+from .schedules import lr_factor, make_optimizer, mu_at
 from .score import Scored
 from .sdpo import ema_update
 from .update import UpdateResult, UpdateSettings, update
@@ -56,15 +55,27 @@ def sample_records(models: Models, scored: Scored, result: UpdateResult, step: i
     for i in range(min(limit, len(rollout))):
         m = rollout.completion_mask[i].bool()
         ids = rollout.completion_ids[i][m].tolist()
-        take = lambda t: None if t is None else t[i][m].tolist()  # noqa: E731
-        records.append({
-            "step": step, "index": i, "domain": rollout.domains[i], "prompt": rollout.prompts[i],
-            "completion": rollout.completions[i], "tokens": token_strings(models.tokenizer, ids),
-            "lp_student": take(result.lp_student), "lp_teacher": take(scored.lp_teacher),
-            "lp_reference": take(scored.lp_reference), "advantage": take(result.advantages),
-            "teacher_rank": take(scored.teacher_rank), "lam": float(scored.lam[i]),
-            "score": None if scored.rewards is None else float(scored.rewards[i]),
-        })
+
+        def take(t, i=i, m=m):
+            return None if t is None else t[i][m].tolist()
+
+        records.append(
+            {
+                "step": step,
+                "index": i,
+                "domain": rollout.domains[i],
+                "prompt": rollout.prompts[i],
+                "completion": rollout.completions[i],
+                "tokens": token_strings(models.tokenizer, ids),
+                "lp_student": take(result.lp_student),
+                "lp_teacher": take(scored.lp_teacher),
+                "lp_reference": take(scored.lp_reference),
+                "advantage": take(result.advantages),
+                "teacher_rank": take(scored.teacher_rank),
+                "lam": float(scored.lam[i]),
+                "score": None if scored.rewards is None else float(scored.rewards[i]),
+            }
+        )
     return records
 
 
@@ -109,8 +120,15 @@ def train(
         else:
             prompts = load_prompts(cfg.prompts, models.tokenizer, chat_template=cfg.chat_template)
     if evaluate is None and tasks:
-        evaluate = task_evaluator(tasks, models.tokenizer, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, limit=cfg.eval_limit, seed=cfg.seed)
+        evaluate = task_evaluator(
+            tasks,
+            models.tokenizer,
+            k=cfg.eval_k,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            limit=cfg.eval_limit,
+            seed=cfg.seed,
+        )
     cbs = _Callbacks(callbacks)
     main = dist.is_main
     student, device = models.student, models.device
@@ -157,15 +175,23 @@ def train(
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        with dist.full_params(student, when=cfg.method not in ("sft", "offpolicy")):  # FSDP: sample on the gathered student
+        with dist.full_params(
+            student, when=cfg.method not in ("sft", "offpolicy")
+        ):  # FSDP: sample on the gathered student
             rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
         _sync(device)
         t1 = time.perf_counter()
         scored = collector.score(rollout)
         if cfg.mu > 0:
             scored.expert = collector.expert_batch(dist.shard(collector.expert_index(step)))
-            settings.mu = mu_at(step, peak=cfg.mu, schedule=cfg.mu_schedule, valley=cfg.mu_valley,
-                                warmup=cfg.mu_warmup_steps, total=cfg.steps)
+            settings.mu = mu_at(
+                step,
+                peak=cfg.mu,
+                schedule=cfg.mu_schedule,
+                valley=cfg.mu_valley,
+                warmup=cfg.mu_warmup_steps,
+                total=cfg.steps,
+            )
         _sync(device)
         t2 = time.perf_counter()
         result = update(student, optimizer, scored, settings, dist=dist)
@@ -175,15 +201,25 @@ def train(
         _sync(device)
         t3 = time.perf_counter()
         n = step + 1
-        metrics = dist.mean_metrics({"step": n, **result.metrics, "lr": scheduler.get_last_lr()[0],
-                                     "time_rollout": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
-                                     "time_step": t3 - t0})
+        metrics = dist.mean_metrics(
+            {
+                "step": n,
+                **result.metrics,
+                "lr": scheduler.get_last_lr()[0],
+                "time_rollout": t1 - t0,
+                "time_score": t2 - t1,
+                "time_update": t3 - t2,
+                "time_step": t3 - t0,
+            }
+        )
         metrics["step"] = n
         if dist.fsdp:  # parameter elements the main process holds, and the whole student's
             metrics["local_param_numel"], metrics["param_numel"] = dist.param_numel(student)
         if main:
             append_jsonl(out / "metrics.jsonl", [metrics])
-            if cfg.log_samples and ((cfg.log_samples_every and n % cfg.log_samples_every == 0) or n == cfg.steps or n == 1):
+            if cfg.log_samples and (
+                (cfg.log_samples_every and n % cfg.log_samples_every == 0) or n == cfg.steps or n == 1
+            ):
                 append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
             cbs.fire("on_step", n, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})
@@ -233,5 +269,12 @@ def _summary(cfg: RunConfig, history: pd.DataFrame, evals: list[dict], wall: flo
     timing = {c: float(history[c].mean()) for c in history.columns if c.startswith("time_")} if len(history) else {}
     last_eval = [r for r in evals if r.get("step") == cfg.steps]
     first_eval = [r for r in evals if r.get("step") == 0]
-    return {"steps": cfg.steps, "out_dir": cfg.out_dir, "final": final, "mean_stage_seconds": timing,
-            "wall_seconds_this_session": wall, "eval_initial": first_eval, "eval_final": last_eval}
+    return {
+        "steps": cfg.steps,
+        "out_dir": cfg.out_dir,
+        "final": final,
+        "mean_stage_seconds": timing,
+        "wall_seconds_this_session": wall,
+        "eval_initial": first_eval,
+        "eval_final": last_eval,
+    }

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .objectives import (chord_phi, full_loss, gopd_advantages, group_advantages, jsd_loss, kl_k3, masked_mean,
-                         sampled_loss, sft_loss, topk_loss)
+from .objectives import (
+    chord_phi,
+    full_loss,
+    gopd_advantages,
+    group_advantages,
+    jsd_loss,
+    kl_k3,
+    masked_mean,
+    sampled_loss,
+    sft_loss,
+    topk_loss,
+)
 from .score import Scored
 from .scoring import student_forward, student_kl_forward
 
@@ -38,10 +48,22 @@ class UpdateSettings:
     phi_weighting: bool = True
 
     @classmethod
-    def from_config(cls, cfg) -> "UpdateSettings":
-        return cls(cfg.rl_method, cfg.estimator, cfg.gamma, cfg.clip_eps, cfg.jsd_beta, cfg.epochs_per_batch,
-                   cfg.max_grad_norm, cfg.score_chunk_tokens, cfg.samples_per_prompt, cfg.kl_coef, cfg.grpo_scale_std,
-                   cfg.mu, cfg.phi_weighting)
+    def from_config(cls, cfg) -> UpdateSettings:
+        return cls(
+            cfg.rl_method,
+            cfg.estimator,
+            cfg.gamma,
+            cfg.clip_eps,
+            cfg.jsd_beta,
+            cfg.epochs_per_batch,
+            cfg.max_grad_norm,
+            cfg.score_chunk_tokens,
+            cfg.samples_per_prompt,
+            cfg.kl_coef,
+            cfg.grpo_scale_std,
+            cfg.mu,
+            cfg.phi_weighting,
+        )
 
     @property
     def needs_full(self) -> bool:
@@ -62,13 +84,17 @@ def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Ten
     reward on every token of a sample, zeros for SFT."""
     mask = scored.rollout.completion_mask.float()
     if s.method == "gopd":
-        return gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=scored.lam, gamma=s.gamma, mask=mask)
+        return gopd_advantages(
+            lp_student, scored.lp_teacher, scored.lp_reference, lam=scored.lam, gamma=s.gamma, mask=mask
+        )
     if s.method == "grpo":
         return group_advantages(scored.rewards, s.group_size, scale_std=s.scale_std)[:, None] * mask
     return torch.zeros_like(mask)
 
 
-def compute_loss(scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None) -> tuple[Tensor, dict]:
+def compute_loss(
+    scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
+) -> tuple[Tensor, dict]:
     """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
     mask = scored.rollout.completion_mask.float()  # (B, C)
     if s.method == "sft":
@@ -105,8 +131,9 @@ def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
 
 
-def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings,
-           dist=None) -> UpdateResult:
+def update(
+    student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings, dist=None
+) -> UpdateResult:
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
 
     With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) each loss is rescaled from a
@@ -126,7 +153,9 @@ def update(student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored,
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
         loss = loss * _global_scale(mask, dist)
         if scored.expert is not None and s.mu > 0:
-            loss, sft_extra = mix_expert_sft(student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist))
+            loss, sft_extra = mix_expert_sft(
+                student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist)
+            )
             extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,10 +180,16 @@ def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tens
     return sft_loss(out.lp, mask, weights)
 
 
-def mix_expert_sft(student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+def mix_expert_sft(
+    student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
     """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
     sft, extra = expert_sft_loss(student, expert, s)
-    return (1.0 - s.mu) * loss + s.mu * sft * scale, {"mu": s.mu, "sft_loss": float(sft.detach()), "expert_nll": extra["nll"]}
+    return (1.0 - s.mu) * loss + s.mu * sft * scale, {
+        "mu": s.mu,
+        "sft_loss": float(sft.detach()),
+        "expert_nll": extra["nll"],
+    }
 
 
 def _global_scale(mask: Tensor, dist) -> float:

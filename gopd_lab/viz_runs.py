@@ -82,18 +82,28 @@ def training_curves(runs: RunsLike, metrics: Sequence[str] = TRAINING_METRICS) -
     colors = run_colors(order)
     cols = 2 if len(metrics) > 1 else 1
     rows = -(-len(metrics) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(metrics), horizontal_spacing=0.1,
-                        vertical_spacing=0.18)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=list(metrics), horizontal_spacing=0.1, vertical_spacing=0.18
+    )
     for k, metric in enumerate(metrics):
         row, col = k // cols + 1, k % cols + 1
         for name in order:
             part = df[df["run"] == name]
             if metric not in part or part[metric].isna().all():
                 continue
-            fig.add_trace(go.Scatter(
-                x=part["step"].tolist(), y=part[metric].tolist(), mode="lines", name=name, legendgroup=name,
-                showlegend=k == 0, line={"color": colors[name]},
-            ), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"].tolist(),
+                    y=part[metric].tolist(),
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    line={"color": colors[name]},
+                ),
+                row=row,
+                col=col,
+            )
         fig.update_xaxes(title_text="step", row=row, col=col)
         fig.update_yaxes(title_text=metric, row=row, col=col)
     fig.update_layout(title="training", template="plotly_white", height=320 * rows)
@@ -112,10 +122,19 @@ def eval_curves(runs: RunsLike, metric: str = "greedy_acc") -> go.Figure:
             part = df[(df["run"] == name) & (df["domain"] == domain)].sort_values("step")
             if part.empty:
                 continue
-            fig.add_trace(go.Scatter(
-                x=part["step"].tolist(), y=part[metric].tolist(), mode="lines+markers", name=name, legendgroup=name,
-                showlegend=c == 1, line={"color": colors[name]},
-            ), row=1, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"].tolist(),
+                    y=part[metric].tolist(),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=c == 1,
+                    line={"color": colors[name]},
+                ),
+                row=1,
+                col=c,
+            )
         fig.update_xaxes(title_text="step", row=1, col=c)
     fig.update_yaxes(title_text=metric, range=[0, 1.02], row=1, col=1)
     fig.update_layout(title=f"evaluation ({metric})", template="plotly_white")
@@ -138,14 +157,26 @@ def stage_timings(runs: RunsLike) -> go.Figure:
         stages.append("time_other")
     fig = go.Figure()
     for stage, pattern in zip(stages, _STAGE_PATTERNS):
-        fig.add_trace(go.Bar(
-            x=order, y=means[stage].tolist(), name=stage.removeprefix("time_"),
-            marker={"color": [colors[n] for n in order], "pattern": {"shape": pattern, "fgcolor": "#fff"},
-                    "line": {"color": "#fff", "width": 1}},
-            hovertemplate="%{x}<br>" + stage + " %{y:.3f} s<extra></extra>",
-        ))
-    fig.update_layout(barmode="stack", title="mean time per step by stage", xaxis_title="run",
-                      yaxis_title="seconds per step", template="plotly_white")
+        fig.add_trace(
+            go.Bar(
+                x=order,
+                y=means[stage].tolist(),
+                name=stage.removeprefix("time_"),
+                marker={
+                    "color": [colors[n] for n in order],
+                    "pattern": {"shape": pattern, "fgcolor": "#fff"},
+                    "line": {"color": "#fff", "width": 1},
+                },
+                hovertemplate="%{x}<br>" + stage + " %{y:.3f} s<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="stack",
+        title="mean time per step by stage",
+        xaxis_title="run",
+        yaxis_title="seconds per step",
+        template="plotly_white",
+    )
     return fig
 
 

@@ -73,8 +73,12 @@ def available_quantities(record: Record) -> list[str]:
     has_ref = bool(references(record))
     has_rank = record.get("teacher_rank") is not None
     has_teacher = record.get("lp_teacher") is not None  # GRPO / SFT samples have no teacher
-    needs = {"lp_reference": has_ref and has_teacher, "reward": has_ref and has_teacher, "teacher_rank": has_rank,
-             "lp_teacher": has_teacher}
+    needs = {
+        "lp_reference": has_ref and has_teacher,
+        "reward": has_ref and has_teacher,
+        "teacher_rank": has_rank,
+        "lp_teacher": has_teacher,
+    }
     return [q for q in QUANTITIES if needs.get(q, True)]
 
 
@@ -215,8 +219,15 @@ def _default_label(record: Record) -> str:
     return " · ".join(b for b in bits if b)
 
 
-def _panel_html(record: Record, values: list[float], vmax: float, quantity: str, lam: float | None,
-                reference: str | None, label: str | None) -> str:
+def _panel_html(
+    record: Record,
+    values: list[float],
+    vmax: float,
+    quantity: str,
+    lam: float | None,
+    reference: str | None,
+    label: str | None,
+) -> str:
     lp_ref = _reference_logprobs(record, reference) if references(record) else None
     ref_name = reference or (RUN_REFERENCE if lp_ref is not None else "none")
     caption = quantity
@@ -314,8 +325,9 @@ def token_view(
     return token_views(records, quantity=quantity, lam=lam, reference=reference, vmax=vmax, side_by_side=False)
 
 
-def advantage_heatmap(records: Sequence[Record], quantity: str = "advantage", lam: float | None = None,
-                      reference: str | None = None) -> go.Figure:
+def advantage_heatmap(
+    records: Sequence[Record], quantity: str = "advantage", lam: float | None = None, reference: str | None = None
+) -> go.Figure:
     """Samples × positions heatmap of a per-token quantity (default A_t), centred at 0, token on hover."""
     values = [token_values(r, quantity, lam, reference) for r in records]
     width = max((len(v) for v in values), default=0)
@@ -323,11 +335,23 @@ def advantage_heatmap(records: Sequence[Record], quantity: str = "advantage", la
     visible = [[html.escape("".join(_MARKS.get(ch, ch) for ch in t)) for t in r["tokens"]] for r in records]
     text = [row + [""] * (width - len(row)) for row in visible]
     labels = [f"{i}: {_default_label(r)}" for i, r in enumerate(records)]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(width)), y=labels, text=text, colorscale="RdBu_r", zmid=0,
-        colorbar={"title": {"text": quantity}},
-        hovertemplate="%{y}<br>position %{x}<br>token %{text}<br>" + quantity + " %{z:.4f}<extra></extra>",
-    ))
-    fig.update_layout(title=f"{quantity} per token", xaxis_title="position", yaxis_title="sample",
-                      yaxis={"autorange": "reversed"}, template="plotly_white")
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(width)),
+            y=labels,
+            text=text,
+            colorscale="RdBu_r",
+            zmid=0,
+            colorbar={"title": {"text": quantity}},
+            hovertemplate="%{y}<br>position %{x}<br>token %{text}<br>" + quantity + " %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"{quantity} per token",
+        xaxis_title="position",
+        yaxis_title="sample",
+        yaxis={"autorange": "reversed"},
+        template="plotly_white",
+    )
     return fig

@@ -60,8 +60,9 @@ class LivePlot:
         self.history: dict[str, list[float]] = {m: [] for m in self.metrics}
         self.redraws = 0
         self._last_redraw = -math.inf
-        grid = make_subplots(rows=len(self.metrics), cols=1, shared_xaxes=True, subplot_titles=self.metrics,
-                             vertical_spacing=0.08)
+        grid = make_subplots(
+            rows=len(self.metrics), cols=1, shared_xaxes=True, subplot_titles=self.metrics, vertical_spacing=0.08
+        )
         for row, metric in enumerate(self.metrics, start=1):
             grid.add_trace(go.Scatter(x=[], y=[], mode="lines", name=metric, showlegend=False), row=row, col=1)
             grid.update_yaxes(title_text=metric, row=row, col=1)
@@ -105,8 +106,16 @@ class TokenExplorer:
     ipywidgets controls, which call the ``set_*`` methods.
     """
 
-    def __init__(self, records: Sequence[Record], *, index: int = 0, quantity: str = "advantage",
-                 lam: float | None = None, reference: str | None = None, vmax: float | None = None):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        *,
+        index: int = 0,
+        quantity: str = "advantage",
+        lam: float | None = None,
+        reference: str | None = None,
+        vmax: float | None = None,
+    ):
         if not records:
             raise ValueError("no token records to explore (is samples.jsonl empty?)")
         self.records = list(records)
@@ -116,10 +125,18 @@ class TokenExplorer:
         self._controls: dict[str, Any] | None = None
         self._box = None
         self._syncing = False
-        self.figure = _figure_widget(go.Figure(go.Bar(x=[], y=[]), layout={
-            "height": 240, "margin": {"t": 10, "b": 40, "l": 60, "r": 10}, "template": "plotly_white",
-            "xaxis": {"title": {"text": "position"}}, "yaxis": {"title": {"text": quantity}},
-        }))
+        self.figure = _figure_widget(
+            go.Figure(
+                go.Bar(x=[], y=[]),
+                layout={
+                    "height": 240,
+                    "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
+                    "template": "plotly_white",
+                    "xaxis": {"title": {"text": "position"}},
+                    "yaxis": {"title": {"text": quantity}},
+                },
+            )
+        )
         self.set_sample(index)
         if lam is not None:
             self.set_lam(lam)
@@ -191,9 +208,11 @@ class TokenExplorer:
         r = self.record
         total = sum(token_values(r, "advantage", self.lam, self.reference))
         score = "n/a" if r.get("score") is None else f"{r['score']:g}"
-        return (f"sample {self.index + 1}/{len(self.records)} · step {r.get('step')} · {r.get('domain')} · "
-                f"score {score} · ΣA_t = {total:+.4f} (λ={self.lam:g}, reference {self.reference or 'none'}) · "
-                f"stored ΣA_t = {sum(r['advantage']):+.4f} (λ={r.get('lam', 1.0):g})")
+        return (
+            f"sample {self.index + 1}/{len(self.records)} · step {r.get('step')} · {r.get('domain')} · "
+            f"score {score} · ΣA_t = {total:+.4f} (λ={self.lam:g}, reference {self.reference or 'none'}) · "
+            f"stored ΣA_t = {sum(r['advantage']):+.4f} (λ={r.get('lam', 1.0):g})"
+        )
 
     def _render(self) -> None:
         values = self.current_values()
@@ -229,6 +248,7 @@ class TokenExplorer:
         def handler(change: dict) -> None:
             if not self._syncing:
                 setter(change["new"])
+
         return handler
 
     @property
@@ -242,20 +262,27 @@ class TokenExplorer:
             raise ImportError(f"the explorer widget needs {_NEEDS}") from e
         if not isinstance(self.figure, w.DOMWidget):
             raise ImportError(f"the explorer's plot needs plotly's FigureWidget: install {_NEEDS}")
-        labels = [(f"{i}: step {r.get('step')} · {r.get('domain')} · {r.get('completion', '')!r}"[:80], i)
-                  for i, r in enumerate(self.records)]
+        labels = [
+            (f"{i}: step {r.get('step')} · {r.get('domain')} · {r.get('completion', '')!r}"[:80], i)
+            for i, r in enumerate(self.records)
+        ]
         lam_max = max(3.0, 2 * max(float(r.get("lam", 1.0)) for r in self.records))
         self._controls = c = {
             "sample": w.Dropdown(options=labels, description="sample"),
             "quantity": w.Dropdown(description="quantity"),
-            "lam": w.FloatSlider(min=0.05, max=lam_max, step=0.05, description="λ", continuous_update=True,
-                                 readout_format=".2f"),
+            "lam": w.FloatSlider(
+                min=0.05, max=lam_max, step=0.05, description="λ", continuous_update=True, readout_format=".2f"
+            ),
             "reference": w.Dropdown(description="reference"),
             "view": w.HTML(),
             "summary": w.HTML(),
         }
-        for name, setter in (("sample", self.set_sample), ("quantity", self.set_quantity),
-                             ("lam", self.set_lam), ("reference", self.set_reference)):
+        for name, setter in (
+            ("sample", self.set_sample),
+            ("quantity", self.set_quantity),
+            ("lam", self.set_lam),
+            ("reference", self.set_reference),
+        ):
             c[name].observe(self._on(setter), names="value")
         self._sync_controls()
         row = w.HBox([c["sample"], c["quantity"], c["lam"], c["reference"]], layout={"flex_flow": "row wrap"})

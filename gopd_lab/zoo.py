@@ -65,11 +65,26 @@ class ZooModel:
         return ",".join(names)
 
     def run_config(self, student: str, out_dir: Path) -> RunConfig:
-        return RunConfig(method=self.method, student=student, tasks=self.task_names(), steps=self.steps, lr=self.lr,
-                         batch_size=self.batch_size, samples_per_prompt=self.samples_per_prompt, seed=self.seed,
-                         max_new_tokens=6, lr_schedule="cosine", warmup_steps=min(50, self.steps // 10),
-                         eval_k=0, eval_limit=0, log_samples_every=max(1, self.steps // 10), device="cpu",
-                         dtype="float32", out_dir=str(out_dir), **self.extra)
+        return RunConfig(
+            method=self.method,
+            student=student,
+            tasks=self.task_names(),
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            samples_per_prompt=self.samples_per_prompt,
+            seed=self.seed,
+            max_new_tokens=6,
+            lr_schedule="cosine",
+            warmup_steps=min(50, self.steps // 10),
+            eval_k=0,
+            eval_limit=0,
+            log_samples_every=max(1, self.steps // 10),
+            device="cpu",
+            dtype="float32",
+            out_dir=str(out_dir),
+            **self.extra,
+        )
 
 
 SMALL = dict(hidden=64, layers=2, heads=4, kv_heads=2)
@@ -80,10 +95,43 @@ NOISE = 0.4  # share of SFT answers whose last digit is off by one (see tasks.ar
 
 RECIPES: list[ZooModel] = [
     ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
-    ZooModel("teacher-add", "grpo", "add", steps=400, lr=3e-4, init="student-base", batch_size=64, samples_per_prompt=4, seed=1, extra=GRPO),
-    ZooModel("teacher-mul", "grpo", "mul", steps=1200, lr=3e-4, init="student-base", batch_size=64, samples_per_prompt=4, seed=2, extra=GRPO),
+    ZooModel(
+        "teacher-add",
+        "grpo",
+        "add",
+        steps=400,
+        lr=3e-4,
+        init="student-base",
+        batch_size=64,
+        samples_per_prompt=4,
+        seed=1,
+        extra=GRPO,
+    ),
+    ZooModel(
+        "teacher-mul",
+        "grpo",
+        "mul",
+        steps=1200,
+        lr=3e-4,
+        init="student-base",
+        batch_size=64,
+        samples_per_prompt=4,
+        seed=2,
+        extra=GRPO,
+    ),
     ZooModel("big-base", "sft", "add,mul", steps=1500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
-    ZooModel("big-teacher", "grpo", "add,mul", steps=600, lr=2e-4, init="big-base", batch_size=64, samples_per_prompt=4, seed=4, extra=GRPO),
+    ZooModel(
+        "big-teacher",
+        "grpo",
+        "add,mul",
+        steps=600,
+        lr=2e-4,
+        init="big-base",
+        batch_size=64,
+        samples_per_prompt=4,
+        seed=4,
+        extra=GRPO,
+    ),
 ]
 
 
@@ -122,8 +170,10 @@ def model_path(name: str, *, root: Path | None = None, verify: bool = True) -> P
             if not f.exists():
                 raise ZooError(f"zoo model {name!r} is missing {f}; rebuild with `gopd-lab zoo build`")
             if sha256(f) != digest:
-                raise ZooError(f"zoo model {name!r}: {f} does not match its sha256 in {root / MANIFEST} "
-                               "(corrupt or modified); restore it from git or rebuild with `gopd-lab zoo build`")
+                raise ZooError(
+                    f"zoo model {name!r}: {f} does not match its sha256 in {root / MANIFEST} "
+                    "(corrupt or modified); restore it from git or rebuild with `gopd-lab zoo build`"
+                )
     return path
 
 
@@ -132,8 +182,15 @@ def resolve(spec: str) -> str:
     return str(model_path(spec[4:])) if spec.startswith("zoo:") else spec
 
 
-def build(out: Path | None = None, *, recipes: list[ZooModel] | None = None, work: Path | None = None,
-          scale: float = 1.0, eval_limit: int = 0, progress: bool = True) -> dict:
+def build(
+    out: Path | None = None,
+    *,
+    recipes: list[ZooModel] | None = None,
+    work: Path | None = None,
+    scale: float = 1.0,
+    eval_limit: int = 0,
+    progress: bool = True,
+) -> dict:
     """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests)."""
 
     out = Path(out or zoo_dir())
@@ -164,8 +221,9 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
         else:
             student = str(save_tiny_model(work / f"{r.name}-init", seed=r.seed, tokenizer=tokenizer, **r.arch))
         steps = max(2, int(r.steps * scale))
-        cfg = r.run_config(student, work / r.name).replace(steps=steps, eval_limit=eval_limit,
-                                                           log_samples_every=max(1, steps // 10))
+        cfg = r.run_config(student, work / r.name).replace(
+            steps=steps, eval_limit=eval_limit, log_samples_every=max(1, steps // 10)
+        )
         torch.manual_seed(r.seed)
         train(cfg, progress=progress)
         dest = out / r.name
@@ -179,21 +237,45 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
         model = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
         acc = evaluate(model, tokenizer, tasks, k=4, max_new_tokens=6, limit=eval_limit, seed=0)
         entries[r.name] = {
-            "architecture": {"class": type(model).__name__, **{k: getattr(model.config, k) for k in
-                             ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                              "intermediate_size", "max_position_embeddings")}},
+            "architecture": {
+                "class": type(model).__name__,
+                **{
+                    k: getattr(model.config, k)
+                    for k in (
+                        "vocab_size",
+                        "hidden_size",
+                        "num_hidden_layers",
+                        "num_attention_heads",
+                        "num_key_value_heads",
+                        "intermediate_size",
+                        "max_position_embeddings",
+                    )
+                },
+            },
             "parameters": sum(p.numel() for p in model.parameters()),
-            "recipe": {"method": r.method, "tasks": r.tasks, "label_noise": r.label_noise, "steps": steps, "lr": r.lr,
-                       "init": r.init or None,
-                       "batch_size": r.batch_size, "samples_per_prompt": r.samples_per_prompt, **r.extra},
+            "recipe": {
+                "method": r.method,
+                "tasks": r.tasks,
+                "label_noise": r.label_noise,
+                "steps": steps,
+                "lr": r.lr,
+                "init": r.init or None,
+                "batch_size": r.batch_size,
+                "samples_per_prompt": r.samples_per_prompt,
+                **r.extra,
+            },
             "seed": r.seed,
             "command": "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
             "train_seconds": round(time.perf_counter() - t0, 1),
-            "accuracy": {row["domain"]: {"greedy": row["greedy_acc"], "mean@4": row["mean_acc"], "n": row["n"]}
-                         for row in acc.to_dict("records")},
+            "accuracy": {
+                row["domain"]: {"greedy": row["greedy_acc"], "mean@4": row["mean_acc"], "n": row["n"]}
+                for row in acc.to_dict("records")
+            },
             "sha256": {f.name: sha256(f) for f in sorted(dest.iterdir())},
         }
-        atomic_write_json(out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": entries})
+        atomic_write_json(
+            out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": entries}
+        )
     return entries
 
 
@@ -204,7 +286,9 @@ def accuracy_table(root: Path | None = None):
     rows = []
     for name, entry in read_manifest(root)["models"].items():
         for domain, acc in entry["accuracy"].items():
-            rows.append({"model": name, "domain": domain, "greedy": acc["greedy"], "mean@4": acc["mean@4"], "n": acc["n"]})
+            rows.append(
+                {"model": name, "domain": domain, "greedy": acc["greedy"], "mean@4": acc["mean@4"], "n": acc["n"]}
+            )
     return pd.DataFrame(rows)
 
 

@@ -45,10 +45,15 @@ def table(name: str, by: list[str], root: Path = Path("runs/sweeps")) -> str:
 
 
 def zoo_table() -> str:
-    rows = ["| model | " + " | ".join(["add greedy", "add mean@4", "mul greedy", "mul mean@4"]) + " |", "|---|---|---|---|---|"]
+    rows = [
+        "| model | " + " | ".join(["add greedy", "add mean@4", "mul greedy", "mul mean@4"]) + " |",
+        "|---|---|---|---|---|",
+    ]
     for name, entry in read_manifest()["models"].items():
         a = entry["accuracy"]
-        rows.append(f"| {name} | {a['add']['greedy']:.3f} | {a['add']['mean@4']:.3f} | {a['mul']['greedy']:.3f} | {a['mul']['mean@4']:.3f} |")
+        rows.append(
+            f"| {name} | {a['add']['greedy']:.3f} | {a['add']['mean@4']:.3f} | {a['mul']['greedy']:.3f} | {a['mul']['mean@4']:.3f} |"
+        )
     return "### zoo (reference lines)\n\n" + "\n".join(rows) + "\n"
 
 

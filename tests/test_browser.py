@@ -19,8 +19,15 @@ from gopd_lab.viz import token_view, token_views
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 RED, BLUE, WHITE = "rgb(178, 24, 43)", "rgb(33, 102, 172)", "rgb(255, 255, 255)"
 
 TOKENS = ["4", "6", "\n", "The", " answer", " is", " ", "4", "6", " ", "<", " ", "5", "0", "\n", "<eos>"]
@@ -30,12 +37,20 @@ ADVANTAGE = [1.0, 0.8, 0.0, -0.2, 0.3, 0.1, 0.0, -1.0, -0.6, 0.05, -0.4, 0.0, 0.
 def make_record() -> dict:
     lp_student = [-0.1 - 0.05 * (i % 5) for i in range(len(TOKENS))]
     return {
-        "step": 12, "index": 5, "domain": "add", "prompt": "12+34=", "completion": "".join(TOKENS[:-1]),
-        "tokens": TOKENS, "lp_student": lp_student,
+        "step": 12,
+        "index": 5,
+        "domain": "add",
+        "prompt": "12+34=",
+        "completion": "".join(TOKENS[:-1]),
+        "tokens": TOKENS,
+        "lp_student": lp_student,
         "lp_teacher": [s + a for s, a in zip(lp_student, ADVANTAGE)],
         "lp_reference": [s - 0.2 * (i % 3) for i, s in enumerate(lp_student)],
         "lp_references": {"big-base": [s - 0.1 * (i % 4) for i, s in enumerate(lp_student)]},
-        "advantage": ADVANTAGE, "teacher_rank": [i % 4 for i in range(len(TOKENS))], "lam": 1.25, "score": 1.0,
+        "advantage": ADVANTAGE,
+        "teacher_rank": [i % 4 for i in range(len(TOKENS))],
+        "lam": 1.25,
+        "score": 1.0,
     }
 
 
@@ -43,8 +58,9 @@ def make_record() -> dict:
 def page():
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (run .ci/install_browser.sh)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (run .ci/install_browser.sh)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (run .ci/install_browser.sh)"
+    )
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 900, "height": 300})
@@ -62,7 +78,10 @@ def test_token_view_renders_coloured_spans(page, tmp_path):
     view = token_views(
         [record, record, record],
         labels=["A_t as stored", "A_t at λ=2, reference: run (student-init)", "A_t at λ=2, reference: big-base"],
-        lam=[None, 2.0, 2.0], reference=[None, "run", "big-base"], vmax=1.0, side_by_side=False,
+        lam=[None, 2.0, 2.0],
+        reference=[None, "run", "big-base"],
+        vmax=1.0,
+        side_by_side=False,
     )
     path = view.save(tmp_path / "token_view.html")
     page.goto(path.as_uri())

@@ -39,9 +39,27 @@ def test_bad_values_exit_with_one_clear_message(capsys):
 
 def test_train_command_runs_a_tiny_run(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--student", tiny_dirs["student"], "--teacher", tiny_dirs["teacher"], "--lam", "1.25",
-                 "--prompts", '["12+3=", "7*8="]', "--steps", "2", "--batch-size", "2", "--max-new-tokens", "3",
-                 "--out-dir", str(out)])
+    code = main(
+        [
+            "train",
+            "--student",
+            tiny_dirs["student"],
+            "--teacher",
+            tiny_dirs["teacher"],
+            "--lam",
+            "1.25",
+            "--prompts",
+            '["12+3=", "7*8="]',
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     assert json.loads((out / "config.json").read_text())["lam"] == 1.25
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -15,14 +15,42 @@ from safetensors.torch import load_file
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.distributed import Distributed
 
-ARGS = ["--prompts", '["12+3=", "7*8=", "1+1=", "99+1="]', "--batch-size", "4", "--samples-per-prompt", "2",
-        "--steps", "3", "--lam", "1.25", "--max-new-tokens", "4", "--device", "cpu", "--optimizer", "sgd", "--lr", "0.5"]
+ARGS = [
+    "--prompts",
+    '["12+3=", "7*8=", "1+1=", "99+1="]',
+    "--batch-size",
+    "4",
+    "--samples-per-prompt",
+    "2",
+    "--steps",
+    "3",
+    "--lam",
+    "1.25",
+    "--max-new-tokens",
+    "4",
+    "--device",
+    "cpu",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.5",
+]
 LAUNCH = ["launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def _run(cmd, out, tiny_dirs, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    full = [*cmd, "--student", tiny_dirs["student"], "--teacher", tiny_dirs["teacher"], *ARGS, *extra, "--out-dir", str(out)]
+    full = [
+        *cmd,
+        "--student",
+        tiny_dirs["student"],
+        "--teacher",
+        tiny_dirs["teacher"],
+        *ARGS,
+        *extra,
+        "--out-dir",
+        str(out),
+    ]
     proc = subprocess.run(full, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

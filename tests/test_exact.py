@@ -14,7 +14,6 @@ K, H = 3, 3
 LAMS = [0.5, 1.0, 1.25, 2.0]
 
 
-
 @pytest.fixture(scope="module")
 def teacher():
     return exact.random_policy(K, H, seed=1, scale=1.0)
@@ -48,7 +47,10 @@ def test_token_level_optimum_is_per_state_geometric_mixture(teacher, reference, 
 
 
 def test_both_optima_equal_teacher_at_lam_1(teacher, reference):
-    for opt in (exact.token_level_optimum(teacher, reference, 1.0), exact.sequence_level_optimum(teacher, reference, 1.0)):
+    for opt in (
+        exact.token_level_optimum(teacher, reference, 1.0),
+        exact.sequence_level_optimum(teacher, reference, 1.0),
+    ):
         assert abs(exact.sequence_kl(opt, teacher)) < 1e-6
         assert abs(exact.sequence_kl(teacher, opt)) < 1e-6
 
@@ -106,8 +108,9 @@ def test_expected_sampled_gradient_equals_full_gradient(teacher, reference, lam)
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-5)
 
     out = student_forward(student, ro)
-    adv = gopd_advantages(out.lp.detach(), token_logprobs(teacher, ro), token_logprobs(reference, ro),
-                          lam=lam, mask=mask)
+    adv = gopd_advantages(
+        out.lp.detach(), token_logprobs(teacher, ro), token_logprobs(reference, ro), lam=lam, mask=mask
+    )
     loss, _ = sampled_loss(out.lp, adv, w[:, None] * mask)
     (g_sampled,) = torch.autograd.grad(loss, student.table)
 
@@ -125,8 +128,9 @@ def test_expected_sampled_gradient_equals_full_gradient(teacher, reference, lam)
 
 def _train_tree(tmp_path, teacher, reference, lam, **overrides):
     student = exact.TabularPolicy(K, H, reference.table)  # a copy of the reference
-    cfg = RunConfig(lam=lam, max_new_tokens=H, log_samples=0, max_grad_norm=None, out_dir=str(tmp_path / "run"),
-                    **overrides)
+    cfg = RunConfig(
+        lam=lam, max_new_tokens=H, log_samples=0, max_grad_norm=None, out_dir=str(tmp_path / "run"), **overrides
+    )
     models = Models(student=student, tokenizer=None, teachers={"default": teacher}, references={"default": reference})
     history = train(cfg, models=models, prompts=exact.tree_prompts(), progress=False)
     assert len(history) == cfg.steps
@@ -136,16 +140,27 @@ def _train_tree(tmp_path, teacher, reference, lam, **overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("lam", LAMS)
 def test_full_estimator_converges_to_token_level_optimum(tmp_path, teacher, reference, lam):
-    student = _train_tree(tmp_path, teacher, reference, lam, estimator="full", steps=300, lr=0.1, batch_size=128,
-                          lr_schedule="constant")
+    student = _train_tree(
+        tmp_path, teacher, reference, lam, estimator="full", steps=300, lr=0.1, batch_size=128, lr_schedule="constant"
+    )
     assert exact.sequence_kl(student, exact.token_level_optimum(teacher, reference, lam)) < 1e-3
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lam", LAMS)
 def test_sampled_gamma_0_converges_to_token_level_optimum(tmp_path, teacher, reference, lam):
-    student = _train_tree(tmp_path, teacher, reference, lam, estimator="sampled", gamma=0.0, steps=500, lr=0.05,
-                          batch_size=256, lr_schedule="linear")
+    student = _train_tree(
+        tmp_path,
+        teacher,
+        reference,
+        lam,
+        estimator="sampled",
+        gamma=0.0,
+        steps=500,
+        lr=0.05,
+        batch_size=256,
+        lr_schedule="linear",
+    )
     assert exact.sequence_kl(student, exact.token_level_optimum(teacher, reference, lam)) < 2e-2
     if lam == 2.0:  # far enough apart here to tell which optimum was reached
         assert exact.sequence_kl(student, exact.sequence_level_optimum(teacher, reference, lam)) > 2e-2
@@ -154,8 +169,18 @@ def test_sampled_gamma_0_converges_to_token_level_optimum(tmp_path, teacher, ref
 @pytest.mark.slow
 @pytest.mark.parametrize("lam", LAMS)
 def test_sampled_gamma_1_converges_to_sequence_level_optimum(tmp_path, teacher, reference, lam):
-    student = _train_tree(tmp_path, teacher, reference, lam, estimator="sampled", gamma=1.0, steps=500, lr=0.05,
-                          batch_size=256, lr_schedule="linear")
+    student = _train_tree(
+        tmp_path,
+        teacher,
+        reference,
+        lam,
+        estimator="sampled",
+        gamma=1.0,
+        steps=500,
+        lr=0.05,
+        batch_size=256,
+        lr_schedule="linear",
+    )
     assert exact.sequence_kl(student, exact.sequence_level_optimum(teacher, reference, lam)) < 2e-2
     if lam != 1.0:  # the test cannot pass by landing on the token-level optimum
         assert exact.sequence_kl(student, exact.token_level_optimum(teacher, reference, lam)) > 2e-3

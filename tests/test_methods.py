@@ -18,11 +18,13 @@ from gopd_lab.tokenizer import build_char_tokenizer
 def test_group_advantages_equal_hand_computed_values():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     # group 1: mean 0.25, std sqrt(0.1875) = 0.4330; group 2: mean 0.75, same std
-    s = 0.1875 ** 0.5
+    s = 0.1875**0.5
     expected = torch.tensor([0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s, 0.25 / s, 0.25 / s, -0.75 / s, 0.25 / s])
     assert torch.allclose(group_advantages(rewards, 4), expected, atol=1e-4)
-    assert torch.allclose(group_advantages(rewards, 4, scale_std=False),
-                          torch.tensor([0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25]))
+    assert torch.allclose(
+        group_advantages(rewards, 4, scale_std=False),
+        torch.tensor([0.75, -0.25, -0.25, -0.25, 0.25, 0.25, -0.75, 0.25]),
+    )
 
 
 def test_an_all_equal_reward_group_gets_zero_advantage():
@@ -86,9 +88,19 @@ def test_evaluate_counts_correct_answers_per_domain():
 
 @pytest.mark.parametrize("method", ["sft", "grpo"])
 def test_sft_and_grpo_run_end_to_end_and_write_the_run_files(method, tiny_dirs, tmp_path):
-    cfg = RunConfig(method=method, student=tiny_dirs["student"], tasks="add,mul", steps=2, batch_size=4,
-                    samples_per_prompt=2 if method == "grpo" else 1, max_new_tokens=4, eval_limit=4, eval_k=1,
-                    kl_coef=0.1 if method == "grpo" else 0.0, out_dir=str(tmp_path / method))
+    cfg = RunConfig(
+        method=method,
+        student=tiny_dirs["student"],
+        tasks="add,mul",
+        steps=2,
+        batch_size=4,
+        samples_per_prompt=2 if method == "grpo" else 1,
+        max_new_tokens=4,
+        eval_limit=4,
+        eval_k=1,
+        kl_coef=0.1 if method == "grpo" else 0.0,
+        out_dir=str(tmp_path / method),
+    )
     history = train(cfg, progress=False)
     assert list(history.step) == [1, 2]
     for name in ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl", "summary.json"):
@@ -100,13 +112,27 @@ def test_sft_and_grpo_run_end_to_end_and_write_the_run_files(method, tiny_dirs, 
 
 
 def test_sft_lowers_the_loss_on_its_data(tiny_dirs, tmp_path):
-    cfg = RunConfig(method="sft", student=tiny_dirs["student"], tasks="add", steps=30, batch_size=16, lr=3e-3,
-                    max_new_tokens=4, eval_limit=2, eval_k=0, out_dir=str(tmp_path / "sft"))
+    cfg = RunConfig(
+        method="sft",
+        student=tiny_dirs["student"],
+        tasks="add",
+        steps=30,
+        batch_size=16,
+        lr=3e-3,
+        max_new_tokens=4,
+        eval_limit=2,
+        eval_k=0,
+        out_dir=str(tmp_path / "sft"),
+    )
     history = train(cfg, progress=False)
     assert history.loss.iloc[-5:].mean() < history.loss.iloc[:5].mean() - 0.5
 
 
 def test_sft_or_grpo_without_tasks_is_a_clear_error(tiny_dirs, tmp_path):
     with pytest.raises(ConfigError, match="needs tasks"):
-        train(RunConfig(method="grpo", student=tiny_dirs["student"], prompts=["1+1="], steps=1,
-                        out_dir=str(tmp_path / "x")), progress=False)
+        train(
+            RunConfig(
+                method="grpo", student=tiny_dirs["student"], prompts=["1+1="], steps=1, out_dir=str(tmp_path / "x")
+            ),
+            progress=False,
+        )

@@ -17,10 +17,17 @@ from gopd_lab.train import train
 PROMPTS = ["12+7=", "3*4=", "9+9="]
 
 
-
 def _cfg(tiny_dirs, tmp_path=None, **kw):
-    base = dict(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32",
-                prompts=list(PROMPTS), batch_size=2, max_new_tokens=4, log_samples=0)
+    base = dict(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        device="cpu",
+        dtype="float32",
+        prompts=list(PROMPTS),
+        batch_size=2,
+        max_new_tokens=4,
+        log_samples=0,
+    )
     if tmp_path is not None:
         base["out_dir"] = str(tmp_path / "run")
     base.update(kw)
@@ -29,8 +36,14 @@ def _cfg(tiny_dirs, tmp_path=None, **kw):
 
 def _rollout(models, seed=0):
     prompts = encode_prompts(models.tokenizer, PROMPTS)
-    return sample(models.student, prompts, max_new_tokens=5, generator=torch.Generator().manual_seed(seed),
-                  eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id)
+    return sample(
+        models.student,
+        prompts,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(seed),
+        eos_token_id=models.eos_token_id,
+        pad_token_id=models.pad_token_id,
+    )
 
 
 def _state(model):
@@ -44,8 +57,9 @@ def _same_weights(a, b):
 # ------------------------------------------------------------------------------------ config
 
 
-@pytest.mark.parametrize("lam", [0, 0.0, -1.0, -0.25, float("nan"), float("inf"), {"math": 1.0, "code": 0.0},
-                                 {"math": float("nan")}])
+@pytest.mark.parametrize(
+    "lam", [0, 0.0, -1.0, -0.25, float("nan"), float("inf"), {"math": 1.0, "code": 0.0}, {"math": float("nan")}]
+)
 def test_bad_lam_raises_config_error(lam):
     with pytest.raises(ConfigError, match="lam"):
         RunConfig(lam=lam)
@@ -138,8 +152,14 @@ def test_reference_path_is_loaded_frozen(tiny_dirs):
 
 
 def test_shared_path_is_loaded_once(tiny_dirs):
-    models = load_models(_cfg(tiny_dirs, teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]}, lam=1.25,
-                              reference=tiny_dirs["teacher"]))
+    models = load_models(
+        _cfg(
+            tiny_dirs,
+            teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]},
+            lam=1.25,
+            reference=tiny_dirs["teacher"],
+        )
+    )
     assert models.teachers["a"] is models.teachers["b"] is models.references["default"]
 
 
@@ -240,8 +260,15 @@ def test_lora_reference_runs_without_dropout_while_student_trains(tiny_dirs, dro
     """Regression: ``AdapterDisabled`` scored the base model in the student's mode, so after ``update()`` put
     the student in train mode the reference's log-probs carried dropout noise (a reference runs in eval)."""
     pytest.importorskip("peft")
-    cfg = RunConfig(student=dropout_student_dir, teacher=tiny_dirs["teacher"], lam=1.25, reference="student",
-                    lora_r=4, device="cpu", dtype="float32")
+    cfg = RunConfig(
+        student=dropout_student_dir,
+        teacher=tiny_dirs["teacher"],
+        lam=1.25,
+        reference="student",
+        lora_r=4,
+        device="cpu",
+        dtype="float32",
+    )
     models = load_models(cfg)
     ref = models.reference_for("default")
     ro = _rollout(models)
@@ -251,8 +278,11 @@ def test_lora_reference_runs_without_dropout_while_student_trains(tiny_dirs, dro
     models.student.train()  # what update() leaves behind
     assert torch.allclose(token_logprobs(ref, ro), lp_base, atol=1e-5)
     with torch.no_grad():
-        assert torch.allclose(ref(input_ids=ro.input_ids, attention_mask=ro.attention_mask).logits,
-                              base(input_ids=ro.input_ids, attention_mask=ro.attention_mask).logits, atol=1e-5)
+        assert torch.allclose(
+            ref(input_ids=ro.input_ids, attention_mask=ro.attention_mask).logits,
+            base(input_ids=ro.input_ids, attention_mask=ro.attention_mask).logits,
+            atol=1e-5,
+        )
     # the student's own mode is left as it was, module by module
     assert all(m.training for m in models.student.modules())
     models.student.eval()

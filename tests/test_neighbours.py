@@ -9,16 +9,14 @@ import torch
 from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
 from gopd_lab.models import load_models
-from gopd_lab.objectives import chord_phi, group_advantages, sampled_loss, sft_loss
+from gopd_lab.objectives import chord_phi, group_advantages, sft_loss
 from gopd_lab.rollout import encode_prompts, sample
 from gopd_lab.schedules import mu_at
 from gopd_lab.score import Scored
-from gopd_lab.scoring import token_logprobs
+from gopd_lab.scoring import student_forward, token_logprobs
 from gopd_lab.sdpo import build_self_teacher_view, ema_update, feedback_texts, teacher_prompt
 from gopd_lab.tasks import load_tasks
 from gopd_lab.update import UpdateSettings, compute_loss, expert_sft_loss, mix_expert_sft
-from gopd_lab.scoring import student_forward
-
 
 # ------------------------------------------------------------------ CHORD
 
@@ -26,11 +24,11 @@ from gopd_lab.scoring import student_forward
 def test_mu_schedule_values_at_chosen_steps():
     kw = dict(peak=0.5, schedule="warmup_cosine", valley=0.1, warmup=4, total=13)
     assert mu_at(0, **kw) == pytest.approx(0.1 + 0.4 * 1 / 4)
-    assert mu_at(3, **kw) == pytest.approx(0.5)          # end of warm-up: the peak
-    assert mu_at(4, **kw) == pytest.approx(0.5)          # cosine starts at the peak
-    assert mu_at(8, **kw) == pytest.approx(0.3)          # half way down: (peak + valley) / 2
-    assert mu_at(12, **kw) == pytest.approx(0.1)         # last step: the valley
-    assert mu_at(7, peak=0.2) == 0.2                     # constant
+    assert mu_at(3, **kw) == pytest.approx(0.5)  # end of warm-up: the peak
+    assert mu_at(4, **kw) == pytest.approx(0.5)  # cosine starts at the peak
+    assert mu_at(8, **kw) == pytest.approx(0.3)  # half way down: (peak + valley) / 2
+    assert mu_at(12, **kw) == pytest.approx(0.1)  # last step: the valley
+    assert mu_at(7, peak=0.2) == 0.2  # constant
     with pytest.raises(ValueError):
         mu_at(0, peak=0.2, schedule="step")
 
@@ -46,13 +44,21 @@ def test_phi_equals_p_times_one_minus_p_and_carries_no_gradient():
 
 @pytest.fixture(scope="module")
 def grpo_batch(tiny_dirs):
-    cfg = RunConfig(method="chord", student=tiny_dirs["student"], tasks="add", samples_per_prompt=2, mu=0.5,
-                    device="cpu")
+    cfg = RunConfig(
+        method="chord", student=tiny_dirs["student"], tasks="add", samples_per_prompt=2, mu=0.5, device="cpu"
+    )
     models = load_models(cfg)
     tok = models.tokenizer
     prompts = encode_prompts(tok, ["12+3=", "12+3=", "7+8=", "7+8="], ["add"] * 4)
-    rollout = sample(models.student, prompts, max_new_tokens=4, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id, tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    rollout = sample(
+        models.student,
+        prompts,
+        max_new_tokens=4,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tokenizer=tok,
+        generator=torch.Generator().manual_seed(0),
+    )
     expert_prompts = encode_prompts(tok, ["1+1=", "2+5="], ["add"] * 2)
     expert_prompts.answers = ["2", "7"]
     from gopd_lab.rollout import teacher_forced
@@ -108,11 +114,17 @@ def test_self_teacher_prompt_is_built_exactly_as_configured():
     rollout = _rollout_with(tok, [ex.prompt, ex.prompt, ex.prompt, ex.prompt], [right, wrong, wrong, wrong])
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     feedback, solution = feedback_texts(rollout, rewards, tasks, 2, "both")
-    assert feedback == [None, f"expected {right}, got {wrong}", f"expected {right}, got {wrong}",
-                        f"expected {right}, got {wrong}"]
+    assert feedback == [
+        None,
+        f"expected {right}, got {wrong}",
+        f"expected {right}, got {wrong}",
+        f"expected {right}, got {wrong}",
+    ]
     assert solution == [None, right, None, None]  # only the group-mate of the right sample has a solution
-    assert teacher_prompt(_Cfg.sdpo_template, ex.prompt, feedback[1], solution[1]) == \
-        f"expected {right}, got {wrong} {right}\n{ex.prompt}"
+    assert (
+        teacher_prompt(_Cfg.sdpo_template, ex.prompt, feedback[1], solution[1])
+        == f"expected {right}, got {wrong} {right}\n{ex.prompt}"
+    )
     student_view, teacher_view, extra = build_self_teacher_view(rollout, rewards, tasks, _Cfg, tok, tok.pad_token_id)
     assert teacher_view.prompts[0] == ex.prompt  # no feedback: plain prompt, and masked out of the update
     assert student_view.completion_mask[0].sum() == 0 and student_view.completion_mask[1:].sum() > 0
@@ -122,9 +134,22 @@ def test_self_teacher_prompt_is_built_exactly_as_configured():
 
 
 def test_empty_feedback_template_makes_the_self_teacher_the_student(tiny_dirs, tmp_path):
-    cfg = RunConfig(method="sdpo", student=tiny_dirs["student"], tasks="add", sdpo_template="{prompt}",
-                    sdpo_teacher="live", sdpo_no_feedback="plain", steps=1, batch_size=4, samples_per_prompt=2,
-                    max_new_tokens=4, eval_limit=2, eval_k=0, log_samples=8, out_dir=str(tmp_path / "sdpo"))
+    cfg = RunConfig(
+        method="sdpo",
+        student=tiny_dirs["student"],
+        tasks="add",
+        sdpo_template="{prompt}",
+        sdpo_teacher="live",
+        sdpo_no_feedback="plain",
+        steps=1,
+        batch_size=4,
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        eval_limit=2,
+        eval_k=0,
+        log_samples=8,
+        out_dir=str(tmp_path / "sdpo"),
+    )
     train(cfg, progress=False)
     records = [json.loads(line) for line in (tmp_path / "sdpo" / "samples.jsonl").read_text().splitlines()]
     for r in records:
@@ -141,9 +166,21 @@ def test_ema_teacher_weights_follow_the_configured_rate():
 
 
 def test_ema_sdpo_run_moves_the_teacher_by_the_rate(tiny_dirs, tmp_path):
-    cfg = RunConfig(method="sdpo", student=tiny_dirs["student"], tasks="add", sdpo_teacher="ema", sdpo_ema_rate=0.5,
-                    steps=1, batch_size=4, samples_per_prompt=2, max_new_tokens=4, lr=1e-2, eval_limit=2, eval_k=0,
-                    out_dir=str(tmp_path / "ema"))
+    cfg = RunConfig(
+        method="sdpo",
+        student=tiny_dirs["student"],
+        tasks="add",
+        sdpo_teacher="ema",
+        sdpo_ema_rate=0.5,
+        steps=1,
+        batch_size=4,
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        lr=1e-2,
+        eval_limit=2,
+        eval_k=0,
+        out_dir=str(tmp_path / "ema"),
+    )
     models = load_models(cfg)
     before = [p.detach().clone() for p in models.student.parameters()]
     train(cfg, models=models, progress=False)
@@ -155,22 +192,36 @@ def test_ema_sdpo_run_moves_the_teacher_by_the_rate(tiny_dirs, tmp_path):
 # ------------------------------------------------------------------ every method end to end
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("gopd", {"lam": 1.25}),
-    ("gopd", {"estimator": "jsd", "jsd_beta": 0.5}),
-    ("gopd", {"mu": 0.3}),                                    # OPD + expert data
-    ("sdpo", {"lam": 1.5}),                                    # λ-extrapolated SDPO
-    ("sdpo", {"estimator": "full", "sdpo_teacher": "initial"}),
-    ("sdpo", {"estimator": "topk", "topk": 4}),
-    ("chord", {"mu": 0.5, "mu_schedule": "warmup_cosine", "mu_warmup_steps": 1}),
-    ("grpo", {}),
-    ("offpolicy", {}),
-    ("sft", {}),
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("gopd", {"lam": 1.25}),
+        ("gopd", {"estimator": "jsd", "jsd_beta": 0.5}),
+        ("gopd", {"mu": 0.3}),  # OPD + expert data
+        ("sdpo", {"lam": 1.5}),  # λ-extrapolated SDPO
+        ("sdpo", {"estimator": "full", "sdpo_teacher": "initial"}),
+        ("sdpo", {"estimator": "topk", "topk": 4}),
+        ("chord", {"mu": 0.5, "mu_schedule": "warmup_cosine", "mu_warmup_steps": 1}),
+        ("grpo", {}),
+        ("offpolicy", {}),
+        ("sft", {}),
+    ],
+)
 def test_each_method_runs_and_writes_the_standard_files(method, extra, tiny_dirs, tmp_path):
-    cfg = RunConfig(method=method, student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], tasks="add,mul",
-                    steps=2, batch_size=4, samples_per_prompt=2, max_new_tokens=4, eval_limit=3, eval_k=1,
-                    out_dir=str(tmp_path / method), **extra)
+    cfg = RunConfig(
+        method=method,
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        tasks="add,mul",
+        steps=2,
+        batch_size=4,
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        eval_limit=3,
+        eval_k=1,
+        out_dir=str(tmp_path / method),
+        **extra,
+    )
     history = train(cfg, progress=False)
     assert list(history.step) == [1, 2] and history.loss.map(math.isfinite).all()
     for name in ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl", "summary.json"):
@@ -194,8 +245,18 @@ def test_offpolicy_regenerates_teacher_samples_left_by_another_run(tiny_dirs, tm
     out = tmp_path / "off"
     out.mkdir()
     (out / "teacher_samples.jsonl").write_text('{"prompt": "1+1=", "domain": "add", "answer": "stale"}\n')
-    cfg = RunConfig(method="offpolicy", student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], tasks="add",
-                    steps=1, batch_size=2, max_new_tokens=3, eval_limit=2, eval_k=0, out_dir=str(out))
+    cfg = RunConfig(
+        method="offpolicy",
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        tasks="add",
+        steps=1,
+        batch_size=2,
+        max_new_tokens=3,
+        eval_limit=2,
+        eval_k=0,
+        out_dir=str(out),
+    )
     train(cfg, progress=False)
     rows = (out / "teacher_samples.jsonl").read_text().splitlines()
     assert len(rows) == 4000 and "stale" not in rows[0]
@@ -204,9 +265,20 @@ def test_offpolicy_regenerates_teacher_samples_left_by_another_run(tiny_dirs, tm
 def test_expert_data_file_feeds_the_sft_term_and_a_bad_row_is_one_clear_error(tiny_dirs, tmp_path):
     good = tmp_path / "expert.jsonl"
     good.write_text('{"prompt": "1+1=", "answer": "2", "domain": "add"}\n{"prompt": "2+2=", "answer": "4"}\n')
-    cfg = RunConfig(method="gopd", student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], tasks="add", mu=0.5,
-                    expert_data=str(good), steps=1, batch_size=2, max_new_tokens=3, eval_limit=2, eval_k=0,
-                    out_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        method="gopd",
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        tasks="add",
+        mu=0.5,
+        expert_data=str(good),
+        steps=1,
+        batch_size=2,
+        max_new_tokens=3,
+        eval_limit=2,
+        eval_k=0,
+        out_dir=str(tmp_path / "run"),
+    )
     assert train(cfg, progress=False).mu.iloc[0] == 0.5
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1="}\n')

@@ -46,8 +46,6 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-
-
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
 def test_notebook_exists(path):
     assert path.is_file(), f"{path} is missing"
@@ -63,8 +61,12 @@ def kernel_name(tmp_path_factory):
     """A kernelspec for this interpreter in a temporary Jupyter path (the notebooks' own kernel,
     ``gopd-lab``, is registered by ``make setup`` and need not exist here)."""
     root = tmp_path_factory.mktemp("jupyter")
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "gopd-lab (notebook tests)", "language": "python", "metadata": {"debugger": False}}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "gopd-lab (notebook tests)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
     (root / "kernels" / KERNEL).mkdir(parents=True)
     (root / "kernels" / KERNEL / "kernel.json").write_text(json.dumps(spec))
     mp = pytest.MonkeyPatch()
@@ -92,6 +94,13 @@ def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_availab
     papermill = pytest.importorskip("papermill")
     params = {**CI_PARAMETERS[path.stem], "out_dir": str(tmp_path / "runs")}
     t0 = time.perf_counter()
-    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=params, kernel_name=kernel_name,
-                               cwd=str(tmp_path), progress_bar=False, log_output=False)
+    papermill.execute_notebook(
+        str(path),
+        str(tmp_path / path.name),
+        parameters=params,
+        kernel_name=kernel_name,
+        cwd=str(tmp_path),
+        progress_bar=False,
+        log_output=False,
+    )
     print(f"{path.name}: {time.perf_counter() - t0:.1f} s")

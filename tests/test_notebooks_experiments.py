@@ -25,20 +25,30 @@ from notebook_checks import assert_clean_notebook, source
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ALLOWED_IMPORTS = {"gopd_lab", "torch", "plotly"}
-ZOO_MODELS = {"07_sweeps": {"student-base", "teacher-add"}, "08_neighbours": {"student-base", "teacher-add", "teacher-mul"}}
+ZOO_MODELS = {
+    "07_sweeps": {"student-base", "teacher-add"},
+    "08_neighbours": {"student-base", "teacher-add", "teacher-mul"},
+}
 
 # Tiny settings: a few steps and points; two seeds, so 07's std over seeds is checked. Paths are added per test.
 CI_PARAMETERS: dict[str, dict] = {
     "07_sweeps": dict(lams=[1.0, 1.25], seeds=[0, 1], steps=2, batch_size=4, workers=2),
-    "08_neighbours": dict(steps=2, batch_size=4, samples_per_prompt=2, seeds=[0], eval_every=1, eval_limit=4,
-                          eval_k=0, log_samples_every=1, view_prompts=2),
+    "08_neighbours": dict(
+        steps=2,
+        batch_size=4,
+        samples_per_prompt=2,
+        seeds=[0],
+        eval_every=1,
+        eval_limit=4,
+        eval_k=0,
+        log_samples_every=1,
+        view_prompts=2,
+    ),
 }
 
 
 def _path(stem: str) -> Path:
     return NOTEBOOKS / f"{stem}.ipynb"
-
-
 
 
 @pytest.mark.parametrize("stem", sorted(CI_PARAMETERS))
@@ -82,8 +92,15 @@ def _execute(stem: str, out: Path, kernel: str, zoo_models: set[str], **params) 
 
     executed = out / f"{stem}.ipynb"
     t0 = time.perf_counter()
-    papermill.execute_notebook(str(_path(stem)), str(executed), parameters={**CI_PARAMETERS[stem], **params},
-                               kernel_name=kernel, cwd=str(ROOT), progress_bar=False, log_output=False)
+    papermill.execute_notebook(
+        str(_path(stem)),
+        str(executed),
+        parameters={**CI_PARAMETERS[stem], **params},
+        kernel_name=kernel,
+        cwd=str(ROOT),
+        progress_bar=False,
+        log_output=False,
+    )
     print(f"{stem}: {time.perf_counter() - t0:.1f} s")
     return executed
 
@@ -94,12 +111,16 @@ def test_07_sweep_runs_then_loads_without_running(tmp_path, kernel_name, zoo_mod
     _execute("07_sweeps", tmp_path, kernel_name, zoo_models, sweep_dir=str(sweep_dir), out_dir=str(tmp_path / "runs"))
     points = [f"lam={lam},seed={seed}" for lam in (1.0, 1.25) for seed in (0, 1)]
     assert all(json.loads((sweep_dir / p / "point.json").read_text())["status"] == "ok" for p in points)
-    assert {"accuracy_vs_lam.html", "training_curves.html", "lam_table.csv"} <= {p.name for p in (tmp_path / "runs").iterdir()}
+    assert {"accuracy_vs_lam.html", "training_curves.html", "lam_table.csv"} <= {
+        p.name for p in (tmp_path / "runs").iterdir()
+    }
     executions = (sweep_dir / "executions.jsonl").read_text()
 
     loaded = tmp_path / "loaded"
     loaded.mkdir()
-    _execute("07_sweeps", loaded, kernel_name, zoo_models, run=False, sweep_dir=str(sweep_dir), out_dir=str(loaded / "runs"))
+    _execute(
+        "07_sweeps", loaded, kernel_name, zoo_models, run=False, sweep_dir=str(sweep_dir), out_dir=str(loaded / "runs")
+    )
     assert (sweep_dir / "executions.jsonl").read_text() == executions, "run=False executes no point"
 
 

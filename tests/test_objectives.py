@@ -149,8 +149,8 @@ def test_per_sample_lam_tensor():
     expected = torch.tensor([[0.5, 0.5], [0.575, 0.875], [0.35, -0.25]])
     assert torch.allclose(adv, expected, atol=1e-6)
     # each row equals the scalar-λ result for that row
-    for i, l in enumerate(lam.tolist()):
-        assert torch.allclose(adv[i], gopd_advantages(lp_s[i:i + 1], lp_t[i:i + 1], lp_r[i:i + 1], lam=l)[0])
+    for i, lam_i in enumerate(lam.tolist()):
+        assert torch.allclose(adv[i], gopd_advantages(lp_s[i : i + 1], lp_t[i : i + 1], lp_r[i : i + 1], lam=lam_i)[0])
 
 
 # --------------------------------------------------------------------------- full / jsd / topk
@@ -374,17 +374,25 @@ def test_all_masked_row_gives_no_nan_and_does_not_change_any_loss():
 
     pairs = [
         (sampled_loss(lp_s, adv, mask)[0], sampled_loss(lp_s_g, adv_g, mask_g)[0]),
-        (sampled_loss(lp_s, adv, mask, lp_old=lp_s - 0.3, clip_eps=0.2)[0],
-         sampled_loss(lp_s_g, adv_g, mask_g, lp_old=lp_s_g - 0.3, clip_eps=0.2)[0]),
-        (full_loss(logp_s, target_logprobs(logp_t, logp_r, 1.25), mask)[0],
-         full_loss(logp_s_g, target_logprobs(logp_t_g, logp_r_g, 1.25), mask_g)[0]),
+        (
+            sampled_loss(lp_s, adv, mask, lp_old=lp_s - 0.3, clip_eps=0.2)[0],
+            sampled_loss(lp_s_g, adv_g, mask_g, lp_old=lp_s_g - 0.3, clip_eps=0.2)[0],
+        ),
+        (
+            full_loss(logp_s, target_logprobs(logp_t, logp_r, 1.25), mask)[0],
+            full_loss(logp_s_g, target_logprobs(logp_t_g, logp_r_g, 1.25), mask_g)[0],
+        ),
         (jsd_loss(logp_s, logp_t, mask, 0.5)[0], jsd_loss(logp_s_g, logp_t_g, mask_g, 0.5)[0]),
         (jsd_loss(logp_s, logp_t, mask, 0.0)[0], jsd_loss(logp_s_g, logp_t_g, mask_g, 0.0)[0]),
     ]
     values, index = logp_t.topk(3, -1)
     values_g, index_g = logp_t_g.topk(3, -1)
-    pairs.append((topk_loss(logp_s, index, values, logp_r.gather(-1, index), 1.25, mask)[0],
-                  topk_loss(logp_s_g, index_g, values_g, logp_r_g.gather(-1, index_g), 1.25, mask_g)[0]))
+    pairs.append(
+        (
+            topk_loss(logp_s, index, values, logp_r.gather(-1, index), 1.25, mask)[0],
+            topk_loss(logp_s_g, index_g, values_g, logp_r_g.gather(-1, index_g), 1.25, mask_g)[0],
+        )
+    )
     for clean, garbage in pairs:
         assert torch.isfinite(garbage)
         assert garbage.item() == pytest.approx(clean.item(), abs=1e-6)

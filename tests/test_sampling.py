@@ -43,6 +43,6 @@ def test_row_seeds_make_a_row_independent_of_its_batch():
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(2))
     seeds = [11, 12, 13, 14, 15]
     together = sample_next(logits, row_seeds=seeds)
-    alone = torch.cat([sample_next(logits[i:i + 1], row_seeds=[s]) for i, s in enumerate(seeds)])
+    alone = torch.cat([sample_next(logits[i : i + 1], row_seeds=[s]) for i, s in enumerate(seeds)])
     assert torch.equal(together, alone)
     assert torch.equal(sample_next(logits, row_seeds=seeds), together)  # a seed fixes the draw

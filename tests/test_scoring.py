@@ -15,7 +15,6 @@ LENGTHS = [None, 3, 1, 6]
 WIDTH = 7
 
 
-
 @pytest.fixture(scope="module")
 def tok():
     return build_char_tokenizer()
@@ -60,7 +59,7 @@ def naive_full(model, ro: Rollout) -> torch.Tensor:
     ids, mask = ro.input_ids, ro.attention_mask
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     P = ro.prompt_ids.shape[1]
-    return torch.log_softmax(logits.float(), -1)[:, P - 1:-1]  # (B, C, V)
+    return torch.log_softmax(logits.float(), -1)[:, P - 1 : -1]  # (B, C, V)
 
 
 def naive_lp(model, ro: Rollout) -> torch.Tensor:
@@ -93,8 +92,15 @@ def test_scoring_a_row_alone_equals_scoring_it_in_a_padded_batch(model, tok):
     for i in range(len(ro)):
         n = int(ro.completion_mask[i].sum())
         p = int(ro.prompt_mask[i].sum())
-        alone = Rollout(ro.prompt_ids[i:i + 1, -p:], ro.prompt_mask[i:i + 1, -p:], ro.completion_ids[i:i + 1, :n],
-                        ro.completion_mask[i:i + 1, :n], [ro.prompts[i]], [""], ["default"])
+        alone = Rollout(
+            ro.prompt_ids[i : i + 1, -p:],
+            ro.prompt_mask[i : i + 1, -p:],
+            ro.completion_ids[i : i + 1, :n],
+            ro.completion_mask[i : i + 1, :n],
+            [ro.prompts[i]],
+            [""],
+            ["default"],
+        )
         assert alone.prompt_mask.all()  # no padding at all
         lp = token_logprobs(model, alone)
         assert torch.allclose(lp[0], batch_lp[i, :n], atol=1e-5), i
@@ -167,7 +173,9 @@ def test_student_forward_equals_naive_values_and_gradients(tok, chunk, full):
     pos = Positions.of(ro)
     if full:
         rows = full_naive[pos.b, pos.c]
-        loss_naive = loss_naive + (rows.exp() * weights[pos.b, pos.c][:, None] * torch.linspace(0, 1, rows.shape[1])).sum()
+        loss_naive = (
+            loss_naive + (rows.exp() * weights[pos.b, pos.c][:, None] * torch.linspace(0, 1, rows.shape[1])).sum()
+        )
     loss_naive.backward()
     want = _param_grads(model)
 
@@ -247,7 +255,10 @@ def _prompts(tok, texts=PROMPTS):
 
 def test_sampling_stops_after_eos_and_pads_with_pad_id(model, tok):
     prompts = _prompts(tok)
-    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+
+    def gen():
+        return torch.Generator().manual_seed(11)
+
     free = sample(model, prompts, max_new_tokens=12, generator=gen(), pad_token_id=tok.pad_token_id)
     assert free.completion_mask.all()  # no EOS given: every token is kept
     # use a token that the free run emits mid-way in some rows as the "EOS"
@@ -313,8 +324,13 @@ def test_greedy_sampling_equals_stepwise_argmax_without_cache(model, tok):
 def test_sampled_rollout_scores_like_naive(model, tok):
     """The mask the sampler writes is the one scoring uses: sample, then score against naive."""
     prompts = _prompts(tok)
-    ro = sample(model, prompts, max_new_tokens=6, generator=torch.Generator().manual_seed(2),
-                eos_token_id=int(sample(model, prompts, max_new_tokens=1, greedy=True).completion_ids[1, 0]))
+    ro = sample(
+        model,
+        prompts,
+        max_new_tokens=6,
+        generator=torch.Generator().manual_seed(2),
+        eos_token_id=int(sample(model, prompts, max_new_tokens=1, greedy=True).completion_ids[1, 0]),
+    )
     with torch.no_grad():
         assert torch.allclose(token_logprobs(model, ro), naive_lp(model, ro), atol=1e-5)
 
@@ -349,7 +365,16 @@ def test_train_rejects_a_prompt_longer_than_the_students_context(tiny_dirs, tmp_
     from gopd_lab.config import RunConfig
     from gopd_lab.train import train
 
-    cfg = RunConfig(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32",
-                    prompts=["1" * 130, "2+2="], batch_size=2, max_new_tokens=4, steps=1, out_dir=str(tmp_path / "run"))
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        device="cpu",
+        dtype="float32",
+        prompts=["1" * 130, "2+2="],
+        batch_size=2,
+        max_new_tokens=4,
+        steps=1,
+        out_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(ConfigError, match="context of 128"):
         train(cfg, progress=False)

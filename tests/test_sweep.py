@@ -22,8 +22,16 @@ from gopd_lab.train import train
 NB = Path(__file__).parent / "notebooks" / "sweep_point.ipynb"
 OK = ["lam=1.0,seed=0", "lam=1.25,seed=0"]
 BAD = "lam=-1.0,seed=0"
-DEFAULTS = {"lam": 1.0, "seed": 0, "steps": 2, "out_dir": "runs/x", "fail": False, "student": "", "teacher": "",
-            "torch_threads": 0}
+DEFAULTS = {
+    "lam": 1.0,
+    "seed": 0,
+    "steps": 2,
+    "out_dir": "runs/x",
+    "fail": False,
+    "student": "",
+    "teacher": "",
+    "torch_threads": 0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +107,22 @@ def test_point_equals_direct_train(swept, fixed, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # like the kernel (2 workers share the CPU)
     try:
-        history = train(RunConfig(student=fixed["student"], teacher=fixed["teacher"], lam=1.25, seed=0, steps=2,
-                                  prompts=["12+3=", "7*8="], batch_size=2, max_new_tokens=4, device="cpu",
-                                  dtype="float32", out_dir=str(tmp_path / "direct")), progress=False)
+        history = train(
+            RunConfig(
+                student=fixed["student"],
+                teacher=fixed["teacher"],
+                lam=1.25,
+                seed=0,
+                steps=2,
+                prompts=["12+3=", "7*8="],
+                batch_size=2,
+                max_new_tokens=4,
+                device="cpu",
+                dtype="float32",
+                out_dir=str(tmp_path / "direct"),
+            ),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(before)
     row = df.set_index("point_id").loc["lam=1.25,seed=0"]
@@ -146,11 +167,29 @@ def test_cli_and_yaml_spec_name_the_same_points(swept, fixed, tmp_path, capsys):
     root = _copy(swept, tmp_path)
     runs = len(_executions(root))
     spec = tmp_path / "lam.yaml"
-    spec.write_text(f"notebook: {NB}\nsweep_dir: {root}\nworkers: 2\ngrid:\n  lam: [1.0, 1.25]\n  seed: [0]\n"
-                    f"fixed:\n  steps: 2\n  student: {fixed['student']}\n  teacher: {fixed['teacher']}\n")
+    spec.write_text(
+        f"notebook: {NB}\nsweep_dir: {root}\nworkers: 2\ngrid:\n  lam: [1.0, 1.25]\n  seed: [0]\n"
+        f"fixed:\n  steps: 2\n  student: {fixed['student']}\n  teacher: {fixed['teacher']}\n"
+    )
     assert main(["sweep", "--spec", str(spec)]) == 0
-    args = ["sweep", str(NB), "--grid", "lam=1.0,1.25", "--grid", "seed=0", "--set", "steps=2", "--sweep-dir", str(root),
-            "--set", f"student={fixed['student']}", "--set", f"teacher={fixed['teacher']}", "--workers", "2"]
+    args = [
+        "sweep",
+        str(NB),
+        "--grid",
+        "lam=1.0,1.25",
+        "--grid",
+        "seed=0",
+        "--set",
+        "steps=2",
+        "--sweep-dir",
+        str(root),
+        "--set",
+        f"student={fixed['student']}",
+        "--set",
+        f"teacher={fixed['teacher']}",
+        "--workers",
+        "2",
+    ]
     assert main(args) == 0
     assert len(_executions(root)) == runs  # both found every point finished
     assert "lam=1.25,seed=0" in capsys.readouterr().out
@@ -209,13 +248,28 @@ def test_load_sweep_gathers_final_metrics_and_last_eval(tmp_path):
     (root / "a" / "params.json").write_text(json.dumps({"lam": 1.5}))
     (root / "a" / "point.json").write_text(json.dumps({"status": "ok", "wall_seconds": 3.0, "notebook": "nb"}))
     (root / "a" / "summary.json").write_text(json.dumps({"final": {"step": 4, "loss": 0.5}}))
-    (root / "a" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"step": 0, "domain": "add", "greedy_acc": 0.1}, {"step": 4, "domain": "add", "greedy_acc": 0.7, "mean_acc": 0.6},
-        {"step": 4, "domain": "mul", "greedy_acc": 0.2}]))
+    (root / "a" / "eval.jsonl").write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"step": 0, "domain": "add", "greedy_acc": 0.1},
+                {"step": 4, "domain": "add", "greedy_acc": 0.7, "mean_acc": 0.6},
+                {"step": 4, "domain": "mul", "greedy_acc": 0.2},
+            ]
+        )
+    )
     df = load_sweep(root)
-    assert df.point_id.tolist() == ["a", "b"] and df.status.tolist() == ["ok", "pending"] and df.lam.tolist() == [1.5, 2.0]
+    assert (
+        df.point_id.tolist() == ["a", "b"] and df.status.tolist() == ["ok", "pending"] and df.lam.tolist() == [1.5, 2.0]
+    )
     a = df.iloc[0]
-    assert (a.lam, a.final_loss, a.eval_add_greedy_acc, a.eval_add_mean_acc, a.eval_mul_greedy_acc) == (1.5, 0.5, 0.7, 0.6, 0.2)
+    assert (a.lam, a.final_loss, a.eval_add_greedy_acc, a.eval_add_mean_acc, a.eval_mul_greedy_acc) == (
+        1.5,
+        0.5,
+        0.7,
+        0.6,
+        0.2,
+    )
     assert "final_step" not in df.columns
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
+import gopd_lab.tasks as tasks_module
 from gopd_lab.tasks import (
     ARITH_TASKS,
     Example,
     Task,
+    arith,
     available_tasks,
     get_task,
     load_tasks,
     make_task,
     register_task,
 )
-import gopd_lab.tasks as tasks_module
-from gopd_lab.tasks import arith
 from gopd_lab.tasks.base import data_dir, read_jsonl
 from gopd_lab.tasks.mathjsonl import (
     answers_equal,
@@ -216,7 +216,10 @@ def test_from_jsonl_reads_the_domain_or_requires_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"prompt": "a", "answer": "1"}', '{"prompt": "b"}'], r"line 2: expected string fields 'prompt' and 'answer'"),
+        (
+            ['{"prompt": "a", "answer": "1"}', '{"prompt": "b"}'],
+            r"line 2: expected string fields 'prompt' and 'answer'",
+        ),
         (['{"prompt": "a", "answer": 1}'], r"line 1: expected string fields"),
         (['{"prompt": "a", "answer": "1"}', "{oops"], r"line 2: not valid JSON"),
         (["[1, 2]"], r"line 1: expected a JSON object"),
@@ -398,7 +401,10 @@ def test_math_plain_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"question": "q", "solution": "s"}, r"line 2: expected fields 'question'\+'answer' \(GSM8K\), 'problem'\+'solution' \(MATH\)"),
+        (
+            {"question": "q", "solution": "s"},
+            r"line 2: expected fields 'question'\+'answer' \(GSM8K\), 'problem'\+'solution' \(MATH\)",
+        ),
         ({"text": "hello"}, r"found fields \['text'\]"),
         ({"question": "q", "answer": "no final line"}, r"line 2: the 'answer' field has no final answer"),
         ({"problem": "p", "solution": "no box"}, r"line 2: the 'solution' field has no final answer"),

@@ -13,12 +13,18 @@ import torch
 
 from gopd_lab import teacher_server
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.models import Models, ModelLoadError, load_model, load_models, load_tokenizer
+from gopd_lab.models import ModelLoadError, Models, load_model, load_models, load_tokenizer
 from gopd_lab.rollout import Rollout, left_pad
 from gopd_lab.score import reference_logprobs, score_rollout
 from gopd_lab.scoring import token_logprobs
-from gopd_lab.teacher_server import (RemoteScorer, TeacherServerError, TeacherUnreachable, decode_tensor, encode_tensor,
-                                     serve_in_thread)
+from gopd_lab.teacher_server import (
+    RemoteScorer,
+    TeacherServerError,
+    TeacherUnreachable,
+    decode_tensor,
+    encode_tensor,
+    serve_in_thread,
+)
 from gopd_lab.train import train
 from gopd_lab.update import UpdateSettings, advantages_for
 
@@ -42,7 +48,10 @@ def one_thread():
 def local(tiny_dirs):
     """In-process student, teacher and reference on the character tokenizer."""
     tok = load_tokenizer(tiny_dirs["student"])
-    load = lambda role: load_model(tiny_dirs[role], role=role, device=torch.device("cpu"), dtype=torch.float32).eval()  # noqa: E731
+
+    def load(role):
+        return load_model(tiny_dirs[role], role=role, device=torch.device("cpu"), dtype=torch.float32).eval()
+
     return {"tok": tok, "student": load("student"), "teacher": load("teacher"), "reference": load("reference")}
 
 
@@ -93,13 +102,29 @@ def _close(a, b, atol=1e-5):
 def test_remote_scoring_equals_in_process(local, servers, estimator, mode):
     ro = _rollout(local["tok"])
     in_process = Models(local["student"], local["tok"], {"default": local["teacher"]}, {"default": local["reference"]})
-    reference = RemoteScorer(servers["reference"], role="reference", max_rows=4) if mode == "both_remote" else local["reference"]
-    remote = Models(local["student"], local["tok"], {"default": RemoteScorer(servers["teacher"], max_rows=4)},
-                    {"default": reference})  # max_rows=4: the 6 rows travel in two requests
+    reference = (
+        RemoteScorer(servers["reference"], role="reference", max_rows=4)
+        if mode == "both_remote"
+        else local["reference"]
+    )
+    remote = Models(
+        local["student"],
+        local["tok"],
+        {"default": RemoteScorer(servers["teacher"], max_rows=4)},
+        {"default": reference},
+    )  # max_rows=4: the 6 rows travel in two requests
     want = score_rollout(in_process, ro, LAM, estimator=estimator, topk=5)
     got = score_rollout(remote, ro, LAM, estimator=estimator, topk=5)
-    for name in ("lp_teacher", "teacher_rank", "lp_reference", "lam", "target", "topk_index", "lp_teacher_topk",
-                 "lp_reference_topk"):
+    for name in (
+        "lp_teacher",
+        "teacher_rank",
+        "lp_reference",
+        "lam",
+        "target",
+        "topk_index",
+        "lp_teacher_topk",
+        "lp_reference_topk",
+    ):
         _close(getattr(got, name), getattr(want, name))
     lp_student = token_logprobs(local["student"], ro)
     settings = UpdateSettings(estimator=estimator)
@@ -111,7 +136,10 @@ def test_remote_jsd_target_and_reference_logprobs(local, servers):
     teacher, reference = RemoteScorer(servers["teacher"]), RemoteScorer(servers["reference"], role="reference")
     in_process = Models(local["student"], local["tok"], {"default": local["teacher"]}, {"default": local["reference"]})
     remote = Models(local["student"], local["tok"], {"default": teacher}, {"default": reference})
-    _close(score_rollout(remote, ro, 1.0, estimator="jsd").target, score_rollout(in_process, ro, 1.0, estimator="jsd").target)
+    _close(
+        score_rollout(remote, ro, 1.0, estimator="jsd").target,
+        score_rollout(in_process, ro, 1.0, estimator="jsd").target,
+    )
     _close(reference_logprobs(remote, ro), reference_logprobs(in_process, ro))
 
 
@@ -123,8 +151,19 @@ def test_wire_format_is_exact():
 
 # ------------------------------------------------------------------------------------ train() against a URL
 def test_train_two_steps_with_a_url_teacher_matches_in_process(tiny_dirs, servers, tmp_path):
-    base = dict(student=tiny_dirs["student"], reference=tiny_dirs["reference"], lam=1.25, device="cpu", dtype="float32",
-                prompts=PROMPTS, batch_size=3, max_new_tokens=5, steps=2, lr=1e-2, log_samples=0)
+    base = dict(
+        student=tiny_dirs["student"],
+        reference=tiny_dirs["reference"],
+        lam=1.25,
+        device="cpu",
+        dtype="float32",
+        prompts=PROMPTS,
+        batch_size=3,
+        max_new_tokens=5,
+        steps=2,
+        lr=1e-2,
+        log_samples=0,
+    )
     local_run = train(RunConfig(teacher=tiny_dirs["teacher"], out_dir=str(tmp_path / "local"), **base), progress=False)
     remote_run = train(RunConfig(teacher=servers["teacher"], out_dir=str(tmp_path / "remote"), **base), progress=False)
     assert len(remote_run) == 2
@@ -133,10 +172,19 @@ def test_train_two_steps_with_a_url_teacher_matches_in_process(tiny_dirs, server
 
 
 def test_load_models_builds_a_remote_scorer(tiny_dirs, servers):
-    cfg = RunConfig(student=tiny_dirs["student"], teacher=servers["teacher"], reference=servers["reference"], lam=1.25,
-                    device="cpu", dtype="float32", prompts=PROMPTS)
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=servers["teacher"],
+        reference=servers["reference"],
+        lam=1.25,
+        device="cpu",
+        dtype="float32",
+        prompts=PROMPTS,
+    )
     models = load_models(cfg)
-    assert isinstance(models.teachers["default"], RemoteScorer) and isinstance(models.references["default"], RemoteScorer)
+    assert isinstance(models.teachers["default"], RemoteScorer) and isinstance(
+        models.references["default"], RemoteScorer
+    )
     assert models.references["default"].role == "reference"
 
 
@@ -167,14 +215,21 @@ def test_full_distributions_are_refused_for_large_vocabularies(local, servers, m
 def test_unreachable_url_raises_quickly_with_the_fix(local):
     url = f"http://127.0.0.1:{_free_port()}"
     scorer = RemoteScorer(url + "?connect_timeout=2&retries=2&backoff=0.01")
-    with pytest.raises(TeacherUnreachable, match=r"127\.0\.0\.1.*unreachable.*python -m gopd_lab\.teacher_server") as err:
+    with pytest.raises(
+        TeacherUnreachable, match=r"127\.0\.0\.1.*unreachable.*python -m gopd_lab\.teacher_server"
+    ) as err:
         scorer.score(_rollout(local["tok"]))
     assert url in str(err.value)
 
 
 def test_unreachable_url_at_load_time(tiny_dirs):
-    cfg = RunConfig(student=tiny_dirs["student"], teacher=f"http://127.0.0.1:{_free_port()}?retries=1&connect_timeout=2",
-                    device="cpu", dtype="float32", prompts=PROMPTS)
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=f"http://127.0.0.1:{_free_port()}?retries=1&connect_timeout=2",
+        device="cpu",
+        dtype="float32",
+        prompts=PROMPTS,
+    )
     with pytest.raises(TeacherUnreachable):
         load_models(cfg)
 
@@ -234,14 +289,25 @@ def test_server_recovers_after_a_transient_failure(local, servers, monkeypatch):
 # ------------------------------------------------------------------------------------ the command
 def test_server_command_serves_info(tiny_dirs):
     port = _free_port()
-    cmd = [sys.executable, "-m", "gopd_lab.teacher_server", "--model", tiny_dirs["teacher"], "--port", str(port), "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gopd_lab.teacher_server",
+        "--model",
+        tiny_dirs["teacher"],
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
                 with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-                        f"http://127.0.0.1:{port}/info", timeout=2) as resp:
+                    f"http://127.0.0.1:{port}/info", timeout=2
+                ) as resp:
                     info = json.loads(resp.read())
                 break
             except OSError:

@@ -18,16 +18,37 @@ from gopd_lab.scoring import token_logprobs
 from gopd_lab.train import train
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
-METRIC_KEYS = {"loss", "adv_mean", "adv_std", "lp_teacher_mean", "reverse_kl", "entropy", "grad_norm", "clip_frac",
-               "tokens", "time_rollout", "time_score", "time_update", "time_step"}
+METRIC_KEYS = {
+    "loss",
+    "adv_mean",
+    "adv_std",
+    "lp_teacher_mean",
+    "reverse_kl",
+    "entropy",
+    "grad_norm",
+    "clip_frac",
+    "tokens",
+    "time_rollout",
+    "time_score",
+    "time_update",
+    "time_step",
+}
 PER_TOKEN = ("tokens", "lp_student", "lp_teacher", "lp_reference", "advantage")
 
 
-
 def _cfg(tiny_dirs, tmp_path, name="run", **kw):
-    base = dict(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32",
-                prompts=list(PROMPTS), batch_size=3, max_new_tokens=6, lr=1e-2, out_dir=str(tmp_path / name),
-                log_samples=0)
+    base = dict(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        device="cpu",
+        dtype="float32",
+        prompts=list(PROMPTS),
+        batch_size=3,
+        max_new_tokens=6,
+        lr=1e-2,
+        out_dir=str(tmp_path / name),
+        log_samples=0,
+    )
     base.update(kw)
     return RunConfig(**base)
 
@@ -53,8 +74,17 @@ def _load(path):
 
 
 def test_end_to_end_smoke_run_writes_every_file(tiny_dirs, tmp_path):
-    cfg = _cfg(tiny_dirs, tmp_path, lam=1.25, estimator="sampled", steps=3, save_every=2, log_samples=2,
-               log_samples_every=1, samples_per_prompt=2)
+    cfg = _cfg(
+        tiny_dirs,
+        tmp_path,
+        lam=1.25,
+        estimator="sampled",
+        steps=3,
+        save_every=2,
+        log_samples=2,
+        log_samples_every=1,
+        samples_per_prompt=2,
+    )
     history = train(cfg, progress=False)
     out = Path(cfg.out_dir)
 
@@ -161,23 +191,42 @@ def test_resume_equals_an_uninterrupted_run(tiny_dirs, tmp_path):
 @pytest.fixture()
 def domain_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": "12+7=", "domain": "a"}, {"prompt": "3*4=", "domain": "b"}, {"prompt": "9+9=", "domain": "a"},
-            {"prompt": "6*7=", "domain": "b"}]
+    rows = [
+        {"prompt": "12+7=", "domain": "a"},
+        {"prompt": "3*4=", "domain": "b"},
+        {"prompt": "9+9=", "domain": "a"},
+        {"prompt": "6*7=", "domain": "b"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
 
 def test_multi_teacher_routes_each_sample_to_its_domain_teacher(tiny_dirs, tmp_path, domain_file):
     teachers = {"a": tiny_dirs["teacher"], "b": tiny_dirs["reference"]}
-    cfg = _cfg(tiny_dirs, tmp_path, teacher=teachers, prompts=domain_file, lam=1.0, batch_size=4, steps=2,
-               log_samples=4, log_samples_every=1)
+    cfg = _cfg(
+        tiny_dirs,
+        tmp_path,
+        teacher=teachers,
+        prompts=domain_file,
+        lam=1.0,
+        batch_size=4,
+        steps=2,
+        log_samples=4,
+        log_samples_every=1,
+    )
     models = load_models(cfg)
     assert models.teacher_for("a") is not models.teacher_for("b")
 
     # directly: score_rollout on a mixed batch
     prompts = load_prompts(domain_file, models.tokenizer)
-    ro = sample(models.student, prompts, max_new_tokens=5, generator=torch.Generator().manual_seed(0),
-                eos_token_id=models.eos_token_id, pad_token_id=models.pad_token_id)
+    ro = sample(
+        models.student,
+        prompts,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(0),
+        eos_token_id=models.eos_token_id,
+        pad_token_id=models.pad_token_id,
+    )
     scored = score_rollout(models, ro, 1.0)
     disk = {d: _load(p) for d, p in teachers.items()}
     for i, domain in enumerate(ro.domains):
@@ -199,8 +248,17 @@ def test_multi_teacher_routes_each_sample_to_its_domain_teacher(tiny_dirs, tmp_p
 
 def test_per_domain_lam(tiny_dirs, tmp_path, domain_file):
     lam = {"a": 1.0, "b": 1.5}
-    cfg = _cfg(tiny_dirs, tmp_path, teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]},
-               prompts=domain_file, lam=lam, batch_size=4, steps=2, log_samples=4, log_samples_every=1)
+    cfg = _cfg(
+        tiny_dirs,
+        tmp_path,
+        teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]},
+        prompts=domain_file,
+        lam=lam,
+        batch_size=4,
+        steps=2,
+        log_samples=4,
+        log_samples_every=1,
+    )
     history = train(cfg, progress=False)
     assert len(history) == 2
     samples = _jsonl(Path(cfg.out_dir) / "samples.jsonl")
@@ -231,14 +289,20 @@ def test_missing_domain_teacher_is_a_config_error(tiny_dirs, tmp_path, domain_fi
 
 
 def test_reward_correction_reference_is_scored_with_that_model(tiny_dirs, tmp_path):
-    cfg = _cfg(tiny_dirs, tmp_path, lam=1.25, reference=tiny_dirs["reference"], steps=2, log_samples=3,
-               log_samples_every=1)
+    cfg = _cfg(
+        tiny_dirs, tmp_path, lam=1.25, reference=tiny_dirs["reference"], steps=2, log_samples=3, log_samples_every=1
+    )
     models = load_models(cfg)
     ref = models.reference_for("default")
     assert ref is not models.student and ref is not models.teacher_for("default")
     prompts = encode_prompts(models.tokenizer, PROMPTS)
-    ro = sample(models.student, prompts, max_new_tokens=5, generator=torch.Generator().manual_seed(1),
-                pad_token_id=models.pad_token_id)
+    ro = sample(
+        models.student,
+        prompts,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(1),
+        pad_token_id=models.pad_token_id,
+    )
     scored = score_rollout(models, ro, 1.25)
     disk = _load(tiny_dirs["reference"])
     assert torch.allclose(scored.lp_reference, token_logprobs(disk, ro), atol=1e-5)
@@ -270,8 +334,9 @@ def test_lam_1_never_runs_the_reference(tiny_dirs, tmp_path):
     assert loaded.references == {}
     reference = _load(tiny_dirs["reference"])
     counter = _CountCalls(reference)
-    models = Models(student=loaded.student, tokenizer=loaded.tokenizer, teachers=loaded.teachers,
-                    references={"default": reference})
+    models = Models(
+        student=loaded.student, tokenizer=loaded.tokenizer, teachers=loaded.teachers, references={"default": reference}
+    )
 
     ro = sample(models.student, encode_prompts(models.tokenizer, PROMPTS), max_new_tokens=4, greedy=True)
     for est in ("sampled", "full", "topk"):
@@ -315,9 +380,17 @@ def test_empty_prompts_raise(tiny_dirs, tmp_path, prompts):
 
 def test_lam_1_domain_needs_no_reference(tiny_dirs, tmp_path, domain_file):
     """Regression: a domain at λ = 1 was routed to a reference (and failed without one)."""
-    cfg = _cfg(tiny_dirs, tmp_path, teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]},
-               reference={"b": tiny_dirs["reference"]}, lam={"a": 1.0, "b": 1.5}, prompts=domain_file,
-               batch_size=4, steps=1, log_samples=4)
+    cfg = _cfg(
+        tiny_dirs,
+        tmp_path,
+        teacher={"a": tiny_dirs["teacher"], "b": tiny_dirs["teacher"]},
+        reference={"b": tiny_dirs["reference"]},
+        lam={"a": 1.0, "b": 1.5},
+        prompts=domain_file,
+        batch_size=4,
+        steps=1,
+        log_samples=4,
+    )
     history = train(cfg, progress=False)
     assert len(history) == 1
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
@@ -328,8 +401,7 @@ def test_lam_1_domain_needs_no_reference(tiny_dirs, tmp_path, domain_file):
 
 def test_clip_frac_reports_batch_reuse(tiny_dirs, tmp_path):
     """Regression: clip_frac and approx_kl_old came from the first epoch, where ρ = 1, so were always 0."""
-    cfg = _cfg(tiny_dirs, tmp_path, lam=1.25, steps=1, epochs_per_batch=4, clip_eps=0.01, lr=0.1,
-               max_grad_norm=None)
+    cfg = _cfg(tiny_dirs, tmp_path, lam=1.25, steps=1, epochs_per_batch=4, clip_eps=0.01, lr=0.1, max_grad_norm=None)
     row = train(cfg, progress=False).iloc[0]
     assert row["clip_frac"] > 0 and row["approx_kl_old"] != 0
 

@@ -31,7 +31,11 @@ RED, BLUE, WHITE = "rgb(178, 24, 43)", "rgb(33, 102, 172)", "rgb(255, 255, 255)"
 def make_record(**overrides) -> dict:
     """Five tokens covering a plain char, an HTML-special char, a space, a newline and <eos>."""
     record = {
-        "step": 3, "index": 0, "domain": "add", "prompt": "12+34=", "completion": "4< \n",
+        "step": 3,
+        "index": 0,
+        "domain": "add",
+        "prompt": "12+34=",
+        "completion": "4< \n",
         "tokens": ["4", "<", " ", "\n", "<eos>"],
         "lp_student": [-0.1, -2.0, -0.5, -1.0, -0.2],
         "lp_teacher": [-0.05, -3.0, -0.5, -0.5, -0.1],
@@ -39,7 +43,8 @@ def make_record(**overrides) -> dict:
         "lp_references": {"big-base": [-0.3, -1.0, -0.6, -0.8, -0.25]},
         "advantage": [1.0, -1.0, 0.0, 0.5, -0.5],
         "teacher_rank": [0, 3, 1, 0, 0],
-        "lam": 1.25, "score": 1.0,
+        "lam": 1.25,
+        "score": 1.0,
     }
     record.update(overrides)
     return record
@@ -62,7 +67,7 @@ def test_token_view_html_has_every_token_escaped_with_colours_and_hover():
     assert f"background-color:{WHITE}" in toks[2]  # A = 0
     assert "lp_teacher = -3.0000" in toks[1] and "A_t (stored) = -1.0000" in toks[1]
     assert "teacher_rank = 3" in toks[1] and "lp_reference[big-base] = -1.0000" in toks[1]
-    assert "<script" not in html and "class=\"legend\"" in html
+    assert "<script" not in html and 'class="legend"' in html
 
 
 def test_colour_scale_is_symmetric_and_diverging():
@@ -74,11 +79,16 @@ def test_colour_scale_is_symmetric_and_diverging():
 def test_recomputed_advantage_matches_gopd_advantages():
     r = make_record()
     got = torch.tensor(token_values(r, lam=1.5, reference="big-base"))
-    want = gopd_advantages(torch.tensor([r["lp_student"]]), torch.tensor([r["lp_teacher"]]),
-                           torch.tensor([r["lp_references"]["big-base"]]), lam=1.5)[0]
+    want = gopd_advantages(
+        torch.tensor([r["lp_student"]]),
+        torch.tensor([r["lp_teacher"]]),
+        torch.tensor([r["lp_references"]["big-base"]]),
+        lam=1.5,
+    )[0]
     assert torch.allclose(got, want)
-    own = gopd_advantages(torch.tensor([r["lp_student"]]), torch.tensor([r["lp_teacher"]]),
-                          torch.tensor([r["lp_reference"]]), lam=1.25)[0]
+    own = gopd_advantages(
+        torch.tensor([r["lp_student"]]), torch.tensor([r["lp_teacher"]]), torch.tensor([r["lp_reference"]]), lam=1.25
+    )[0]
     assert torch.allclose(torch.tensor(token_values(r, reference="run")), own)
 
 
@@ -116,8 +126,15 @@ def test_load_samples_filters_by_step(tmp_path):
 
 
 def test_advantage_heatmap_pads_and_centres_at_zero():
-    short = make_record(tokens=["7", "<eos>"], advantage=[0.3, -0.2], lp_student=[-1, -1], lp_teacher=[-1, -1],
-                        lp_reference=[-1, -1], lp_references=None, teacher_rank=None)
+    short = make_record(
+        tokens=["7", "<eos>"],
+        advantage=[0.3, -0.2],
+        lp_student=[-1, -1],
+        lp_teacher=[-1, -1],
+        lp_reference=[-1, -1],
+        lp_references=None,
+        teacher_rank=None,
+    )
     fig = advantage_heatmap([make_record(), short]).to_dict()
     (trace,) = fig["data"]
     assert trace["type"] == "heatmap" and trace["zmid"] == 0
@@ -131,12 +148,27 @@ def write_run(root, name, steps, domains=("add", "mul"), evals=True):
     run = root / name
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"lam": 1.0, "estimator": "sampled", "out_dir": str(run)}))
-    rows = [{"step": s, "loss": 1.0 / (s + 1), "reverse_kl": 0.5 - 0.01 * s, "adv_mean": -0.1, "entropy": 1.2,
-             "time_rollout": 0.5, "time_score": 0.2, "time_update": 0.3, "time_step": 1.1} for s in range(steps)]
+    rows = [
+        {
+            "step": s,
+            "loss": 1.0 / (s + 1),
+            "reverse_kl": 0.5 - 0.01 * s,
+            "adv_mean": -0.1,
+            "entropy": 1.2,
+            "time_rollout": 0.5,
+            "time_score": 0.2,
+            "time_update": 0.3,
+            "time_step": 1.1,
+        }
+        for s in range(steps)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 99, "lo')
     if evals:
-        ev = [{"step": s, "domain": d, "greedy_acc": 0.1 * s, "mean_acc": 0.05 * s, "n": 16}
-              for s in range(0, steps, 2) for d in domains]
+        ev = [
+            {"step": s, "domain": d, "greedy_acc": 0.1 * s, "mean_acc": 0.05 * s, "n": 16}
+            for s in range(0, steps, 2)
+            for d in domains
+        ]
         (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
     return run
 
@@ -189,8 +221,16 @@ def test_token_view_of_a_teacher_free_sample_renders():
     """Regression: GRPO / SFT samples (lp_teacher None) crashed the token view."""
     from gopd_lab.viz import available_quantities, token_view
 
-    record = {"tokens": ["4", "6", "<eos>"], "lp_student": [-0.1, -0.2, -0.3], "lp_teacher": None,
-              "lp_reference": None, "advantage": [0.5, 0.5, 0.5], "teacher_rank": None, "lam": 1.0, "score": 1.0}
+    record = {
+        "tokens": ["4", "6", "<eos>"],
+        "lp_student": [-0.1, -0.2, -0.3],
+        "lp_teacher": None,
+        "lp_reference": None,
+        "advantage": [0.5, 0.5, 0.5],
+        "teacher_rank": None,
+        "lam": 1.0,
+        "score": 1.0,
+    }
     html = token_view(record)._repr_html_()
     assert html.count("title=") >= 3 and "lp_teacher" not in html
     assert available_quantities(record) == ["advantage", "lp_student"]
@@ -199,6 +239,12 @@ def test_token_view_of_a_teacher_free_sample_renders():
 def test_lam_one_rows_without_reference_are_not_offered_a_reference():
     from gopd_lab.viz import references
 
-    record = {"tokens": ["1"], "lp_student": [-0.1], "lp_teacher": [-0.2], "lp_reference": [None],
-              "advantage": [-0.1], "lam": 1.0}
+    record = {
+        "tokens": ["1"],
+        "lp_student": [-0.1],
+        "lp_teacher": [-0.2],
+        "lp_reference": [None],
+        "advantage": [-0.1],
+        "lam": 1.0,
+    }
     assert references(record) == {}

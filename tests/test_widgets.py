@@ -13,20 +13,29 @@ from gopd_lab.widgets import LivePlot, TokenExplorer, explore
 
 def make_record(**overrides) -> dict:
     record = {
-        "step": 3, "index": 0, "domain": "add", "prompt": "12+34=", "completion": "46",
+        "step": 3,
+        "index": 0,
+        "domain": "add",
+        "prompt": "12+34=",
+        "completion": "46",
         "tokens": ["4", "6", "<eos>"],
-        "lp_student": [-0.1, -2.0, -0.5], "lp_teacher": [-0.05, -3.0, -0.2],
+        "lp_student": [-0.1, -2.0, -0.5],
+        "lp_teacher": [-0.05, -3.0, -0.2],
         "lp_reference": [-0.2, -1.5, -0.4],
         "lp_references": {"big-base": [-0.3, -1.0, -0.6]},
-        "advantage": [0.1, -1.25, 0.4], "teacher_rank": [0, 3, 1], "lam": 1.25, "score": 1.0,
+        "advantage": [0.1, -1.25, 0.4],
+        "teacher_rank": [0, 3, 1],
+        "lam": 1.25,
+        "score": 1.0,
     }
     record.update(overrides)
     return record
 
 
 def expected(record: dict, lam: float, reference: list[float]) -> torch.Tensor:
-    return gopd_advantages(torch.tensor([record["lp_student"]]), torch.tensor([record["lp_teacher"]]),
-                           torch.tensor([reference]), lam=lam)[0]
+    return gopd_advantages(
+        torch.tensor([record["lp_student"]]), torch.tensor([record["lp_teacher"]]), torch.tensor([reference]), lam=lam
+    )[0]
 
 
 def test_lam_slider_recomputes_advantages_exactly():

@@ -53,7 +53,9 @@ def test_build_is_deterministic(small_zoo, tmp_path):
     recipe = [r for r in zoo.RECIPES if r.name == "student-base"]
     zoo.build(tmp_path / "zoo", recipes=recipe, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False)
     a = json.loads((small_zoo / zoo.MANIFEST).read_text())["models"]["student-base"]["sha256"]["model.safetensors"]
-    b = json.loads((tmp_path / "zoo" / zoo.MANIFEST).read_text())["models"]["student-base"]["sha256"]["model.safetensors"]
+    b = json.loads((tmp_path / "zoo" / zoo.MANIFEST).read_text())["models"]["student-base"]["sha256"][
+        "model.safetensors"
+    ]
     assert a == b
 
 
@@ -74,8 +76,19 @@ def test_distilling_student_base_from_its_domain_teacher_raises_domain_accuracy(
     """40 OPD steps on `add`: measured +11.5 points greedy (56 % -> 67.5 %); the margin asked here is 5."""
     from gopd_lab import RunConfig, train
 
-    cfg = RunConfig(student="zoo:student-base", teacher="zoo:teacher-add", lam=1.0, tasks="add", steps=40,
-                    batch_size=32, lr=1e-4, max_new_tokens=6, eval_k=4, device="cpu", out_dir=str(tmp_path / "opd"))
+    cfg = RunConfig(
+        student="zoo:student-base",
+        teacher="zoo:teacher-add",
+        lam=1.0,
+        tasks="add",
+        steps=40,
+        batch_size=32,
+        lr=1e-4,
+        max_new_tokens=6,
+        eval_k=4,
+        device="cpu",
+        out_dir=str(tmp_path / "opd"),
+    )
     train(cfg, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "opd" / "eval.jsonl").read_text().splitlines()]
     before, after = rows[0], rows[-1]

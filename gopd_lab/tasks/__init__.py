@@ -5,7 +5,7 @@
 tasks join the registry with ``register_task``::
 
     register_task("parity", lambda: make_task("parity", train=[("0110 is ", "even")]))
-    tasks = load_tasks(["add", "mul", "parity"])   # {"add": Task, "mul": Task, "parity": Task}
+    tasks = load_tasks(["add", "mul", "parity"])  # {"add": Task, "mul": Task, "parity": Task}
 """
 
 from __future__ import annotations

@@ -87,9 +87,7 @@ def generate_domain(
     """
     spec = DOMAINS[domain]
     if n_train + n_test > spec.n_distinct() // 2:
-        raise ValueError(
-            f"{domain}: {n_train} + {n_test} prompts is too many for {spec.n_distinct()} distinct ones"
-        )
+        raise ValueError(f"{domain}: {n_train} + {n_test} prompts is too many for {spec.n_distinct()} distinct ones")
     rng = random.Random(f"{domain}-{seed}")
     seen: set[tuple[int, int]] = set()
     examples: list[Example] = []
@@ -108,9 +106,7 @@ def generate_splits(
     return {domain: generate_domain(domain, seed, n_train, n_test) for domain in DOMAINS}
 
 
-def write_splits(
-    out_dir: str | Path, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST
-) -> list[Path]:
+def write_splits(out_dir: str | Path, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> list[Path]:
     """Write ``<domain>_train.jsonl`` and ``<domain>_test.jsonl`` for every domain into ``out_dir``.
 
     Each row is ``{"prompt", "answer", "domain"}``; each file is written atomically. Returns the paths.
@@ -151,9 +147,7 @@ def load_arith_task(domain: str, directory: str | Path | None = None) -> Task:
                 f"{path} is missing: rebuild it with `python -m gopd_lab.tasks.arith --out {directory}` "
                 f"or point GOPD_LAB_DATA at a data directory that has arith/"
             )
-    return Task.from_jsonl(
-        train_path, domain, test_path, verifier=integer_verifier, feedback=integer_feedback
-    )
+    return Task.from_jsonl(train_path, domain, test_path, verifier=integer_verifier, feedback=integer_feedback)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,13 +180,13 @@ def corrupt_answer(answer: str, rng: random.Random, mode: str = "random-digit") 
         shifted = str((int(answer[i]) + 1) % 10)
         if i == positions[0] and len(positions) > 1 and shifted == "0":
             shifted = "1"
-        return answer[:i] + shifted + answer[i + 1:]
+        return answer[:i] + shifted + answer[i + 1 :]
     if mode != "random-digit":
         raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
     i = rng.choice(positions)
     first = i == positions[0] and len(positions) > 1
     choices = [d for d in "0123456789" if d != answer[i] and not (first and d == "0")]
-    return answer[:i] + rng.choice(choices) + answer[i + 1:]
+    return answer[:i] + rng.choice(choices) + answer[i + 1 :]
 
 
 def with_label_noise(task: Task, rate: float, seed: int = 0, mode: str = "last-digit") -> Task:
@@ -207,6 +201,8 @@ def with_label_noise(task: Task, rate: float, seed: int = 0, mode: str = "last-d
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"label-noise rate must be in [0, 1), got {rate}")
     rng = random.Random(seed)
-    train = [Example(e.prompt, corrupt_answer(e.answer, rng, mode) if rng.random() < rate else e.answer, e.domain)
-             for e in task.train]
+    train = [
+        Example(e.prompt, corrupt_answer(e.answer, rng, mode) if rng.random() < rate else e.answer, e.domain)
+        for e in task.train
+    ]
     return Task(task.domain, train, task.test, task.verifier, task.feedback_fn)

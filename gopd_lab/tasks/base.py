@@ -90,8 +90,7 @@ class Task:
         for example in examples:
             if example.domain != self.domain:
                 raise ValueError(
-                    f"{split} example {example.prompt!r} has domain {example.domain!r}, "
-                    f"but task is {self.domain!r}"
+                    f"{split} example {example.prompt!r} has domain {example.domain!r}, but task is {self.domain!r}"
                 )
             previous = self._answers.get(example.prompt)
             if previous is None:
@@ -171,14 +170,15 @@ def make_task(
         def ends_with(completion: str, answer: str) -> bool:
             return completion.strip().endswith(answer)
 
+
         parity = make_task(
             "parity",
             train=[("0110 is ", "even"), ("111 is ", "odd")],
             test=[("10101 is ", "odd")],
             verifier=ends_with,
         )
-        parity.score("111 is ", "surely odd")      # 1.0
-        parity.feedback("10101 is ", "even")       # "expected odd, got even"
+        parity.score("111 is ", "surely odd")  # 1.0
+        parity.feedback("10101 is ", "even")  # "expected odd, got even"
     """
     return Task(
         domain,
@@ -219,8 +219,7 @@ def read_prompt_answer_jsonl(path: str | Path) -> list[dict]:
     for line_number, row in read_jsonl(path):
         if not (isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)):
             raise ValueError(
-                f"{path}, line {line_number}: expected string fields 'prompt' and 'answer', "
-                f"found fields {sorted(row)}"
+                f"{path}, line {line_number}: expected string fields 'prompt' and 'answer', found fields {sorted(row)}"
             )
         rows.append(row)
     return rows

@@ -49,7 +49,7 @@ def extract_boxed(text: str) -> str | None:
     matches = list(_BOXED.finditer(text))
     if not matches:
         return None
-    rest = text[matches[-1].end():]
+    rest = text[matches[-1].end() :]
     body = rest.lstrip()
     if not body.startswith("{"):
         if rest[:1] != " ":
