@@ -271,3 +271,51 @@ def test_entropy_mode_loss_is_forward_kl_above_and_opd_below_the_threshold(tiny_
     assert losses["all"]["loss"] == pytest.approx(float(want), rel=1e-5)
     fixed = update(models.student, opt, score_rollout(models, rollout, 1.0), UpdateSettings.from_config(cfg))
     assert losses["none"]["loss"] == pytest.approx(fixed.metrics["loss"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------ token view, explorer
+
+
+def _record(**kw):
+    rec = {
+        "tokens": ["1", "2", "<eos>"],
+        "lp_student": [-0.1, -0.2, -0.3],
+        "lp_teacher": [-0.2, -0.1, -0.3],
+        "lp_reference": [-0.3, -0.3, -0.3],
+        "advantage": [0.1, 0.2, 0.0],
+        "lam": 1.0,
+        "lam_t": [1.0, 1.5, 1.25],
+        "loss_kind": ["reverse", "forward", "gated"],
+    }
+    rec.update(kw)
+    return rec
+
+
+def test_token_view_shows_lam_around_one_and_which_loss_by_kind():
+    from gopd_lab.viz_tokens import KIND_COLORS, available_quantities, token_values, token_view
+
+    rec = _record()
+    assert {"lam", "loss_kind"} <= set(available_quantities(rec))
+    assert token_values(rec, "lam") == [1.0, 1.5, 1.25]
+    assert token_values(rec, "loss_kind") == [0.0, 1.0, 2.0]
+    lam_view = token_view(rec, "lam")
+    assert lam_view.vmax == [0.5]  # centred on 1: max |λ_t − 1|
+    assert "background-color:rgb(255, 255, 255)" in lam_view.html  # λ_t = 1 is white (OPD)
+    kind_view = token_view(rec, "loss_kind").html
+    for rgb in KIND_COLORS.values():
+        assert "background-color:rgb({}, {}, {})".format(*rgb) in kind_view
+    old = _record(lam=1.25)
+    del old["lam_t"], old["loss_kind"]  # a record from a run before lam_mode: λ on every token, no kinds
+    assert token_values(old, "lam") == [1.25] * 3
+    assert not {"lam", "loss_kind"} & set(available_quantities(old))  # offered only where the run logged them
+
+
+def test_explorer_plots_lam_t_beside_the_advantage():
+    from gopd_lab.widgets import TokenExplorer
+
+    ex = TokenExplorer([_record()])
+    assert list(ex.figure.data[1].y) == [1.0, 1.5, 1.25] and list(ex.figure.data[0].y) == ex.current_values()
+    ex.set_quantity("loss_kind")
+    assert ex.current_values() == [0.0, 1.0, 2.0]
+    ex.set_quantity("lam")
+    assert list(ex.figure.data[1].y) == []  # λ_t is then the bars themselves
