@@ -319,3 +319,66 @@ def test_explorer_plots_lam_t_beside_the_advantage():
     assert ex.current_values() == [0.0, 1.0, 2.0]
     ex.set_quantity("lam")
     assert list(ex.figure.data[1].y) == []  # λ_t is then the bars themselves
+
+
+def test_entropy_scoring_keeps_the_teacher_distribution_exactly_at_high_entropy_states(tiny_dirs, tmp_path):
+    """Two domains with two teachers (two scoring groups): ``fkl_index`` / ``fkl_logp_teacher`` are the states
+    above the threshold in Positions order, each with its own domain teacher's full log-distribution."""
+    from gopd_lab.models import load_models
+    from gopd_lab.rollout import load_prompts, sample
+    from gopd_lab.score import score_rollout
+    from gopd_lab.scoring import Positions, full_logprobs
+
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": p, "domain": d} for p, d in (("12+7=", "a"), ("3*4=", "b"), ("9+9=", "a"), ("6*7=", "b"))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teachers = {"a": tiny_dirs["teacher"], "b": tiny_dirs["reference"]}
+    cfg = RunConfig(student=tiny_dirs["student"], teacher=teachers, device="cpu", dtype="float32")
+    models = load_models(cfg)
+    prompts = load_prompts(str(path), models.tokenizer)
+    rollout = sample(
+        models.student,
+        prompts,
+        max_new_tokens=5,
+        eos_token_id=models.eos_token_id,
+        pad_token_id=models.pad_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
+    pos = Positions.of(rollout)
+    want = torch.zeros(len(pos), full_logprobs(models.student, rollout).shape[-1])
+    for d in ("a", "b"):
+        rows_d = torch.tensor([i for i, dom in enumerate(rollout.domains) if dom == d])
+        in_d = torch.isin(pos.b, rows_d)
+        want[in_d] = full_logprobs(models.teacher_for(d), rollout)[in_d]
+    entropy = -(want.exp() * want).sum(-1)  # (N,)
+    threshold = float(entropy.median())
+    scored = score_rollout(models, rollout, 1.0, entropy_threshold=threshold)
+    assert torch.allclose(scored.teacher_entropy[pos.b, pos.c], entropy, atol=1e-5)
+    high = torch.nonzero(entropy > threshold).squeeze(-1)
+    assert 0 < len(high) < len(pos) and torch.equal(scored.fkl_index, high)
+    assert torch.allclose(scored.fkl_logp_teacher, want[high], atol=1e-5)
+
+
+def test_reopd_budget_resumes_from_the_last_logged_value(tiny_dirs, tmp_path):
+    common = dict(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        device="cpu",
+        dtype="float32",
+        prompts=["12+7=", "3*4=", "9+9=", "100-1=", "7*7="],
+        batch_size=3,
+        max_new_tokens=5,
+        lr=1e-2,
+        lam_mode="reopd",
+        reopd_ema=0.5,
+        log_samples=0,
+        save_every=2,
+    )
+    straight = RunConfig(**common, steps=4, out_dir=str(tmp_path / "straight"))
+    train(straight, progress=False)
+    first = RunConfig(**common, steps=2, out_dir=str(tmp_path / "resumed"))
+    train(first, progress=False)
+    train(first.replace(steps=4, resume=True), progress=False)
+    a = [r["reopd_gamma_b"] for r in _jsonl(tmp_path / "straight" / "metrics.jsonl")]
+    b = [r["reopd_gamma_b"] for r in _jsonl(tmp_path / "resumed" / "metrics.jsonl")]
+    assert b == pytest.approx(a, abs=1e-6) and len(set(a)) > 1
