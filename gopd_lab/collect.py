@@ -153,6 +153,8 @@ class Collector:
                 topk=cfg.topk,
                 chunk_tokens=cfg.score_chunk_tokens,
                 teacher_rollout=teacher_view,
+                always_reference=cfg.lam_mode in ("reopd", "agopd"),
+                entropy_threshold=cfg.entropy_threshold if cfg.lam_mode == "entropy" else None,
             )
             scored.rewards, scored.extra = rewards, extra
             return scored

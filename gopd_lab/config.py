@@ -81,6 +81,29 @@ class RunConfig:
     """GRPO: weight of the per-token KL to the reference (k3 estimator); 0 = no KL term, no reference pass."""
     grpo_scale_std: bool = True
     """GRPO: divide group-centred rewards by the group's std (False = Dr. GRPO's mean baseline only)."""
+    # --- λ per token / per batch: the G-OPD lineage (issue 15; formulas and choices in docs/lineage.md) ---
+    lam_mode: str = "fixed"
+    """How λ (or the teacher's say) is chosen, G-OPD / SDPO with the ``sampled`` estimator: ``fixed`` (``lam``, per
+    domain), ``reopd`` (per token ``λ_t = 1 + γ_b·q_t``: extrapolate where student and teacher agree), ``agopd``
+    (one λ per batch from the ratio of the OPD and extrapolation signals), ``entropy`` (forward KL to the teacher
+    where its entropy exceeds ``entropy_threshold``, the G-OPD signal elsewhere) or ``gated`` (a sample keeps its
+    teacher signal only where the teacher's preference over the student agrees with the verifier)."""
+    reopd_tau: float = 0.007
+    """REOPD: temperature τ of the agreement weight ``q_t = exp(−δ_t/τ)``, ``δ_t = e^x − x − 1``,
+    ``x = lp_teacher − lp_student`` (the paper's 0.007: ``q_t > 1/2`` only where ``|x| ≲ 0.1``)."""
+    reopd_gamma_max: float = 1.0
+    """REOPD: cap γ_max of the batch budget γ_b (the paper's 1: ``λ_t ≤ 2``)."""
+    reopd_target: float = 0.25
+    """REOPD: the batch budget aims the batch's mean extrapolation ``mean_t(λ_t − 1)`` at this value
+    (``raw_b = clip(target / mean_t q_t, 0, γ_max)``)."""
+    reopd_ema: float = 0.9
+    """REOPD: EMA rate of the budget, ``γ_b = ema·γ_{b−1} + (1 − ema)·raw_b`` (0 = no smoothing)."""
+    agopd_rho: float = 0.25
+    """A-G-OPD: ρ in ``λ = clip(1 + ρ·RMS(lp_T − lp_θ)/RMS(lp_T − lp_R), 1, λ_max)`` (the pilot's 0.25)."""
+    agopd_lam_max: float = 1.25
+    """A-G-OPD: the cap λ_max (the pilot's 1.25)."""
+    entropy_threshold: float = 0.5
+    """Entropy-aware OPD: states whose teacher entropy (nats) is above this get the forward KL to the teacher."""
 
     tasks: str | list[str] = ""
     """Tasks with verifiers (``"add,mul"``, names or math JSONL paths): their train splits are the prompts,
@@ -240,6 +263,31 @@ class RunConfig:
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
+        self._check_lam_mode()
+
+    def _check_lam_mode(self) -> None:
+        """The lineage's knobs (issue 15)."""
+        modes = ("fixed", "reopd", "agopd", "entropy", "gated")
+        if self.lam_mode not in modes:
+            raise ConfigError(f"lam_mode must be one of {modes}, got {self.lam_mode!r}")
+        if self.lam_mode == "fixed":
+            return
+        if self.method not in ("gopd", "sdpo") or self.estimator != "sampled":
+            raise ConfigError(f"lam_mode={self.lam_mode!r} needs method gopd or sdpo with estimator='sampled'")
+        if self.lam_mode in ("reopd", "agopd") and any(lam != 1 for _, lam in self.lam_items()):
+            raise ConfigError(f"lam_mode={self.lam_mode!r} chooses λ itself; leave lam=1")
+        if self.lam_mode == "entropy" and self.gamma != 0:
+            raise ConfigError("lam_mode='entropy' is per state: set gamma=0")
+        if self.lam_mode == "gated" and not self.task_names:
+            raise ConfigError("lam_mode='gated' needs a verifier: set tasks=...")
+        if not (self.reopd_tau > 0 and self.reopd_gamma_max >= 0 and self.reopd_target >= 0):
+            raise ConfigError("need reopd_tau > 0, reopd_gamma_max >= 0 and reopd_target >= 0")
+        if not 0.0 <= self.reopd_ema < 1.0:
+            raise ConfigError(f"reopd_ema must be in [0, 1), got {self.reopd_ema}")
+        if not (self.agopd_rho >= 0 and self.agopd_lam_max >= 1):
+            raise ConfigError(f"need agopd_rho >= 0 and agopd_lam_max >= 1, got {self.agopd_rho}, {self.agopd_lam_max}")
+        if not self.entropy_threshold >= 0:
+            raise ConfigError(f"entropy_threshold must be >= 0 nats, got {self.entropy_threshold}")
 
     # ------------------------------------------------------------------ helpers
     def lam_items(self) -> list[tuple[str, float]]:
@@ -264,6 +312,8 @@ class RunConfig:
         GRPO's KL term."""
         if self.method in ("grpo", "chord"):
             return self.kl_coef > 0
+        if self.lam_mode in ("reopd", "agopd"):  # λ chosen from the data: the reference is always needed
+            return True
         return self.method in ("gopd", "sdpo") and any(lam != 1 for _, lam in self.lam_items())
 
     @property

@@ -23,8 +23,16 @@ import math
 import torch
 from torch import Tensor
 
+from .lineage import agopd_lambda, entropy_split, forward_kl, reopd_budget, reopd_lambda, reward_gate
+
 __all__ = [
     "gopd_advantages",
+    "reopd_lambda",
+    "reopd_budget",
+    "agopd_lambda",
+    "entropy_split",
+    "forward_kl",
+    "reward_gate",
     "discounted_returns",
     "target_logprobs",
     "sampled_loss",
@@ -82,10 +90,12 @@ def gopd_advantages(
     ``A_t = lam * (lp_teacher - lp_reference) - (lp_student - lp_reference)``; with ``gamma > 0``
     the advantages become discounted returns-to-go within each sequence
     (``gamma = 0``: token level, what the official code optimises; ``gamma = 1``: the
-    sequence-level objective). ``lam`` may be a float or a ``(B,)`` tensor (one λ per sample, for
-    multi-teacher runs with one λ per domain). ``lp_reference`` may be ``None`` only when every λ
+    sequence-level objective). ``lam`` may be a float, a ``(B,)`` tensor (one λ per sample, for
+    multi-teacher runs with one λ per domain) or a ``(B, C)`` tensor (one λ per token: REOPD's
+    ``λ_t``, :func:`reopd_lambda`). ``lp_reference`` may be ``None`` only when every λ
     is 1, where the reference cancels exactly; rows whose λ is 1 use ``lp_teacher − lp_student``
-    whatever their ``lp_reference`` holds (NaN where the reference was not run). Masked positions are 0.
+    whatever their ``lp_reference`` holds (NaN where the reference was not run); with a per-token λ the same
+    holds per token. Masked positions are 0.
     """
     lam_t = torch.as_tensor(lam, dtype=torch.float32, device=lp_student.device)
     if lam_t.ndim == 1:

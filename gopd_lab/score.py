@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .models import Models
-from .objectives import target_logprobs
+from .objectives import entropy_from_logp, target_logprobs
 from .rollout import Rollout
 from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view, token_logprobs
 
@@ -47,6 +47,13 @@ class Scored:
     topk_index: Tensor | None = None
     lp_teacher_topk: Tensor | None = None
     lp_reference_topk: Tensor | None = None
+    teacher_entropy: Tensor | None = None
+    """``lam_mode='entropy'``: ``(B, C)`` entropy (nats) of the teacher's next-token distribution at each state."""
+    fkl_index: Tensor | None = None
+    """``lam_mode='entropy'``: ``(M,)`` indices into the ``N`` valid positions whose teacher entropy is above the
+    threshold (they get the forward KL)."""
+    fkl_logp_teacher: Tensor | None = None
+    """``lam_mode='entropy'``: ``(M, V)`` the teacher's full log-distribution at those ``M`` states only."""
 
 
 def score_rollout(
@@ -58,22 +65,26 @@ def score_rollout(
     topk: int = 16,
     chunk_tokens: int = 0,
     teacher_rollout: Rollout | None = None,
+    always_reference: bool = False,
+    entropy_threshold: float | None = None,
 ) -> Scored:
     """Score a rollout with each sample's teacher, and with its reference only where its λ ≠ 1.
 
     ``lp_reference`` is None when every λ is 1; otherwise rows at λ = 1 hold NaN there (not run).
     ``teacher_rollout`` (same completions, other prompts) is what the teacher sees instead of
-    ``rollout``: SDPO's self-teacher reads the feedback-augmented prompts.
+    ``rollout``: SDPO's self-teacher reads the feedback-augmented prompts. ``always_reference`` runs the
+    reference on every row (REOPD / A-G-OPD choose λ after scoring). ``entropy_threshold`` (entropy-aware
+    OPD) adds the teacher's entropy at every state and its full log-distribution at the states above it.
     """
     teacher_rollout = teacher_rollout if teacher_rollout is not None else rollout
     lam = torch.tensor(
         [_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device
     )
-    need_reference = bool((lam != 1).any())
+    need_reference = always_reference or bool((lam != 1).any())
     groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
     for row, domain in enumerate(rollout.domains):
         teacher = models.teacher_for(domain)
-        reference = models.reference_for(domain) if lam[row] != 1 else None
+        reference = models.reference_for(domain) if (lam[row] != 1 or always_reference) else None
         key = (id(teacher), id(reference))
         groups.setdefault(key, (teacher, reference, []))[2].append(row)
 
@@ -99,6 +110,7 @@ def score_rollout(
             topk=topk,
             chunk_tokens=chunk_tokens,
             teacher_rollout=sub_t,
+            entropy_threshold=entropy_threshold,
         )
         rows_t = torch.as_tensor(rows, device=lp_t.device)
         lp_t[rows_t] = out["lp_teacher"]
@@ -107,11 +119,20 @@ def score_rollout(
             lp_r[rows_t] = out["lp_reference"]
         sub_pos = Positions.of(sub)
         dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
+        if "teacher_entropy" in out:
+            per_state.setdefault("teacher_entropy", torch.zeros_like(lp_t))[rows_t] = out["teacher_entropy"]
+        if "fkl_local" in out:
+            per_state.setdefault("fkl_index", []).append(dest[out["fkl_local"]])
+            per_state.setdefault("fkl_logp_teacher", []).append(out["fkl_logp_teacher"])
         for name in ("target", "topk_index", "lp_teacher_topk", "lp_reference_topk"):
             if name in out:
                 if name not in per_state:
                     per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
                 per_state[name][dest] = out[name]
+    if "fkl_index" in per_state:  # (M,) / (M, V), ordered by position
+        index, logp = torch.cat(per_state["fkl_index"]), torch.cat(per_state["fkl_logp_teacher"])
+        order = index.argsort()
+        per_state["fkl_index"], per_state["fkl_logp_teacher"] = index[order], logp[order]
     return Scored(rollout=rollout, lam=lam, lp_teacher=lp_t, teacher_rank=rank, lp_reference=lp_r, **per_state)
 
 
@@ -156,11 +177,14 @@ def _score_pair(
     topk: int,
     chunk_tokens: int,
     teacher_rollout: Rollout,
+    entropy_threshold: float | None = None,
 ) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
     from .teacher_server import RemoteScorer, remote_score_pair  # imported here, see reference_logprobs
 
     if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
+        if entropy_threshold is not None:
+            raise ValueError("lam_mode='entropy' needs the teacher's full distribution: load the teacher locally")
         return remote_score_pair(
             teacher,
             reference,
@@ -189,6 +213,12 @@ def _score_pair(
         lp_tok = logp_t.gather(-1, tok).squeeze(-1)
         _add(acc, "lp_teacher", lp_tok)
         _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1, dtype=torch.int32).long())
+        if entropy_threshold is not None:
+            ent = entropy_from_logp(logp_t)  # (n,)
+            high = ent > entropy_threshold
+            _add(acc, "teacher_entropy", ent)
+            _add(acc, "fkl_local", torch.arange(i, i + len(ent), device=ent.device)[high])
+            _add(acc, "fkl_logp_teacher", logp_t[high])
         logp_r = None
         if head_r is not None:
             logp_r = torch.log_softmax(head_r(feats_r[i : i + n]).float(), -1)  # (n, V)
@@ -206,7 +236,7 @@ def _score_pair(
     out = {}
     for name, parts in acc.items():
         cat = torch.cat(parts)
-        out[name] = pos.scatter(cat) if name in ("lp_teacher", "rank", "lp_reference") else cat
+        out[name] = pos.scatter(cat) if name in ("lp_teacher", "rank", "lp_reference", "teacher_entropy") else cat
     if not acc:  # a rollout with no valid token at all
         out["lp_teacher"] = pos.scatter(feats_t.new_zeros(0, dtype=torch.float32))
         out["rank"] = pos.scatter(torch.zeros(0, dtype=torch.long, device=feats_t.device))

@@ -20,6 +20,7 @@ from .collect import Collector, batch_indices
 from .config import RunConfig
 from .distributed import Distributed
 from .evaluate import task_evaluator
+from .lineage import LOSS_KINDS
 from .models import DEFAULT_DOMAIN, Models, load_models
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
@@ -72,6 +73,9 @@ def sample_records(models: Models, scored: Scored, result: UpdateResult, step: i
                 "lp_reference": take(scored.lp_reference),
                 "advantage": take(result.advantages),
                 "teacher_rank": take(scored.teacher_rank),
+                "lam_t": take(result.lam_t),
+                "loss_kind": None if result.loss_kind is None else [LOSS_KINDS[k] for k in take(result.loss_kind)],
+                "teacher_entropy": take(scored.teacher_entropy),
                 "lam": float(scored.lam[i]),
                 "score": None if scored.rewards is None else float(scored.rewards[i]),
             }
@@ -147,6 +151,9 @@ def train(
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
+        if cfg.lam_mode == "reopd":  # the budget's EMA state: the last logged γ_b before the checkpoint
+            rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
+            settings.reopd_gamma = rows[-1].get("reopd_gamma_b") if rows else None
     dist.barrier()
     if main:
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):

@@ -7,11 +7,21 @@ its detached log-probs, then the loss is built from the same forward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .lineage import (
+    LOSS_KINDS,
+    agopd_lambda,
+    entropy_split,
+    forward_kl,
+    reopd_budget,
+    reopd_lambda,
+    reopd_q,
+    reward_gate,
+)
 from .objectives import (
     chord_phi,
     full_loss,
@@ -46,9 +56,18 @@ class UpdateSettings:
     mu: float = 0.0
     """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
     phi_weighting: bool = True
+    lam_mode: str = "fixed"
+    """How λ is chosen (``RunConfig.lam_mode``); the lineage's knobs follow (``RunConfig`` documents them)."""
+    lineage: dict = field(default_factory=dict)
+    """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
+    ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
+    reopd_gamma: float | None = None
+    """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
 
     @classmethod
     def from_config(cls, cfg) -> UpdateSettings:
+        knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
+        lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
         return cls(
             cfg.rl_method,
             cfg.estimator,
@@ -63,11 +82,13 @@ class UpdateSettings:
             cfg.grpo_scale_std,
             cfg.mu,
             cfg.phi_weighting,
+            cfg.lam_mode,
+            lineage,
         )
 
     @property
     def needs_full(self) -> bool:
-        return self.method == "gopd" and self.estimator != "sampled"
+        return self.method == "gopd" and (self.estimator != "sampled" or self.lam_mode == "entropy")
 
 
 @dataclass
@@ -77,6 +98,80 @@ class UpdateResult:
     metrics: dict[str, float]
     lp_student: Tensor
     advantages: Tensor
+    lam_t: Tensor | None = None
+    """``(B, C)`` the λ each token's G-OPD signal used (G-OPD / SDPO)."""
+    loss_kind: Tensor | None = None
+    """``(B, C)`` index into :data:`~gopd_lab.lineage.LOSS_KINDS`: which loss each token got."""
+
+
+@dataclass
+class Lineage:
+    """What the λ rule chose for a batch: the advantages it gives, λ per token, which loss per token, metrics."""
+
+    advantages: Tensor
+    lam_t: Tensor
+    kind: Tensor
+    metrics: dict[str, float]
+
+
+@torch.no_grad()
+def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Lineage:
+    """G-OPD's ``A_t`` with λ chosen by ``s.lam_mode`` (docs/lineage.md), from the detached ``lp_student``.
+
+    ``fixed``: the sample's λ. ``reopd``: ``λ_t = 1 + γ_b·q_t`` (advances the budget's EMA, once per batch).
+    ``agopd``: one λ for the batch. ``entropy``: ``A_t = 0`` where the teacher's entropy is above the threshold
+    (those states get the forward KL in :func:`update`). ``gated``: ``A_t = 0`` on samples whose gate is closed."""
+    mask = scored.rollout.completion_mask.float()  # (B, C)
+    valid = mask.bool()
+    k, m = s.lineage, {}
+    lam = scored.lam  # (B,)
+    if s.lam_mode == "reopd":
+        q = reopd_q(scored.lp_teacher, lp_student, tau=k["reopd_tau"], mask=mask)  # (B, C)
+        s.reopd_gamma, raw = reopd_budget(
+            q,
+            mask,
+            target=k["reopd_target"],
+            gamma_max=k["reopd_gamma_max"],
+            ema=k["reopd_ema"],
+            previous=s.reopd_gamma,
+        )
+        lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=s.reopd_gamma, tau=k["reopd_tau"], mask=mask)
+        m.update(reopd_gamma_b=s.reopd_gamma, reopd_gamma_raw=raw, reopd_q_mean=float(masked_mean(q, mask)))
+    elif s.lam_mode == "agopd":
+        lam_b = agopd_lambda(
+            scored.lp_teacher,
+            lp_student,
+            scored.lp_reference,
+            rho=k["agopd_rho"],
+            lam_max=k["agopd_lam_max"],
+            mask=mask,
+        )
+        lam = lam_b.expand(len(mask))  # (B,)
+    adv = gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=lam, gamma=s.gamma, mask=mask)
+    lam_t = (lam[:, None] if lam.ndim == 1 else lam).expand(mask.shape).float()  # (B, C)
+    kind = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)  # (B, C) 0 = reverse
+    if s.lam_mode == "entropy":
+        ent = scored.teacher_entropy if scored.teacher_entropy is not None else torch.zeros_like(mask)
+        high = entropy_split(ent, threshold=k["entropy_threshold"], mask=mask)  # (B, C)
+        adv = torch.where(high, torch.zeros_like(adv), adv)
+        kind[high] = LOSS_KINDS.index("forward")
+        m.update(
+            entropy_high_frac=float(masked_mean(high.float(), mask)), teacher_entropy=float(masked_mean(ent, mask))
+        )
+    if s.lam_mode == "gated":
+        gate, _ = reward_gate(scored.lp_teacher, lp_student, scored.rewards, mask=mask)  # (B,)
+        adv = adv * gate[:, None]
+        kind[valid & ~gate[:, None]] = LOSS_KINDS.index("gated")
+        m["gate_rate"] = float(gate.float().mean())
+    lam_valid = lam_t[valid]
+    if lam_valid.numel():
+        m.update(
+            lam_mean=float(lam_valid.mean()),
+            lam_std=float(lam_valid.std(unbiased=False)),
+            lam_min=float(lam_valid.min()),
+            lam_max=float(lam_valid.max()),
+        )
+    return Lineage(adv, lam_t, kind, m)
 
 
 def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
@@ -143,14 +238,20 @@ def update(
     mask = rollout.completion_mask.float()  # (B, C)
     student.train()
     first: UpdateResult | None = None
-    lp_old = None
+    lp_old = lineage = None
     for epoch in range(s.epochs):
         out = _forward(student, scored, s)
         lp_now = out.lp.detach()  # (B, C)
         if lp_old is None:
             lp_old = lp_now
-        advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
+            if s.method == "gopd":  # λ chosen once per batch, from the rollout's own log-probs
+                lineage = lineage_signal(scored, lp_old, s)
+        advantages = lineage.advantages if lineage is not None else advantages_for(scored, lp_old, s)  # (B, C)
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
+        if s.lam_mode == "entropy" and scored.fkl_index is not None:  # + Σ_high KL(π_T ‖ π_θ) / N_tokens
+            fkl = forward_kl(scored.fkl_logp_teacher, out.logp[scored.fkl_index])  # (M,)
+            loss = loss + fkl.sum() / mask.sum().clamp(min=1)
+            extra["forward_kl"] = float(fkl.detach().mean()) if len(fkl) else 0.0
         loss = loss * _global_scale(mask, dist)
         if scored.expert is not None and s.mu > 0:
             loss, sft_extra = mix_expert_sft(
@@ -166,6 +267,9 @@ def update(
         optimizer.step()
         if first is None:
             first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
+            if lineage is not None:
+                first.metrics.update(lineage.metrics)
+                first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind
         elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)

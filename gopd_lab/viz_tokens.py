@@ -13,7 +13,11 @@ Quantities a token can be coloured by (``QUANTITIES``):
   log-probs as ``gopd_advantages(lp_student, lp_teacher, lp_reference, lam=lam)``;
 - ``lp_student``, ``lp_teacher``, ``lp_reference``: the per-token log-probs;
 - ``reward``: ``lp_teacher - lp_reference`` (what the teacher adds over the reference);
-- ``teacher_rank``: rank of the sampled token under the teacher (0 = top).
+- ``teacher_rank``: rank of the sampled token under the teacher (0 = top);
+- ``lam``: the λ_t each token's G-OPD signal used (``lam_t``, or the record's λ on every token), coloured
+  around 1 (white = OPD, red = extrapolation, blue = interpolation);
+- ``loss_kind``: which loss each token got (``reverse``, ``forward`` KL or ``gated`` out, ``docs/lineage.md``),
+  a categorical colouring.
 
 Everything here computes or renders; nothing displays. The HTML is inline-styled only (no script,
 no stylesheet, no CDN), so it shows in JupyterLab, untrusted notebooks, nbconvert and offline.
@@ -38,7 +42,7 @@ from gopd_lab.runio import atomic_write_text, read_jsonl
 
 Record = Mapping[str, Any]
 
-QUANTITIES = ("advantage", "lp_student", "lp_teacher", "lp_reference", "reward", "teacher_rank")
+QUANTITIES = ("advantage", "lp_student", "lp_teacher", "lp_reference", "reward", "teacher_rank", "lam", "loss_kind")
 RUN_REFERENCE = "run"
 """Name under which a record's own ``lp_reference`` (the run's reference) is offered."""
 
@@ -46,6 +50,10 @@ NEGATIVE = (33, 102, 172)  # blue, value = -vmax
 ZERO = (255, 255, 255)  # white, value = 0
 POSITIVE = (178, 24, 43)  # red, value = +vmax
 MISSING = (221, 221, 221)  # grey, non-finite value (e.g. a teacher log-prob of -inf)
+KIND_COLORS = {"reverse": (198, 219, 239), "forward": (253, 174, 107), "gated": (189, 189, 189)}
+"""``loss_kind`` colours: light blue = reverse KL (the G-OPD sampled signal), orange = forward KL, grey = no signal."""
+CENTRE = {"lam": 1.0}
+"""The value a quantity's diverging colour scale is centred on (0 unless listed)."""
 _SPECIAL = re.compile(r"^<[|/]?[A-Za-z0-9_.\-]+\|?>$")
 _MARKS = {" ": "·", "\t": "⇥", "\n": "↵", "\r": "␍"}
 _SANS = "font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',sans-serif"
@@ -78,6 +86,8 @@ def available_quantities(record: Record) -> list[str]:
         "reward": has_ref and has_teacher,
         "teacher_rank": has_rank,
         "lp_teacher": has_teacher,
+        "lam": record.get("lam_t") is not None,
+        "loss_kind": record.get("loss_kind") is not None,
     }
     return [q for q in QUANTITIES if needs.get(q, True)]
 
@@ -113,6 +123,15 @@ def token_values(
         if record.get("teacher_rank") is None:
             raise ValueError("this sample has no teacher_rank (the run did not record it)")
         return [float(v) for v in record["teacher_rank"]]
+    if quantity == "lam":
+        lam_t = record.get("lam_t")
+        return (
+            [float(v) for v in lam_t] if lam_t is not None else [float(record.get("lam", 1.0))] * len(record["tokens"])
+        )
+    if quantity == "loss_kind":
+        if record.get("loss_kind") is None:
+            raise ValueError("this sample has no loss_kind (logged by runs with a lam_mode, docs/lineage.md)")
+        return [float(list(KIND_COLORS).index(k)) for k in record["loss_kind"]]
     lp_ref = _reference_logprobs(record, reference)
     if quantity == "advantage":
         lam = record.get("lam", 1.0) if lam is None else lam
@@ -138,6 +157,20 @@ def color(value: float, vmax: float) -> str:
     end = POSITIVE if t > 0 else NEGATIVE
     r, g, b = (round(z + abs(t) * (e - z)) for z, e in zip(ZERO, end))
     return f"rgb({r}, {g}, {b})"
+
+
+def quantity_color(quantity: str, value: float, vmax: float) -> str:
+    """CSS colour of a token's ``value`` of ``quantity``: categorical for ``loss_kind``, else :func:`color` of
+    ``value − CENTRE[quantity]``."""
+    if quantity == "loss_kind":
+        return "rgb({}, {}, {})".format(*list(KIND_COLORS.values())[int(value)])
+    return color(value - CENTRE.get(quantity, 0.0), vmax)
+
+
+def quantity_range(quantity: str, values: Sequence[Sequence[float]]) -> float:
+    """The colour scale's half-width for ``quantity``: :func:`symmetric_range` around its centre."""
+    centre = CENTRE.get(quantity, 0.0)
+    return symmetric_range([[v - centre for v in row] for row in values])
 
 
 def _text_color(value: float, vmax: float) -> str:
@@ -191,7 +224,8 @@ def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str
         box = "outline:1px solid #777;outline-offset:-1px;font-size:0.85em;" if special else ""
         parts.append(
             f'<span class="tok" data-i="{i}" title="{_hover(record, i, quantity, value, lp_ref)}" '
-            f'style="background-color:{color(value, vmax)};color:{_text_color(value, vmax)};{box}'
+            f'style="background-color:{quantity_color(quantity, value, vmax)};'
+            f"color:{_text_color(value - CENTRE.get(quantity, 0.0), vmax) if quantity != 'loss_kind' else '#111'};{box}"
             f'padding:1px 1px;margin:0 0.5px;border-radius:2px;white-space:pre">{text}</span>'
         )
         parts.append("<br>" if "\n" in token else "<wbr>")
@@ -199,7 +233,15 @@ def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str
 
 
 def legend_html(quantity: str, vmax: float, cells: int = 21) -> str:
-    """A small gradient bar (inline-coloured cells) with the -vmax / 0 / +vmax numbers beneath."""
+    """A small gradient bar (inline-coloured cells) with the -vmax / 0 / +vmax numbers beneath (centred on
+    ``CENTRE[quantity]``); for ``loss_kind`` one swatch per kind."""
+    if quantity == "loss_kind":
+        swatches = "".join(
+            f'<span style="background-color:rgb({r}, {g}, {b});padding:0 4px;margin-right:6px">{k}</span>'
+            for k, (r, g, b) in KIND_COLORS.items()
+        )
+        return f'<div class="legend" style="margin-top:6px;font-size:11px;color:#111;{_FONT}">{swatches} loss</div>'
+    centre = CENTRE.get(quantity, 0.0)
     steps = [vmax * (2 * k / (cells - 1) - 1) for k in range(cells)]
     bar = "".join(f'<span style="background-color:{color(v, vmax)}">&nbsp;</span>' for v in steps)
     cell = "padding:0;font-size:11px;color:#555;background:#fff"
@@ -208,8 +250,8 @@ def legend_html(quantity: str, vmax: float, cells: int = 21) -> str:
         f'<table class="legend" style="border-collapse:collapse;margin-top:6px;{_FONT}">'
         f'<tr><td colspan="3" style="{cell};border:1px solid #ccc;line-height:1;white-space:nowrap">{bar}</td>'
         f'<td rowspan="2" style="{cell};border:none;padding-left:6px;vertical-align:top">{html.escape(quantity)}</td>'
-        f'</tr><tr><td style="{num}:left">{-vmax:.3g}</td><td style="{num}:center">0</td>'
-        f'<td style="{num}:right">{vmax:+.3g}</td></tr></table>'
+        f'</tr><tr><td style="{num}:left">{centre - vmax:.3g}</td><td style="{num}:center">{centre:g}</td>'
+        f'<td style="{num}:right">{centre + vmax:+.3g}</td></tr></table>'
     )
 
 
@@ -298,7 +340,7 @@ def token_views(
     lams, refs = _per_panel(lam, n, "lam"), _per_panel(reference, n, "reference")
     names = [None] * n if labels is None else _per_panel(list(labels), n, "labels")
     values = [token_values(r, q, lm, rf) for r, q, lm, rf in zip(records, quantities, lams, refs)]
-    scale = {q: vmax or symmetric_range([v for v, q2 in zip(values, quantities) if q2 == q]) for q in set(quantities)}
+    scale = {q: vmax or quantity_range(q, [v for v, q2 in zip(values, quantities) if q2 == q]) for q in set(quantities)}
     panels = [
         _panel_html(r, v, scale[q], q, lm, rf, lb)
         for r, v, q, lm, rf, lb in zip(records, values, quantities, lams, refs, names)

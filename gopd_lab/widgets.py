@@ -22,10 +22,10 @@ from plotly.subplots import make_subplots
 from gopd_lab.viz_tokens import (
     Record,
     available_quantities,
-    color,
     load_samples,
+    quantity_color,
+    quantity_range,
     references,
-    symmetric_range,
     token_values,
     token_view,
 )
@@ -127,13 +127,18 @@ class TokenExplorer:
         self._syncing = False
         self.figure = _figure_widget(
             go.Figure(
-                go.Bar(x=[], y=[]),
+                [
+                    go.Bar(x=[], y=[], name="shown"),
+                    go.Scatter(x=[], y=[], name="λ_t", yaxis="y2", mode="lines+markers"),
+                ],
                 layout={
                     "height": 240,
                     "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
                     "template": "plotly_white",
                     "xaxis": {"title": {"text": "position"}},
                     "yaxis": {"title": {"text": quantity}},
+                    "yaxis2": {"title": {"text": "λ_t"}, "overlaying": "y", "side": "right", "showgrid": False},
+                    "showlegend": False,
                 },
             )
         )
@@ -216,13 +221,16 @@ class TokenExplorer:
 
     def _render(self) -> None:
         values = self.current_values()
-        vmax = self.vmax or symmetric_range([values])
+        vmax = self.vmax or quantity_range(self.quantity, [values])
         tokens = [repr(t) for t in self.record["tokens"]]
         with self.figure.batch_update():
             bar = self.figure.data[0]
             bar.x, bar.y, bar.hovertext = list(range(len(values))), values, tokens
-            bar.marker.color = [color(v, vmax) for v in values]
+            bar.marker.color = [quantity_color(self.quantity, v, vmax) for v in values]
             bar.marker.line = {"color": "#888", "width": 0.5}
+            lam_t = self.record.get("lam_t")  # λ_t beside A_t (runs with a lam_mode, docs/lineage.md)
+            line = self.figure.data[1]
+            line.x, line.y = (list(range(len(lam_t))), lam_t) if lam_t and self.quantity != "lam" else ([], [])
             self.figure.layout.yaxis.title.text = self.quantity
         if self._controls is not None:
             self._sync_controls()
