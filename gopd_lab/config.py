@@ -17,18 +17,17 @@ METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRL_ALIASES = {
     "learning_rate": "lr",
-    "max_steps": "steps",
     "output_dir": "out_dir",
     "num_generations": "samples_per_prompt",
     "max_completion_length": "max_new_tokens",
     "num_iterations": "epochs_per_batch",
     "epsilon": "clip_eps",
-    "save_steps": "save_every",
-    "eval_steps": "eval_every",
 }
 """TRL / transformers argument names accepted for fields that mean the same thing. Not aliased because the
 meaning differs: ``per_device_train_batch_size`` (``batch_size`` is global prompts per step), ``beta`` (GKD's
-JSD β but GRPO's KL weight), ``lmbda`` (GKD's on-policy fraction, not λ), ``lr_scheduler_type``."""
+JSD β but GRPO's KL weight), ``lmbda`` (GKD's on-policy fraction, not λ), ``max_steps`` (optimizer steps;
+``steps`` counts rollout batches, each ``epochs_per_batch`` passes), ``save_steps`` / ``eval_steps`` (may be
+fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up)."""
 
 
 class ConfigError(ValueError):

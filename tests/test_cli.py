@@ -110,13 +110,14 @@ def test_option_values_of_every_kind():
 
 
 def test_trl_names_are_aliases_of_the_same_fields(tmp_path):
-    cfg = parse("--learning-rate", "3e-4", "--max_steps=7", "--num-generations", "4", "--output-dir", "r/y")
-    assert (cfg.lr, cfg.steps, cfg.samples_per_prompt, cfg.out_dir) == (3e-4, 7, 4, "r/y")
+    cfg = parse("--learning-rate", "3e-4", "--num_iterations=2", "--num-generations", "4", "--output-dir", "r/y")
+    assert (cfg.lr, cfg.epochs_per_batch, cfg.samples_per_prompt, cfg.out_dir) == (3e-4, 2, 4, "r/y")
     with pytest.raises(ConfigError, match="TRL's name for --lr"):
         parse("--lr", "1e-3", "--learning-rate", "2e-3")
     path = tmp_path / "trl.yaml"
     path.write_text("learning_rate: 1e-4\nmax_completion_length: 6\n")
     cfg = RunConfig.load(path)
     assert (cfg.lr, cfg.max_new_tokens) == (1e-4, 6)
-    with pytest.raises(ConfigError, match="unknown config field"):  # GKD's lmbda is not λ
-        RunConfig.from_dict({"lmbda": 0.5})
+    for not_the_same in ("lmbda", "beta", "per_device_train_batch_size", "max_steps"):
+        with pytest.raises(ConfigError, match="unknown config field"):
+            RunConfig.from_dict({not_the_same: 1})
