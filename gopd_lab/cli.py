@@ -3,7 +3,8 @@
 ``gopd-lab train --config cfg.yaml --lam 1.25 --steps 200``: every :class:`~gopd_lab.config.RunConfig`
 field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...) built by tyro from the dataclass, its
 docstrings the help; options override the config file. Dict- and list-valued fields take JSON/YAML
-(``--teacher '{"add": "zoo:teacher-add"}'``); booleans are flags (``--resume``, ``--no-resume``); TRL's names
+(``--teacher '{"add": "zoo:teacher-add"}'``); booleans are flags that also take a value (``--resume``,
+``--resume false``); TRL's names
 of the same fields are accepted (``--learning-rate`` for ``--lr``, see ``TRL_ALIASES``).
 """
 
@@ -64,6 +65,30 @@ def _yaml_rule(info) -> Any:
     )
 
 
+def _bool_rule(info) -> Any:
+    """tyro: a boolean is a flag that also takes a value: ``--resume``, ``--resume true``, ``--resume false``."""
+    from tyro.constructors import PrimitiveConstructorSpec
+
+    if info.type is not bool:
+        return None
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+    def parse(args: list[str]) -> bool:
+        if not args:
+            return True
+        if len(args) > 1 or args[0].lower() not in words:
+            raise ValueError(f"expected one of true or false (or the bare flag), got {' '.join(args)!r}")
+        return words[args[0].lower()]
+
+    return PrimitiveConstructorSpec(
+        nargs="*",
+        metavar="[true|false]",
+        instance_from_str=parse,
+        is_instance=lambda value: isinstance(value, bool),
+        str_from_instance=lambda value: [str(value).lower()],
+    )
+
+
 def _with_canonical_names(argv: list[str]) -> list[str]:
     """``--learning-rate 1e-3`` / ``--learning_rate=1e-3`` → ``--lr ...`` (TRL's names, :data:`TRL_ALIASES`)."""
     keys = [a.partition("=")[0][2:].replace("-", "_") if a.startswith("--") else None for a in argv]
@@ -97,6 +122,7 @@ def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig
     base = RunConfig.load(known.config) if known.config else RunConfig()
     registry = tyro.constructors.ConstructorRegistry()
     registry.primitive_rule(_yaml_rule)
+    registry.primitive_rule(_bool_rule)
     aliases = ", ".join(f"{a} (= {n})" for a, n in TRL_ALIASES.items())
     options = tyro.cli(
         _Options,
@@ -105,6 +131,7 @@ def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig
         prog=prog,
         description=TRAIN_HELP.format(aliases=aliases),
         registry=registry,
+        config=(tyro.conf.FlagConversionOff,),  # booleans through _bool_rule: a bare flag or a value
     )
     return RunConfig.from_dict(options.to_dict())
 

@@ -103,6 +103,12 @@ def test_exponent_numbers_parse_from_options_and_yaml(tmp_path):
 def test_option_values_of_every_kind():
     cfg = parse("--max-grad-norm", "null", "--clip-eps", "0.2", "--resume", "--extra", '{"a": 1}')
     assert (cfg.max_grad_norm, cfg.clip_eps, cfg.resume, cfg.extra) == (None, 0.2, True, {"a": 1})
+    cfg = parse("--resume", "true", "--row-seeded-sampling", "True", "--phi-weighting", "false", "--steps", "3")
+    assert (cfg.resume, cfg.row_seeded_sampling, cfg.phi_weighting, cfg.steps) == (True, True, False, 3)
+    for bad in (["--resume", "maybe"], ["--resume", "true", "false"], ["--steps", "x"]):
+        with pytest.raises(SystemExit) as exit_:
+            parse(*bad)
+        assert exit_.value.code == 2
     cfg = parse("--prompts", '["12+3=", "7*8="]', "--lora-target-modules", "[q_proj, v_proj]", "--out_dir", "r/x")
     assert cfg.prompts == ["12+3=", "7*8="] and cfg.lora_target_modules == ["q_proj", "v_proj"]
     assert cfg.out_dir == "r/x" and parse("--tasks", "add,mul").task_names == ["add", "mul"]
