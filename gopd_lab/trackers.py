@@ -70,7 +70,8 @@ class TensorBoardTracker:
 
 
 class TrackioTracker:
-    """A trackio run (local unless ``TRACKIO_SPACE_ID`` or a ``space_id`` in ``cfg.extra`` names a Space)."""
+    """A trackio run: local unless ``$TRACKIO_SPACE_ID`` or ``cfg.extra["trackio_space_id"]`` names a Space
+    (``cfg.extra["trackio_project"]`` renames the project)."""
 
     def __init__(self, cfg: RunConfig):
         self.trackio = _require("trackio", "trackio")
