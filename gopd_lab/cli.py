@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="greedy and sampled accuracy per domain on the tasks' test splits")
     p.add_argument("--model", required=True, help="checkpoint directory, hub id or zoo:<name>")
     p.add_argument("--tasks", default="add,mul")
-    p.add_argument("--k", type=int, default=4, help="samples per prompt for mean accuracy")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt for mean@k and pass@k")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="test prompts per task (0 = all)")
     p.add_argument("--seed", type=int, default=0)
