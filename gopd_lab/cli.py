@@ -4,8 +4,8 @@
 field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...) built by tyro from the dataclass, its
 docstrings the help; options override the config file. Dict- and list-valued fields take JSON/YAML
 (``--teacher '{"add": "zoo:teacher-add"}'``); booleans are flags that also take a value (``--resume``,
-``--resume false``); TRL's names
-of the same fields are accepted (``--learning-rate`` for ``--lr``, see ``TRL_ALIASES``).
+``--resume false``); TRL's names of the same fields are accepted (``--learning-rate`` for ``--lr``, see
+``TRL_ALIASES``).
 """
 
 from __future__ import annotations
