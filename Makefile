@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,notebooks,lora
+EXTRAS ?= dev,notebooks,lora,datasets,tensorboard,trackio
 BIN    := $(VENV)/bin
 
 .PHONY: setup lint demo test test-fast lab zoo clean

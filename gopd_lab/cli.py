@@ -1,82 +1,145 @@
-"""``gopd-lab train | eval | zoo | demo | sweep`` — the command line over the same functions notebooks call.
+"""``gopd-lab train | eval | zoo | demo | sweep | push`` — the command line over the same functions notebooks call.
 
 ``gopd-lab train --config cfg.yaml --lam 1.25 --steps 200``: every :class:`~gopd_lab.config.RunConfig`
-field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...); options override the config file.
-Dict-valued fields (per-domain teachers or λ) take JSON: ``--teacher '{"add": "zoo:teacher-add"}'``.
+field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...) built by tyro from the dataclass, its
+docstrings the help; options override the config file. Dict- and list-valued fields take JSON/YAML
+(``--teacher '{"add": "zoo:teacher-add"}'``); booleans are flags that also take a value (``--resume``,
+``--resume false``); TRL's names of the same fields are accepted (``--learning-rate`` for ``--lr``, see
+``TRL_ALIASES``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
+import dataclasses
 import json
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, config_fields
+from .config import TRL_ALIASES, ConfigError, RunConfig, load_yaml
+
+TRAIN_HELP = """Train with G-OPD / SDPO / SFT / GRPO / CHORD from a config file and options.
+
+--config FILE: a YAML or JSON file of RunConfig fields (read first; the options below override it).
+TRL names accepted for the same fields: {aliases}. batch_size is the global number of prompts per step
+(TRL's per_device_train_batch_size is per process)."""
 
 
-def _field_docs() -> dict[str, str]:
-    """The docstring under each RunConfig field (for --help)."""
-    tree = ast.parse(inspect.getsource(RunConfig))
-    body, docs = tree.body[0].body, {}
-    for a, b in zip(body, body[1:]):
-        if (
-            isinstance(a, ast.AnnAssign)
-            and isinstance(b, ast.Expr)
-            and isinstance(getattr(b, "value", None), ast.Constant)
-        ):
-            docs[a.target.id] = " ".join(str(b.value.value).split())
-    return docs
+def _yaml_rule(info) -> Any:
+    """tyro: a field whose type holds a dict or a list beside other types (``str | dict[str, str]``,
+    ``float | dict[str, float]``, ``dict[str, Any]``) or ``None`` takes one value read as YAML/JSON
+    (``{"add": 1.5}``, ``[a, b]``, ``null``); a text that is not YAML flow syntax stays text (``007``)."""
+    from tyro.constructors import PrimitiveConstructorSpec
+
+    tp = info.type
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    origins = [typing.get_origin(m) or m for m in members]
+    if not ({dict, list} & set(origins) or (type(None) in origins and len(origins) > 1)):
+        return None
+    scalars = [o for o in origins if o in (str, int, float)]
+
+    def parse(args: list[str]) -> Any:
+        text = args[0]
+        if text.lstrip()[:1] in "{[" or text in ("null", "None", "~") and type(None) in origins:
+            try:
+                return None if text == "None" else load_yaml(text)
+            except Exception as err:
+                raise ValueError(f"could not read {text!r} as JSON/YAML: {err}") from None
+        if str in scalars:
+            return text
+        if float in scalars or int in scalars:
+            return float(text) if float in scalars else int(text)
+        raise ValueError(f"expected JSON/YAML such as {{...}} or [...], got {text!r}")
+
+    names = "|".join(["JSON"] + [o.__name__.upper() for o in scalars] + (["null"] if type(None) in origins else []))
+    return PrimitiveConstructorSpec(
+        nargs=1,
+        metavar=names,
+        instance_from_str=parse,
+        is_instance=lambda value: True,
+        str_from_instance=lambda value: [value if isinstance(value, str) else json.dumps(value)],
+    )
 
 
-def _parse_value(text: str) -> Any:
-    """Numbers, booleans, null, lists and dicts as JSON/YAML; anything else stays a string."""
-    import yaml
+def _bool_rule(info) -> Any:
+    """tyro: a boolean is a flag that also takes a value: ``--resume``, ``--resume true``, ``--resume false``."""
+    from tyro.constructors import PrimitiveConstructorSpec
 
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as text
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    if info.type is not bool:
+        return None
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
+    def parse(args: list[str]) -> bool:
+        if not args:
+            return True
+        if len(args) > 1 or args[0].lower() not in words:
+            raise ValueError(f"expected one of true or false (or the bare flag), got {' '.join(args)!r}")
+        return words[args[0].lower()]
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    docs = _field_docs()
-    for f in config_fields():
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            default=None,
-            metavar="V",
-            help=docs.get(f.name, "").replace("%", "%%"),
-        )
+    return PrimitiveConstructorSpec(
+        nargs="*",
+        metavar="[true|false]",
+        instance_from_str=parse,
+        is_instance=lambda value: isinstance(value, bool),
+        str_from_instance=lambda value: [str(value).lower()],
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    base = RunConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
-    for f in config_fields():
-        raw = getattr(args, f.name, None)
-        if raw is not None:
-            value = _parse_value(raw)
-            if f.type in ("str", "str | dict[str, str]", "str | list[str]") and not isinstance(value, (dict, list)):
-                value = raw  # keep paths like "1e3" or "007" as text
-            base[f.name] = value
-    return RunConfig.from_dict(base)
+def _with_canonical_names(argv: list[str]) -> list[str]:
+    """``--learning-rate 1e-3`` / ``--learning_rate=1e-3`` → ``--lr ...`` (TRL's names, :data:`TRL_ALIASES`)."""
+    keys = [a.partition("=")[0][2:].replace("-", "_") if a.startswith("--") else None for a in argv]
+    out = []
+    for arg, key in zip(argv, keys):
+        if key in TRL_ALIASES:
+            name = TRL_ALIASES[key]
+            if name in keys:
+                raise ConfigError(f"both --{key} and --{name} given; --{key} is TRL's name for --{name}: keep one")
+            arg = f"--{name}" + arg[len(arg.partition("=")[0]) :]
+        out.append(arg)
+    return out
+
+
+@dataclasses.dataclass
+class _Options(RunConfig):
+    """RunConfig's fields, unvalidated: tyro fills them, then :meth:`RunConfig.from_dict` validates once, so a
+    bad value is one :class:`ConfigError` line (tyro would print its own box for an error in a constructor)."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig:
+    """A :class:`RunConfig` from ``--config FILE`` (optional) and field options; ``--help`` prints every field."""
+    import tyro
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    base = RunConfig.load(known.config) if known.config else RunConfig()
+    registry = tyro.constructors.ConstructorRegistry()
+    registry.primitive_rule(_yaml_rule)
+    registry.primitive_rule(_bool_rule)
+    aliases = ", ".join(f"{a} (= {n})" for a, n in TRL_ALIASES.items())
+    options = tyro.cli(
+        _Options,
+        args=_with_canonical_names(rest),
+        default=_Options(**base.to_dict()),
+        prog=prog,
+        description=TRAIN_HELP.format(aliases=aliases),
+        registry=registry,
+        config=(tyro.conf.FlagConversionOff,),  # booleans through _bool_rule: a bare flag or a value
+    )
+    return RunConfig.from_dict(options.to_dict())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = config_from_args(args)
+    cfg = config_from_argv(args.options)
     history = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process reports
         return 0
@@ -157,25 +220,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     shown = ["point_id", "status", "wall_seconds"] + [
         c
         for c in df.columns
-        if c in ("final_loss", "final_reverse_kl") or (c.startswith("eval_") and c.endswith("greedy_acc"))
+        if c in ("final_loss", "final_reverse_kl")
+        or (c.startswith("eval_") and c.endswith(("greedy_acc", "mean_acc", "pass_acc")))
     ]
     print(df[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 1 if (df.status == "failed").any() else 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    where = push_to_hub(args.run_dir, args.repo_id, private=args.private, token=args.token, local_dir=args.local_dir)
+    print(f"{'wrote' if args.local_dir else 'pushed'} {args.run_dir} → {where}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gopd-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run G-OPD / SFT / GRPO from a config file and options")
-    p.add_argument("--config", help="YAML or JSON file of RunConfig fields")
-    add_config_options(p)
+    p = sub.add_parser(
+        "train",
+        help="run G-OPD / SDPO / SFT / GRPO / CHORD from --config FILE and options (gopd-lab train --help)",
+        add_help=False,
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER, help="--config FILE and RunConfig fields as options")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="greedy and sampled accuracy per domain on the tasks' test splits")
     p.add_argument("--model", required=True, help="checkpoint directory, hub id or zoo:<name>")
     p.add_argument("--tasks", default="add,mul")
-    p.add_argument("--k", type=int, default=4, help="samples per prompt for mean accuracy")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt for mean@k and pass@k")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="test prompts per task (0 = all)")
     p.add_argument("--seed", type=int, default=0)
@@ -225,11 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default=None, help="comma-separated CUDA devices for the workers (default: all visible)")
     p.add_argument("--rerun", action="store_true", help="run finished points again")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("push", help="upload a run's student with a model card to the Hugging Face Hub")
+    p.add_argument("run_dir", help="out_dir of a finished run (its model/ is uploaded)")
+    p.add_argument("repo_id", help="Hub repo, e.g. you/student-opd (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` saved)")
+    p.add_argument("--local-dir", default=None, help="write the card and files to this folder; no upload")
+    p.set_defaults(func=cmd_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # tyro parses the options (argparse would take `--help` for itself)
+        args = argparse.Namespace(options=argv[1:], func=cmd_train)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:

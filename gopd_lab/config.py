@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,20 @@ import yaml
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+TRL_ALIASES = {
+    "learning_rate": "lr",
+    "output_dir": "out_dir",
+    "num_generations": "samples_per_prompt",
+    "max_completion_length": "max_new_tokens",
+    "num_iterations": "epochs_per_batch",
+    "epsilon": "clip_eps",
+}
+"""TRL / transformers argument names accepted for fields that mean the same thing. Not aliased because the
+meaning differs: ``per_device_train_batch_size`` (``batch_size`` is global prompts per step), ``beta`` (GKD's
+JSD β but GRPO's KL weight), ``lmbda`` (GKD's on-policy fraction, not λ), ``max_steps`` (optimizer steps;
+``steps`` counts rollout batches, each ``epochs_per_batch`` passes), ``save_steps`` / ``eval_steps`` (may be
+fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up)."""
 
 
 class ConfigError(ValueError):
@@ -181,6 +196,12 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes saved with the run (sweep parameters, etc.)."""
 
+    # -- report_to: metrics to experiment trackers (gopd_lab.trackers)
+    report_to: str | list[str] = "none"
+    """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
+    ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
+    ``pip install 'gopd-lab[tensorboard]'``."""
+
     def __post_init__(self) -> None:
         for name in ("teacher", "reference", "lam"):  # {domain: ...} given as JSON text (papermill, shell)
             value = getattr(self, name)
@@ -263,6 +284,9 @@ class RunConfig:
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
+        unknown = [t for t in self.report_targets if t not in REPORT_TO]
+        if unknown:
+            raise ConfigError(f"report_to must be one of {REPORT_TO} or a list of them, got {unknown}")
         self._check_lam_mode()
 
     def _check_lam_mode(self) -> None:
@@ -328,6 +352,12 @@ class RunConfig:
             return [t.strip() for t in self.tasks.split(",") if t.strip()]
         return list(self.tasks)
 
+    @property
+    def report_targets(self) -> list[str]:
+        """``report_to`` as a list of tracker names, ``none`` dropped (a comma-separated string is split)."""
+        names = self.report_to.split(",") if isinstance(self.report_to, str) else list(self.report_to)
+        return [str(n).strip() for n in names if str(n).strip() not in ("", "none")]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -336,12 +366,22 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """A config from ``{field: value}``; TRL's names (:data:`TRL_ALIASES`, e.g. ``learning_rate``) are
+        accepted for the fields that mean the same."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for alias, name in TRL_ALIASES.items():
+            if alias in data:
+                if name in data:
+                    raise ConfigError(f"both {alias!r} and {name!r} given; {alias!r} is TRL's name for {name!r}")
+                data[name] = data.pop(alias)
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
         numeric = {f.name for f in dataclasses.fields(cls) if str(f.type).split(" |")[0] in ("int", "float")}
-        data = {k: _number(k, v) if k in numeric and isinstance(v, str) else v for k, v in data.items()}
+        for name in numeric & set(data):
+            if isinstance(data[name], str):
+                raise ConfigError(f"{name} must be a number, got {data[name]!r}")
         return cls(**data)
 
     @classmethod
@@ -350,20 +390,29 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            data = load_yaml(path.read_text())  # JSON is YAML
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
         return cls.from_dict(data)
 
 
-def _number(name: str, text: str) -> float | int:
-    """YAML 1.1 reads ``1e-3`` as text: accept numeric text for numeric fields."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML (or JSON) text: the one loader for config files, sweep specs and command-line values."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def config_fields() -> list[dataclasses.Field]:

@@ -1,7 +1,8 @@
-"""Batched evaluation on tasks' test splits: greedy accuracy and mean accuracy over k samples."""
+"""Batched evaluation on tasks' test splits: greedy accuracy, mean accuracy and pass@k over k samples."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -41,6 +42,17 @@ def generate(
     return out
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021):
+
+    ``pass@k = 1 − C(n − c, k) / C(n, k)``, the probability that ``k`` samples drawn without replacement from
+    the ``n`` include a correct one. With ``k == n`` it is 1 when any sample is correct, else 0.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -52,12 +64,18 @@ def evaluate(
     batch_size: int = 256,
     limit: int = 0,
     seed: int = 0,
+    pass_k: int | None = None,
 ) -> pd.DataFrame:
     """Per-domain accuracy on each task's test split.
 
     Columns: ``domain``, ``greedy_acc`` (argmax decoding), ``mean_acc`` (mean over ``k`` samples at
-    ``temperature``; omitted when ``k == 0``), ``n`` (test prompts; ``limit`` > 0 caps it per task).
+    ``temperature``), ``pass_acc`` (mean over prompts of :func:`pass_at_k` with ``pass_k`` ≤ ``k``, default
+    ``k``, estimated from the same ``k`` samples; both omitted when ``k == 0``), ``n`` (test prompts;
+    ``limit`` > 0 caps it per task).
     """
+    pass_k = k if pass_k is None else pass_k
+    if k and not 1 <= pass_k <= k:
+        raise ValueError(f"pass_k must be in [1, k={k}], got {pass_k}")
     prompts = prompts_from_tasks(tasks, tokenizer, split="test", limit=limit)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True, batch_size=batch_size)
@@ -79,7 +97,9 @@ def evaluate(
         idx = [i for i, d in enumerate(prompts.domains) if d == domain]
         row = {"domain": domain, "greedy_acc": _accuracy(task, prompts, greedy, idx), "n": len(idx)}
         if k:
-            row["mean_acc"] = sum(_accuracy(task, prompts, s, idx) for s in sampled) / k
+            correct = [sum(task.score(prompts.texts[i], s[i]) for s in sampled) for i in idx]  # (prompts,)
+            row["mean_acc"] = sum(correct) / (k * max(1, len(idx)))
+            row["pass_acc"] = sum(pass_at_k(k, int(c), pass_k) for c in correct) / max(1, len(idx))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -14,13 +14,12 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, load_yaml
 
 INJECTED = ("out_dir", "torch_threads")
 """Parameters the sweep sets itself: ``out_dir`` (required: the point's run dir) and ``torch_threads``
 (set only when the notebook declares it: the worker's share of CPU threads)."""
 
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 
@@ -38,13 +37,10 @@ class Point:
 
 # ----------------------------------------------------------------------------- values and ids
 def parse_value(text: str) -> Any:
-    """A command-line value as a YAML scalar or flow collection (``1.25``, ``true``, ``null``, ``[a, b]``);
-    ``1e-3`` is a float (plain YAML would keep it text); anything else stays a string."""
-    if _NUMBER.fullmatch(text.strip()):
-        number = float(text)
-        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else number
+    """A command-line value as a YAML scalar or flow collection (``1.25``, ``1e-3``, ``true``, ``null``,
+    ``[a, b]``) read by :func:`gopd_lab.config.load_yaml`; anything else stays a string."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -69,14 +65,6 @@ def parse_assignment(text: str, *, default: Any = None, split: bool = False) -> 
             raise SweepError(f"--grid {name}: could not read {raw!r} as a list")
         return name, values
     return name, [one(item.strip()) for item in raw.split(",")]
-
-
-def coerce(value: Any, default: Any) -> Any:
-    """YAML reads ``1e-3`` as text: make such a string a number when the notebook's default is a number."""
-    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-    if numeric and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        return parse_value(value)
-    return value
 
 
 def _fmt(value: Any) -> str:
@@ -175,8 +163,6 @@ def plan_points(grid: dict[str, Any], fixed: dict[str, Any], defaults: dict[str,
     for name, values in grid.items():
         if not values:
             raise SweepError(f"grid {name!r} has no values")
-    grid = {k: [coerce(v, defaults[k]) for v in vs] for k, vs in grid.items()}
-    fixed = {k: coerce(v, defaults[k]) for k, v in fixed.items()}
     points, seen = [], {}
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
@@ -222,7 +208,7 @@ class SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise SweepError(f"sweep spec {path} does not exist")
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
         names = [f.name for f in fields(cls)]
         if not isinstance(data, dict) or "notebook" not in data:
             raise SweepError(f"sweep spec {path} must be a mapping with at least 'notebook' (keys: {names})")

@@ -27,6 +27,7 @@ from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .schedules import lr_factor, make_optimizer, mu_at
 from .score import Scored
 from .sdpo import ema_update
+from .trackers import Reporter
 from .update import UpdateResult, UpdateSettings, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
@@ -116,6 +117,7 @@ def train(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
+    reporter = [Reporter(cfg)] if cfg.report_targets and dist.is_main else []  # a missing tracker fails here
     models = models if models is not None else load_models(cfg)
     tasks = _load_tasks(cfg)
     if prompts is None:
@@ -133,7 +135,7 @@ def train(
             limit=cfg.eval_limit,
             seed=cfg.seed,
         )
-    cbs = _Callbacks(callbacks)
+    cbs = _Callbacks([*callbacks, *reporter])
     main = dist.is_main
     student, device = models.student, models.device
     if dist.fsdp:

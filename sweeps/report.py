@@ -2,7 +2,7 @@
 
     python sweeps/report.py > docs/results_tables.md
 
-Each table is mean ± std over seeds of the final test accuracy (greedy and mean@4), from the sweep
+Each table is mean ± std over seeds of the final test accuracy (greedy, mean@4 and pass@4), from the sweep
 directories under runs/sweeps/ (run them with `gopd-lab sweep --spec sweeps/<name>.yaml`).
 """
 
@@ -35,7 +35,13 @@ def table(name: str, by: list[str], root: Path = Path("runs/sweeps")) -> str:
         cells += [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in acc]
         cells.append(str(int(r["points"])))
         rows.append("| " + " | ".join(cells) + " |")
-    names = [m.removeprefix("eval_").replace("_greedy_acc", " greedy").replace("_mean_acc", " mean@4") for m in acc]
+    names = [
+        m.removeprefix("eval_")
+        .replace("_greedy_acc", " greedy")
+        .replace("_mean_acc", " mean@4")
+        .replace("_pass_acc", " pass@4")
+        for m in acc
+    ]
     head = "| " + " | ".join(by + names + ["seeds"]) + " |"
     sep = "|" + "---|" * (len(by) + len(names) + 1)
     failed = int((df.status != "ok").sum())

@@ -224,15 +224,24 @@ def test_cli_values_parse_as_yaml_scalars():
         parse_assignment("lam")
 
 
+def test_spec_yaml_reads_exponent_numbers_as_numbers(tmp_path):
+    """The spec file and the command line share one YAML loader: `lr: 1e-3` is a float, not the text '1e-3'."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"notebook: {NB}\ngrid: {{lr: [1e-3, 3e-4]}}\nfixed: {{steps: 2, mu: 5e-1}}\n")
+    loaded = SweepSpec.load(spec)
+    assert loaded.grid == {"lr": [1e-3, 3e-4]} and loaded.fixed == {"steps": 2, "mu": 0.5}
+    assert all(isinstance(v, float) for v in [*loaded.grid["lr"], loaded.fixed["mu"]])
+
+
 def test_point_ids_are_stable_readable_and_distinct():
     assert point_id({"lam": 1.25, "seed": 0}) == "lam=1.25,seed=0"
     assert point_id({}) == "default"
     a, b = point_id({"student": "zoo:x"}), point_id({"student": "zoo/x"})
     assert a.startswith("student=zoo_x__") and a != b and a == point_id({"student": "zoo:x"})
     assert len(point_id({"prompts": ["x" * 200]})) < 80
-    points = plan_points({"lam": [1, 2], "seed": [0, 1]}, {"steps": "1e1"}, DEFAULTS)
+    points = plan_points({"lam": [1, 2], "seed": [0, 1]}, {"steps": 10}, DEFAULTS)
     assert [p.id for p in points] == ["lam=1,seed=0", "lam=1,seed=1", "lam=2,seed=0", "lam=2,seed=1"]
-    assert points[0].params == {"lam": 1, "seed": 0, "steps": 10.0}  # YAML's "1e1" text becomes a number
+    assert points[0].params == {"lam": 1, "seed": 0, "steps": 10}
     with pytest.raises(SweepError, match="twice"):
         plan_points({"lam": [1, 1]}, {}, DEFAULTS)
     with pytest.raises(SweepError, match="both as grid and fixed"):

@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 Verifier = Callable[[str, str], bool]
@@ -155,6 +156,43 @@ class Task:
 
         return cls(domain, examples(train_rows), examples(test_rows), verifier, feedback)
 
+    @classmethod
+    def from_dataset(
+        cls,
+        ds,
+        domain: str,
+        *,
+        prompt_field: str = "prompt",
+        answer_field: str = "answer",
+        test_size: float | int | None = None,
+        verifier: Verifier | str | None = None,
+        feedback: Feedback | None = None,
+        seed: int = 0,
+    ) -> Task:
+        """A task from a ``datasets.Dataset`` or a ``DatasetDict`` (``pip install 'gopd-lab[datasets]'``).
+
+        Each row gives ``row[prompt_field]`` and ``row[answer_field]`` (a number becomes text). A
+        ``DatasetDict`` uses its ``train`` and ``test`` splits; a ``Dataset`` (or a dict without ``test``)
+        is shuffled with ``seed`` and ``test_size`` of it (a fraction, default 0.1, or a row count) held out
+        as the test split. ``verifier``: ``"exact"`` (default), ``"math"`` (final-answer checking with its
+        feedback) or a callable ``(completion, answer) -> bool``::
+
+            ds = Dataset.from_dict({"question": ["2+2=", "3+4="], "answer": [4, 7]})
+            task = Task.from_dataset(ds, domain="sums", prompt_field="question", test_size=1)
+        """
+        from gopd_lab.tasks.hfdata import task_from_dataset
+
+        return task_from_dataset(
+            ds,
+            domain,
+            prompt_field=prompt_field,
+            answer_field=answer_field,
+            test_size=test_size,
+            verifier=verifier,
+            feedback=feedback,
+            seed=seed,
+        )
+
 
 def make_task(
     domain: str,
@@ -241,8 +279,16 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
 
 
 def data_dir() -> Path:
-    """Return the directory of embedded data: ``$GOPD_LAB_DATA`` if set, else ``<repo>/data``."""
+    """Return the directory of embedded data: ``$GOPD_LAB_DATA`` if set, else the package data
+    ``gopd_lab.data`` found through ``importlib.resources`` (``<repo>/data`` in a checkout, ``site-packages/
+    gopd_lab/data`` in an installed wheel)."""
     override = os.environ.get("GOPD_LAB_DATA")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "data"
+    try:
+        root = resources.files("gopd_lab.data")
+    except ModuleNotFoundError:  # the source tree on sys.path without an install
+        return Path(__file__).resolve().parents[2] / "data"
+    if not isinstance(root, Path):
+        raise RuntimeError(f"gopd_lab's data is not on the file system ({root!r}): install gopd-lab unzipped")
+    return root

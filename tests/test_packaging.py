@@ -1,0 +1,97 @@
+"""The built wheel carries the zoo and the task data: installed outside the checkout, the README's models load."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import tomllib
+from setuptools import find_packages
+
+from gopd_lab.tasks import data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_and_data_file_is_in_the_wheel_list():
+    """pyproject lists the packages by hand (data/ is mapped in as gopd_lab.data): a new subpackage must be added."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = sorted(find_packages(str(ROOT), include=["gopd_lab", "gopd_lab.*"]))
+    assert sorted(setuptools["packages"]) == sorted([*found, "gopd_lab.data"])
+    assert setuptools["package-dir"] == {"gopd_lab.data": "data"}
+    assert setuptools["package-data"]["gopd_lab.data"] == ["**/*"]  # every file a helper adds under data/
+    assert data_dir() == ROOT / "data"  # the checkout's data/, found through importlib.resources
+
+
+SCRIPT = """
+import json, sys
+import torch
+from pathlib import Path
+import gopd_lab
+from gopd_lab.models import load_model
+from gopd_lab.tasks import data_dir, get_task
+from gopd_lab.config import RunConfig
+from gopd_lab.train import train
+
+site = Path(sys.argv[1]).resolve()
+assert Path(gopd_lab.__file__).resolve().is_relative_to(site), gopd_lab.__file__
+assert data_dir().resolve().is_relative_to(site), data_dir()
+model = load_model("zoo:student-base", role="student", device=torch.device("cpu"), dtype=torch.float32)
+task = get_task("add")
+cfg = RunConfig(student="zoo:student-base", teacher="zoo:teacher-add", tasks="add", steps=2, batch_size=2,
+                max_new_tokens=4, eval_k=1, eval_limit=4, log_samples=1, out_dir="run", device="cpu")
+history = train(cfg, progress=False)
+print(json.dumps({"params": sum(p.numel() for p in model.parameters()), "train": len(task.train),
+                  "test": len(task.test), "steps": len(history), "data": str(data_dir())}))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installed_outside_the_checkout_loads_the_zoo_and_trains(tmp_path):
+    src = tmp_path / "src"  # build from a copy: nothing but what the wheel is made of, no build/ in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "gopd_lab", src / "gopd_lab", ignore=ignore)
+    shutil.copytree(ROOT / "data", src / "data", ignore=ignore)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src], check=True)
+    (wheel,) = (tmp_path / "dist").glob("gopd_lab-*.whl")
+    assert wheel.stat().st_size > 5e6  # the zoo (~5.5 MB of safetensors) is inside
+
+    # a fresh venv whose own site-packages gets the wheel; torch & co. come from this interpreter's
+    # site-packages through a .pth line (whose editable-install hook is not run there)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
+    )
+    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel], check=True)
+    data = site / "gopd_lab" / "data"
+    assert sorted(p.name for p in (data / "zoo").iterdir()) == sorted(p.name for p in (ROOT / "data" / "zoo").iterdir())
+    assert (data / "arith" / "add_train.jsonl").read_bytes() == (
+        ROOT / "data" / "arith" / "add_train.jsonl"
+    ).read_bytes()
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GOPD_LAB_DATA")}
+    out = subprocess.run([python, "-c", SCRIPT, site], cwd=work, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["train"] > 0 and result["test"] > 0 and result["params"] > 0
+    assert len((work / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    listing = subprocess.run(
+        [venv / "bin" / "gopd-lab", "zoo", "list"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert "student-base" in listing.stdout and "teacher-add" in listing.stdout
