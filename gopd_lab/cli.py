@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, config_fields
+from .errors import UserError
 
 
 def _field_docs() -> dict[str, str]:
@@ -232,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"gopd-lab: configuration error: {err}", file=sys.stderr)
+    except UserError as err:  # a cause the user can fix: one line, no traceback
+        kind = "configuration error" if isinstance(err, ConfigError) else "error"
+        print(f"gopd-lab: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -11,12 +11,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says which field and what to do."""
 
 
 @dataclass
@@ -158,6 +156,11 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes saved with the run (sweep parameters, etc.)."""
 
+    # --- run-directory safety (issue 13: the fault suite)
+    overwrite: bool = False
+    """Start afresh in an ``out_dir`` that already holds a run, deleting its run files and checkpoints. Without
+    it a fresh run into such a directory is refused (``resume=True`` continues it instead)."""
+
     def __post_init__(self) -> None:
         for name in ("teacher", "reference", "lam"):  # {domain: ...} given as JSON text (papermill, shell)
             value = getattr(self, name)
@@ -166,6 +169,9 @@ class RunConfig:
                     setattr(self, name, json.loads(value))
                 except json.JSONDecodeError as err:
                     raise ConfigError(f"{name} looks like JSON but does not parse: {err}") from None
+        from .config_checks import check_config
+
+        check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.estimator not in ESTIMATORS:

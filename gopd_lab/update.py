@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import NonFiniteError
 from .objectives import (
     chord_phi,
     full_loss,
@@ -163,6 +164,7 @@ def update(
         if dist is not None:
             dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
+        _check_finite(loss, grad_norm, dist)
         optimizer.step()
         if first is None:
             first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
@@ -170,6 +172,14 @@ def update(
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
+
+
+def _check_finite(loss: Tensor, grad_norm: Tensor, dist) -> None:
+    """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
+    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone."""
+    local_loss_bad = (dist is None or dist.world == 1) and not bool(torch.isfinite(loss.detach()))
+    if local_loss_bad or not bool(torch.isfinite(grad_norm)):
+        raise NonFiniteError(f"non-finite loss ({float(loss.detach()):g}) or gradient norm ({float(grad_norm):g})")
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
