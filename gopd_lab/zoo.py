@@ -228,8 +228,8 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
         else:
             student = str(save_tiny_model(work / f"{r.name}-init", seed=r.seed, tokenizer=tokenizer, **r.arch))
         steps = max(2, int(r.steps * scale))
-        cfg = r.run_config(student, work / r.name).replace(
-            steps=steps, eval_limit=eval_limit, log_samples_every=max(1, steps // 10)
+        cfg = r.run_config(student, work / r.name).replace(  # a rebuild replaces its own earlier work dir
+            steps=steps, eval_limit=eval_limit, log_samples_every=max(1, steps // 10), overwrite=True
         )
         torch.manual_seed(r.seed)
         train(cfg, progress=progress)
