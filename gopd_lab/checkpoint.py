@@ -41,7 +41,7 @@ def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (``state.json`` present), or None."""
     root = Path(out_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step_*") if (p / "state.json").exists()) if root.exists() else []
+    done = sorted(p for p in root.glob("step_*[0-9]") if (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
 
 

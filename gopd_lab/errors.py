@@ -15,6 +15,7 @@ a bug in gopd_lab and keeps its traceback. Each class also derives from the buil
 from __future__ import annotations
 
 import errno
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,14 +49,35 @@ class DiskFullError(UserError, OSError):
     """No space left on the device while writing a file."""
 
 
+_FULL_HINTS = ("no space left", "os error 28", "storagefull", "disk quota exceeded")
+
+
+def _disk_full(err: BaseException, path: Path) -> bool:
+    """``ENOSPC``/``EDQUOT``, or a library's wrapped write error (torch's stream writer, safetensors) on a
+    filesystem with (almost) no space left."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if any(hint in str(err).lower() for hint in _FULL_HINTS):
+        return True
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return existing is not None and shutil.disk_usage(existing).free < (1 << 20)
+    except OSError:
+        return False
+
+
 @contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """Turn a full disk (``ENOSPC``/``EDQUOT``) while writing ``path`` into a :class:`DiskFullError` naming it."""
+    """Turn a full disk while writing ``path`` into a :class:`DiskFullError` naming it."""
     try:
         yield
-    except OSError as err:
-        if isinstance(err, DiskFullError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except DiskFullError:
+        raise
+    except Exception as err:
+        if not isinstance(err, (OSError, RuntimeError)) and type(err).__name__ != "SafetensorError":
+            raise
+        if not _disk_full(err, Path(path)):
             raise
         raise DiskFullError(
-            err.errno, f"no space left on the device while writing {path}; free some space and resume the run"
+            errno.ENOSPC, f"no space left on the device while writing {path}; free some space and resume the run"
         ) from err

@@ -114,8 +114,8 @@ def prepare_run_dir(cfg, *, clear: bool) -> None:
         return
     if present and not getattr(cfg, "overwrite", False):
         raise RunDirError(
-            f"{out} already holds a run ({', '.join(present)}); resume=True (--resume true) continues it, "
-            "overwrite=True (--overwrite true) replaces it, or choose another out_dir"
+            f"{out} already holds a run ({', '.join(present)}); resume=True (--resume) continues it, "
+            "overwrite=True (--overwrite) replaces it, or choose another out_dir"
         )
     if present and clear:
         clear_run(out)

@@ -241,6 +241,24 @@ def test_full_disk_names_the_file(tmp_path, monkeypatch):
         append_jsonl(tmp_path / "metrics.jsonl", [{"step": 1}])
 
 
+def test_full_disk_during_a_checkpoint_names_it(tiny_dirs, tmp_path, monkeypatch):
+    """torch.save wraps the failed write in a RuntimeError without errno: the free space decides."""
+    model = load_model(tiny_dirs["student"], role="student", device=torch.device("cpu"), dtype=torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def torn(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr("gopd_lab.checkpoint.torch.save", torn)
+    with pytest.raises(RuntimeError, match="PytorchStreamWriter"):  # space left: not a full disk
+        save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    monkeypatch.setattr("gopd_lab.errors.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(DiskFullError, match=r"checkpoints/step_000001\.tmp"):
+        save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    assert latest_checkpoint(tmp_path) is None
+
+
 def test_non_utf8_input_names_file_and_line(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(b'{"prompt": "1+1="}\n{"prompt": "caf\xe9"}\n')
