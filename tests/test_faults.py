@@ -297,6 +297,12 @@ def test_cli_prints_user_errors_in_one_line_and_exits_2(tmp_path, capsys):
     assert "lr must be finite" in capsys.readouterr().err
 
 
+def test_cli_eval_unknown_task_is_one_line_not_a_keyerror_traceback(tiny_dirs, capsys):
+    assert main(["eval", "--model", tiny_dirs["student"], "--tasks", "nosuch", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unknown task 'nosuch'" in _one_line(err)
+
+
 def test_user_errors_keep_their_builtin_bases():
     assert issubclass(ConfigError, ValueError) and issubclass(DataError, ConfigError)
     assert issubclass(ModelLoadError, RuntimeError) and issubclass(DiskFullError, OSError)
