@@ -152,9 +152,10 @@ def run_spec(spec: str | Path | SweepSpec, **overrides: Any) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- gathering
 def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """Gather a sweep dir without running anything: one row per point with its parameters, ``status``
-    (``ok``, ``failed``, ``running``, ``interrupted`` (marked running, but its driver died) or ``pending``), ``error``, ``wall_seconds``, the final metrics of
-    ``summary.json`` as ``final_<metric>``, the last evaluation of ``eval.jsonl`` as
-    ``eval_<domain>_<metric>`` (e.g. ``eval_add_greedy_acc``) and the executed ``notebook``'s path."""
+    (``ok``, ``failed``, ``running``, ``interrupted`` (marked running, but its driver died) or ``pending``),
+    ``error``, ``wall_seconds``, the final metrics of ``summary.json`` as ``final_<metric>``, the last
+    evaluation of ``eval.jsonl`` as ``eval_<domain>_<metric>`` (e.g. ``eval_add_greedy_acc``) and the
+    executed ``notebook``'s path."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SweepError(f"sweep dir {root} does not exist")

@@ -7,6 +7,7 @@ its detached log-probs, then the loss is built from the same forward.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -177,9 +178,9 @@ def update(
 def _check_finite(loss: Tensor, grad_norm: Tensor, dist) -> None:
     """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
     process (taken after the all-reduce), so all of them stop together; the local loss is checked alone."""
-    local_loss_bad = (dist is None or dist.world == 1) and not bool(torch.isfinite(loss.detach()))
-    if local_loss_bad or not bool(torch.isfinite(grad_norm)):
-        raise NonFiniteError(f"non-finite loss ({float(loss.detach()):g}) or gradient norm ({float(grad_norm):g})")
+    loss_value, norm = float(loss.detach()), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
+    if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
+        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g})")
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
