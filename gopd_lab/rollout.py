@@ -11,6 +11,7 @@ sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× che
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,8 @@ def check_known_text(tokenizer, texts: Sequence[str], ids: Sequence[Sequence[int
     a word): the error names the row and the characters."""
     unk = getattr(tokenizer, "unk_token_id", None)
     for i, (text, row) in enumerate(zip(texts, ids)):
-        decoded = tokenizer.decode(row)
-        lost = sorted(set(text) - set(decoded) - set(" "))
+        decoded = unicodedata.normalize("NFKC", tokenizer.decode(row))  # as a tokenizer's normaliser may
+        lost = sorted(c for c in set(unicodedata.normalize("NFKC", text)) - set(decoded) if not c.isspace())
         if unk is not None and unk in row and str(tokenizer.unk_token) not in text:
             lost = lost or sorted({c for c in text if unk in tokenizer(c, add_special_tokens=False)["input_ids"]})
         if lost:

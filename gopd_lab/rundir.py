@@ -98,7 +98,7 @@ def prepare_run_dir(cfg, *, clear: bool) -> None:
         if not config.is_file():
             raise RunDirError(
                 f"resume=True: {out} holds {present} but no config.json, so nothing shows that they belong to this "
-                "config; start a new out_dir, or overwrite=True (--overwrite) to replace them"
+                "config; start a new out_dir, or overwrite=True (--overwrite true) to replace them"
             )
         try:
             saved = json.loads(config.read_text(encoding="utf-8"))
@@ -114,8 +114,8 @@ def prepare_run_dir(cfg, *, clear: bool) -> None:
         return
     if present and not getattr(cfg, "overwrite", False):
         raise RunDirError(
-            f"{out} already holds a run ({', '.join(present)}); resume=True (--resume) continues it, "
-            "overwrite=True (--overwrite) replaces it, or choose another out_dir"
+            f"{out} already holds a run ({', '.join(present)}); resume=True (--resume true) continues it, "
+            "overwrite=True (--overwrite true) replaces it, or choose another out_dir"
         )
     if present and clear:
         clear_run(out)
