@@ -83,6 +83,13 @@ def check_ranges(cfg) -> None:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
     if cfg.lora_alpha <= 0:
         raise ConfigError(f"lora_alpha must be > 0, got {cfg.lora_alpha}")
+    if cfg.device != "auto":
+        import torch
+
+        try:
+            torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
     if not str(cfg.out_dir).strip():
         raise ConfigError("out_dir is empty; give the run directory")
     if cfg.resume and getattr(cfg, "overwrite", False):

@@ -90,6 +90,8 @@ def prepare_run_dir(cfg, *, clear: bool) -> None:
     """Refuse a run that would mix with the run already in ``cfg.out_dir``; with ``clear`` (the main process of
     a fresh run with ``overwrite=True``) delete the old run's files."""
     out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"out_dir {out} is a file, not a directory; choose another out_dir")
     present = holds_run(out)
     if cfg.resume:
         if not present:

@@ -86,6 +86,8 @@ def _one_line(err: str) -> str:
         ("tasks", "missing_file.jsonl"),
         ("teacher", 3),
         ("extra", {"note": float("nan")}),
+        ("device", "gpu"),
+        ("out_dir", " "),
     ],
 )
 def test_bad_field_is_refused_at_construction_naming_it(field, value):
@@ -125,6 +127,12 @@ def test_fresh_run_into_existing_run_dir_is_refused_unless_overwrite(tiny_dirs, 
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000001"]  # the old run's are gone
     assert json.loads((out / "config.json").read_text())["lr"] == 5e-3
     assert keep.read_text() == "mine"  # files that are not run files are kept
+
+
+def test_out_dir_that_is_a_file_is_refused(tiny_dirs, tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(RunDirError, match="is a file"):
+        train(_cfg(tiny_dirs, tmp_path), progress=False)
 
 
 def test_resume_with_a_changed_trajectory_field_is_refused_naming_it(tiny_dirs, tmp_path):
