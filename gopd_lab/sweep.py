@@ -133,8 +133,9 @@ def run_sweep(
     if progress:
         failed = results[results.status == "failed"]
         line = (
-            f"sweep {root}: {len(points)} points, {len(pending)} ran, {len(skipped)} skipped, "
-            f"{len(failed)} failed → {root / 'results.parquet'}"
+            f"sweep {root}: {len(points)} points, {len(ran)} ran, {len(skipped)} skipped, "
+            + (f"{len(runner.locked)} left to another driver, " if runner.locked else "")
+            + f"{len(failed)} failed → {root / 'results.parquet'}"
         )
         for _, row in failed.iterrows():
             line += f"\n  failed {row.point_id}: {row.error} (see {row.notebook})"

@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ from gopd_lab.evaluate import generate
 from gopd_lab.models import load_model, load_tokenizer
 from gopd_lab.rollout import encode_prompts
 from gopd_lab.sweep import _Runner, load_sweep
-from gopd_lab.sweep_grid import Point
+from gopd_lab.sweep_grid import Point, SweepError, notebook_parameters
 from gopd_lab.sweep_lock import PointLock, is_locked, kill_tree, terminate_as_interrupt
 from gopd_lab.tasks import get_task, load_math_jsonl, math_verifier
 from gopd_lab.teacher_server import serve_in_thread
@@ -177,6 +178,16 @@ def test_sweep_driver_sigterm_becomes_interrupt_and_kills_kernels(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("the kernel survived the driver's cleanup")
+
+
+def test_sweep_notebook_without_kernelspec_is_one_clear_error(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("out_dir = 'x'")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    with pytest.raises(SweepError, match=r"nb\.ipynb: No kernel name found"):
+        notebook_parameters(tmp_path / "nb.ipynb")
 
 
 # ------------------------------------------------------------------------------------ math verifier
