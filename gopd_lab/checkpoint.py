@@ -16,10 +16,22 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from .errors import ModelLoadError, NonFiniteError, writing
 from .runio import atomic_write_json
+
+
+def check_finite(weights: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse to write non-finite weights (a NaN model must never look like a result)."""
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(
+            f"refusing to write {where}: {len(bad)} weight tensor(s) hold NaN/inf (first: {bad[0]}); "
+            "the last checkpoint written before is kept"
+        )
 
 
 def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
@@ -29,7 +41,7 @@ def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (``state.json`` present), or None."""
     root = Path(out_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step_*") if (p / "state.json").exists()) if root.exists() else []
+    done = sorted(p for p in root.glob("step_*[0-9]") if (p / "state.json").exists()) if root.exists() else []
     return done[-1] if done else None
 
 
@@ -47,19 +59,21 @@ def save_checkpoint(
     (:meth:`~gopd_lab.distributed.Distributed.full_state`), written instead of ``model`` / ``optimizer``'s own."""
     final = checkpoint_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    check_finite(model.state_dict() if state is None else state[0], final)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if state is None:
-        save_model(model, str(tmp / "student.safetensors"))
-        optimizer_state = optimizer.state_dict()
-    else:
-        weights, optimizer_state = state
-        save_file(weights, str(tmp / "student.safetensors"))
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    rng = {name: g.get_state() for name, g in generators.items()}
-    rng["torch"] = torch.get_rng_state()
-    torch.save(rng, tmp / "rng.pt")
-    atomic_write_json(tmp / "state.json", {"step": step})
+    with writing(tmp):
+        tmp.mkdir(parents=True)
+        if state is None:
+            save_model(model, str(tmp / "student.safetensors"))
+            optimizer_state = optimizer.state_dict()
+        else:
+            weights, optimizer_state = state
+            save_file(weights, str(tmp / "student.safetensors"))
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        rng = {name: g.get_state() for name, g in generators.items()}
+        rng["torch"] = torch.get_rng_state()
+        torch.save(rng, tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", {"step": step})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
@@ -74,16 +88,23 @@ def load_checkpoint(
 
     sharded = isinstance(model, FSDPModule)
     full = StateDictOptions(full_state_dict=True, strict=False)
-    if sharded:  # every process reads the full weights and keeps its shard
-        weights = load_file(str(path / "student.safetensors"))
-        for names in _tied_names(model):  # a tied weight is stored under one of its names
-            saved = [n for n in names if n in weights]
-            weights.update({n: weights[saved[0]] for n in names if saved and n not in weights})
-        missing, unexpected = set_model_state_dict(model, weights, options=full)
-    else:
-        missing, unexpected = load_model(model, str(path / "student.safetensors"), strict=False)
+    file = path / "student.safetensors"
+    try:
+        if sharded:  # every process reads the full weights and keeps its shard
+            weights = load_file(str(file))
+            for names in _tied_names(model):  # a tied weight is stored under one of its names
+                saved = [n for n in names if n in weights]
+                weights.update({n: weights[saved[0]] for n in names if saved and n not in weights})
+            missing, unexpected = set_model_state_dict(model, weights, options=full)
+        else:
+            missing, unexpected = load_model(model, str(file), strict=False)
+    except (OSError, SafetensorError) as err:
+        raise ModelLoadError(
+            f"checkpoint file {file} cannot be read ({err}); it is damaged or truncated: delete {path} to resume "
+            "from the checkpoint before it"
+        ) from None
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(
+        raise ModelLoadError(
             f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected}); "
             "resume with the same student and LoRA settings, or start a new out_dir"
         )

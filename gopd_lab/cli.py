@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TRL_ALIASES, ConfigError, RunConfig, load_yaml
+from .errors import UserError
 
 TRAIN_HELP = """Train with G-OPD / SDPO / SFT / GRPO / CHORD from a config file and options.
 
@@ -319,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"gopd-lab: configuration error: {err}", file=sys.stderr)
+    except UserError as err:  # a cause the user can fix: one line, no traceback
+        kind = "configuration error" if isinstance(err, ConfigError) else "error"
+        print(f"gopd-lab: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .models import DEFAULT_DOMAIN, Models
-from .rollout import Prompts, Rollout, encode_prompts, read_prompt_rows, sample, teacher_forced
+from .rollout import Prompts, Rollout, check_known_text, encode_prompts, read_prompt_rows, sample, teacher_forced
 from .runio import append_jsonl, read_jsonl
 from .score import Scored, reference_logprobs, score_rollout
 from .sdpo import build_self_teacher_view
@@ -49,6 +49,11 @@ class Collector:
         if self.expert is not None and self.expert.answers is None:
             raise ConfigError("expert data has no answers")
 
+    @property
+    def num_examples(self) -> int:
+        """What a step's batch indexes: the expert examples for ``sft`` / ``offpolicy``, else the prompts."""
+        return len(self.expert) if self.cfg.method in ("sft", "offpolicy") else len(self.prompts)
+
     # ------------------------------------------------------------------ expert data
     def _expert_prompts(self, out_dir: Path) -> Prompts:
         cfg, tok = self.cfg, self.models.tokenizer
@@ -62,11 +67,13 @@ class Collector:
             rows = read_prompt_rows(source, ("prompt", "answer"))
             prompts = encode_prompts(
                 tok,
-                [str(r["prompt"]) for r in rows],
-                [str(r.get("domain", DEFAULT_DOMAIN)) for r in rows],
+                [r["prompt"] for r in rows],
+                [r.get("domain", DEFAULT_DOMAIN) for r in rows],
                 chat_template=cfg.chat_template,
             )
-            prompts.answers = [str(r["answer"]) for r in rows]
+            prompts.answers = [r["answer"] for r in rows]
+            answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in prompts.answers]
+            check_known_text(tok, prompts.answers, answer_ids, what=f"{source}: answer")
             return prompts
         if self.prompts.answers is None:
             raise ConfigError(f"method={cfg.method!r} / mu > 0 needs expert answers: use tasks=..., or expert_data=")

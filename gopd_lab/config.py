@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
@@ -28,10 +30,6 @@ meaning differs: ``per_device_train_batch_size`` (``batch_size`` is global promp
 JSD β but GRPO's KL weight), ``lmbda`` (GKD's on-policy fraction, not λ), ``max_steps`` (optimizer steps;
 ``steps`` counts rollout batches, each ``epochs_per_batch`` passes), ``save_steps`` / ``eval_steps`` (may be
 fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up)."""
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says which field and what to do."""
 
 
 @dataclass
@@ -201,6 +199,10 @@ class RunConfig:
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
     ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
     ``pip install 'gopd-lab[tensorboard]'``."""
+    # --- run-directory safety (issue 13: the fault suite)
+    overwrite: bool = False
+    """Start afresh in an ``out_dir`` that already holds a run, deleting its run files and checkpoints. Without
+    it a fresh run into such a directory is refused (``resume=True`` continues it instead)."""
 
     def __post_init__(self) -> None:
         for name in ("teacher", "reference", "lam"):  # {domain: ...} given as JSON text (papermill, shell)
@@ -210,6 +212,9 @@ class RunConfig:
                     setattr(self, name, json.loads(value))
                 except json.JSONDecodeError as err:
                     raise ConfigError(f"{name} looks like JSON but does not parse: {err}") from None
+        from .config_checks import check_config
+
+        check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.estimator not in ESTIMATORS:
@@ -407,6 +412,9 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
+)
+_Loader.add_implicit_resolver(  # JSON's non-finite spellings (Python's json writes them): numbers, then refused
+    "tag:yaml.org,2002:float", re.compile(r"^(?:NaN|[-+]?Infinity)$"), list("NI-+")
 )
 
 

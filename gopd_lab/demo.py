@@ -31,6 +31,7 @@ def demo_config(domain: str = "add", lam: float = 1.0, steps: int = 60, out_dir:
         device="cpu",
         dtype="float32",
         out_dir=str(Path(out_dir) / f"{domain}-lam{lam:g}"),
+        overwrite=True,  # running the demo again replaces its own earlier runs
     )
 
 

@@ -25,6 +25,7 @@ def generate(
 ) -> list[str]:
     """Completions for every prompt, in batches."""
     out: list[str] = []
+    max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     for i in range(0, len(prompts), batch_size):
         part = prompts.select(range(i, min(i + batch_size, len(prompts))))
         r = sample(
@@ -37,6 +38,7 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             tokenizer=tokenizer,
             generator=generator,
+            max_context=max_context,  # a prompt too long for the model is refused, never scored
         )
         out.extend(r.completions)
     return out

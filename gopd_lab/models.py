@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .config import ConfigError, RunConfig
+from .errors import ModelLoadError
 
 DEFAULT_DOMAIN = "default"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer that cannot be loaded or used together; the message names the fix."""
+__all__ = ["DEFAULT_DOMAIN", "Models", "ModelLoadError", "load_models", "load_model", "load_tokenizer"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -122,9 +121,27 @@ def _route(table: dict[str, nn.Module], domain: str, role: str) -> nn.Module:
     raise ConfigError(f"no {role} for domain {domain!r}; configured domains: {sorted(table)} (add one or a 'default')")
 
 
+def _is_hub_id(path: str) -> bool:
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return path.count("/") <= 1
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
 def _check_exists(path: str, role: str) -> None:
     """A local-looking path that does not exist is a user error worth naming (hub ids pass through)."""
-    looks_local = path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") > 1
+    looks_local = (
+        path.startswith((".", "/", "~"))
+        or path.endswith("/")
+        or Path(path).expanduser().exists()
+        or path.count("/") > 1
+        or not _is_hub_id(path)
+    )
     if looks_local and not Path(path).expanduser().is_dir():
         raise ModelLoadError(
             f"{role} model path {path!r} does not exist or is not a directory; "
@@ -146,9 +163,22 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load the {role} model from {path!r}: {err}") from err
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ModelLoadError(f"could not load the {role} model from {path!r}: {_weights_problem(path, err)}") from err
     return model.to(device)
+
+
+def _weights_problem(path: str, err: Exception) -> str:
+    """The library's message, with the weight file named when one in ``path`` is damaged (e.g. truncated)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt"):  # reads the header, checks it covers the file
+                pass
+        except (OSError, SafetensorError) as bad:
+            return f"the weight file {file} is damaged or truncated ({bad}); copy or rebuild it"
+    return str(err)
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
@@ -157,6 +187,7 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from .zoo import resolve
 
     path = resolve(path)
+    _check_exists(path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

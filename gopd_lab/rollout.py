@@ -10,6 +10,8 @@ sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× che
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError
+from .errors import DataError
 from .models import DEFAULT_DOMAIN
 
 
@@ -61,15 +64,35 @@ def read_prompt_rows(path: str | Path, required: tuple[str, ...] = ("prompt",)) 
     try:
         rows = read_jsonl(path)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
+        raise DataError(str(err)) from None
     for n, row in rows:
         missing = [k for k in required if k not in row]
         if missing:
-            raise ConfigError(
+            raise DataError(
                 f"{path}:{n} has no {missing} field; each line must be a JSON object with "
                 f"{list(required)} (and optionally 'domain')"
             )
+        wrong = [k for k in (*required, "domain") if k in row and not isinstance(row[k], str)]
+        if wrong:  # {"prompt": null} would otherwise train on the text "None"
+            raise DataError(f"{path}:{n}: field {wrong[0]!r} must be a string, got {json.dumps(row[wrong[0]])}")
     return [row for _, row in rows]
+
+
+def check_known_text(tokenizer, texts: Sequence[str], ids: Sequence[Sequence[int]], what: str = "prompt") -> None:
+    """Refuse text whose characters the tokenizer drops or maps to its unknown token (they would be lost without
+    a word): the error names the row and the characters."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for i, (text, row) in enumerate(zip(texts, ids)):
+        decoded = unicodedata.normalize("NFKC", tokenizer.decode(row))  # as a tokenizer's normaliser may
+        lost = sorted(c for c in set(unicodedata.normalize("NFKC", text)) - set(decoded) if not c.isspace())
+        if unk is not None and unk in row and str(tokenizer.unk_token) not in text:
+            lost = lost or sorted({c for c in text if unk in tokenizer(c, add_special_tokens=False)["input_ids"]})
+        if lost:
+            raise DataError(
+                f"{what} {i} ({text[:60]!r}) holds characters the tokenizer does not know ({lost}): they would be "
+                f"dropped or become {tokenizer.unk_token}. Replace them (the embedded character tokenizer knows "
+                "printable ASCII only)"
+            )
 
 
 def read_prompt_file(path: str | Path) -> tuple[list[str], list[str]]:
@@ -98,6 +121,7 @@ def encode_prompts(
             ids.append(tokenizer(text, add_special_tokens=True)["input_ids"])
     if any(len(x) == 0 for x in ids):
         raise ConfigError("a prompt encodes to zero tokens; remove empty prompts")
+    check_known_text(tokenizer, texts, ids)
     return Prompts(ids, list(texts), list(domains) if domains is not None else [DEFAULT_DOMAIN] * len(texts))
 
 

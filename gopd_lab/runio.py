@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import writing
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe values: NaN/inf become None, tensors and numpy scalars become python numbers."""
@@ -24,29 +26,45 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(fd: int) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the mode an ordinary ``open`` would: 0666 less the umask."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and an atomic rename."""
+    """Write ``text`` to ``path`` through a temp file in the same directory and an atomic rename; a full disk
+    raises :class:`~gopd_lab.errors.DiskFullError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            public_mode(fd)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
+def atomic_write_json(path: str | Path, data: Any, *, strict: bool = False) -> None:
+    """``strict``: refuse NaN/inf (``ValueError``) instead of writing them as null (configs: null means "off")."""
+    text = json.dumps(data, indent=2, allow_nan=False) if strict else json.dumps(_clean(data), indent=2)
+    atomic_write_text(path, text + "\n")
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Append rows as JSON lines (one line is written whole by one ``write`` call)."""
     text = "".join(json.dumps(_clean(r)) + "\n" for r in rows)
     if text:
-        with open(path, "a") as f:
+        with writing(path), open(path, "a", encoding="utf-8") as f:
             f.write(text)
 
 

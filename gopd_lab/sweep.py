@@ -56,8 +56,10 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .runio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from .rundir import clear_run
+from .runio import append_jsonl, atomic_write_json, atomic_write_text, public_mode, read_jsonl
 from .sweep_grid import Point, SweepError, SweepSpec, notebook_parameters, plan_points, same_params
+from .sweep_lock import PointLock, is_stale, kill_tree, terminate_as_interrupt
 
 __all__ = ["run_sweep", "load_sweep", "run_spec", "SweepError", "SweepSpec"]
 
@@ -118,17 +120,22 @@ def run_sweep(
         cwd,
     )
     try:
-        runner.run(pending, total=len(points), progress=progress)
+        with terminate_as_interrupt():  # SIGTERM/SIGHUP stop the running points as Ctrl-C does
+            runner.run(pending, total=len(points), progress=progress)
     finally:
         runner.close()
     results = load_sweep(root)
     _save_results(results, root)
-    results.attrs.update(ran=[p.id for p in pending], skipped=skipped)
+    ran = [p.id for p in pending if p.id not in runner.locked]
+    results.attrs.update(ran=ran, skipped=skipped, locked=list(runner.locked))
+    if runner.locked:
+        tqdm.write(f"sweep {root}: skipped {runner.locked}: another driver is running them (their .lock is held)")
     if progress:
         failed = results[results.status == "failed"]
         line = (
-            f"sweep {root}: {len(points)} points, {len(pending)} ran, {len(skipped)} skipped, "
-            f"{len(failed)} failed → {root / 'results.parquet'}"
+            f"sweep {root}: {len(points)} points, {len(ran)} ran, {len(skipped)} skipped, "
+            + (f"{len(runner.locked)} left to another driver, " if runner.locked else "")
+            + f"{len(failed)} failed → {root / 'results.parquet'}"
         )
         for _, row in failed.iterrows():
             line += f"\n  failed {row.point_id}: {row.error} (see {row.notebook})"
@@ -146,9 +153,10 @@ def run_spec(spec: str | Path | SweepSpec, **overrides: Any) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- gathering
 def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """Gather a sweep dir without running anything: one row per point with its parameters, ``status``
-    (``ok``, ``failed``, ``running`` or ``pending``), ``error``, ``wall_seconds``, the final metrics of
-    ``summary.json`` as ``final_<metric>``, the last evaluation of ``eval.jsonl`` as
-    ``eval_<domain>_<metric>`` (e.g. ``eval_add_greedy_acc``) and the executed ``notebook``'s path."""
+    (``ok``, ``failed``, ``running``, ``interrupted`` (marked running, but its driver died) or ``pending``),
+    ``error``, ``wall_seconds``, the final metrics of ``summary.json`` as ``final_<metric>``, the last
+    evaluation of ``eval.jsonl`` as ``eval_<domain>_<metric>`` (e.g. ``eval_add_greedy_acc``) and the
+    executed ``notebook``'s path."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SweepError(f"sweep dir {root} does not exist")
@@ -174,6 +182,10 @@ def _gather_point(d: Path, planned: dict | None = None) -> dict:
         **params,
         "status": info.get("status", "pending"),
         "error": info.get("error"),
+    }
+    if is_stale(d, row["status"]):  # marked running, but no process holds its lock: its driver died
+        row.update(status="interrupted", error="its sweep driver stopped while it ran; run the sweep again")
+    row |= {
         "wall_seconds": info.get("wall_seconds"),
         "notebook": info.get("notebook"),
     }
@@ -207,6 +219,7 @@ def _save_results(df: pd.DataFrame, root: Path) -> None:
         if flat[col].dtype == object and not all(v is None or isinstance(v, str) for v in flat[col]):
             flat[col] = [None if v is None else json.dumps(v, default=str) for v in flat[col]]
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".results.", suffix=".parquet.tmp")
+    public_mode(fd)
     os.close(fd)
     try:
         flat.to_parquet(tmp, index=False)
@@ -270,6 +283,7 @@ class _Runner:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     kernel_dir: str | None = None
+    locked: list = field(default_factory=list)
 
     @property
     def threads(self) -> int:
@@ -300,7 +314,7 @@ class _Runner:
             try:
                 for fut in as_completed(futures):
                     record = fut.result()
-                    failed += bool(record) and record["status"] != "ok"
+                    failed += bool(record) and record["status"] not in ("ok", "locked")
                     bar.update(1)
                     bar.set_postfix(failed=failed)
             except BaseException:  # Ctrl-C / kernel interrupt: start nothing new, stop what runs
@@ -316,8 +330,19 @@ class _Runner:
         """Run one point in a papermill subprocess; write its ``point.json`` (atomically) whatever happens."""
         d = self.root / point.id
         d.mkdir(parents=True, exist_ok=True)
-        for stale in ("point.json", "summary.json"):
-            (d / stale).unlink(missing_ok=True)
+        lock = PointLock(d)
+        if not lock.acquire():  # another driver runs this point
+            with self.lock:
+                self.locked.append(point.id)
+            return {"point_id": point.id, "status": "locked"}
+        try:
+            return self._execute(point, slot, d, lock)
+        finally:
+            lock.close()
+
+    def _execute(self, point: Point, slot: int, d: Path, lock: PointLock) -> dict:
+        (d / "point.json").unlink(missing_ok=True)
+        clear_run(d)  # the point runs from scratch: no files of an earlier attempt may mix in
         executed = d / self.notebook.name
         env = self.env(slot)
         params = {**point.params, "out_dir": str(d)}
@@ -338,7 +363,7 @@ class _Runner:
         atomic_write_json(d / "point.json", record)
         t0 = time.perf_counter()
         try:
-            rc, error = self.papermill(point.id, executed, params, env, d / "papermill.log")
+            rc, error = self.papermill(point.id, executed, params, env, d / "papermill.log", lock.fd)
         except Exception as err:  # noqa: BLE001 — an unexpected error fails this point, not the sweep
             rc, error = -1, f"{type(err).__name__}: {err}"
         if rc != 0 and self.stop.is_set():
@@ -375,7 +400,9 @@ class _Runner:
             env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [self.kernel_dir, env.get("JUPYTER_PATH")]))
         return env
 
-    def papermill(self, pid: str, executed: Path, params: dict, env: dict, log: Path) -> tuple[int, str | None]:
+    def papermill(
+        self, pid: str, executed: Path, params: dict, env: dict, log: Path, lock_fd: int | None = None
+    ) -> tuple[int, str | None]:
         encoded = base64.b64encode(yaml.safe_dump(params).encode()).decode()
         cmd = [
             sys.executable,
@@ -399,6 +426,7 @@ class _Runner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=posix,
+                pass_fds=() if lock_fd is None else (lock_fd,),  # papermill holds the point's lock while it runs
             )
             with self.lock:
                 self.procs[pid] = proc
@@ -429,14 +457,11 @@ class _Runner:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """Stop papermill and its kernel (they share the session started for them)."""
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Stop papermill (its process group) and its kernel (which leads a session of its own)."""
+    if os.name == "posix":
+        kill_tree(proc.pid, signal.SIGTERM)
+    else:
+        proc.terminate()
 
 
 def _private_kernel() -> str:

@@ -115,7 +115,11 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
             "assigns the defaults, including out_dir"
         )
     params: dict[str, Any] = {}
-    for name, info in inspect_notebook(str(path)).items():
+    try:
+        inspected = inspect_notebook(str(path))
+    except ValueError as err:  # e.g. no kernelspec in the notebook's metadata
+        raise SweepError(f"papermill cannot read the parameters of {path}: {err}") from None
+    for name, info in inspected.items():
         params[name] = _literal(info.get("default"))
     try:
         tree = ast.parse(cells[0].source)

@@ -48,10 +48,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .models import DEFAULT_DOMAIN, ModelLoadError
+from .models import ModelLoadError
 from .objectives import target_logprobs
 from .rollout import Rollout
 from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
+from .teacher_request import BadRequest, parse_score_request
 
 PROTOCOL = 1
 FULL_VOCAB_LIMIT = 8192
@@ -386,10 +387,6 @@ def _error_reason(body: bytes, status: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- server
-class BadRequest(ValueError):
-    """A request the server cannot score (answered with HTTP 400)."""
-
-
 class TeacherService:
     """A frozen model and its tokenizer behind ``/info`` and ``/score``; one scoring pass at a time."""
 
@@ -420,57 +417,15 @@ class TeacherService:
         return {name: encode_tensor(value) for name, value in out.items()}
 
     def _parse(self, req: dict) -> tuple[Rollout, dict]:
-        try:
-            t = {
-                k: torch.as_tensor(req[k], dtype=torch.long)
-                for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-            }
-        except KeyError as err:
-            raise BadRequest(f"missing field {err.args[0]!r}") from None
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise BadRequest(f"ids and masks must be rectangular lists of ints ({err})") from None
-        b = t["prompt_ids"].shape[0]
-        if (
-            any(x.dim() != 2 for x in t.values())
-            or t["prompt_ids"].shape != t["prompt_mask"].shape
-            or t["completion_ids"].shape != t["completion_mask"].shape
-            or t["completion_ids"].shape[0] != b
-        ):
-            raise BadRequest("prompt_ids/prompt_mask must be (B, P) and completion_ids/completion_mask (B, C)")
-        if b > self.max_rows:
-            raise BadRequest(f"{b} rows in one request; this server takes at most {self.max_rows} (lower max_rows)")
-        ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise BadRequest(f"token ids must be in [0, {self.vocab_size})")
-        gather = req.get("gather")
-        n_states = int(t["completion_mask"].bool().sum())
-        if gather is not None:
-            gather = (
-                torch.as_tensor(gather, dtype=torch.long).reshape(n_states, -1)
-                if n_states
-                else torch.zeros(0, 0, dtype=torch.long)
-            )
-            if gather.numel() and (int(gather.min()) < 0 or int(gather.max()) >= self.vocab_size):
-                raise BadRequest(f"gather ids must be in [0, {self.vocab_size})")
-            gather = gather.to(self.device)
-        t = {k: v.to(self.device) for k, v in t.items()}
-        rollout = Rollout(
-            t["prompt_ids"],
-            t["prompt_mask"],
-            t["completion_ids"],
-            t["completion_mask"],
-            [""] * b,
-            [""] * b,
-            [DEFAULT_DOMAIN] * b,
+        config = getattr(self.model, "config", None)
+        return parse_score_request(
+            req,
+            vocab_size=self.vocab_size,
+            max_rows=self.max_rows,
+            max_context=getattr(config, "max_position_embeddings", None),
+            full_vocab_limit=FULL_VOCAB_LIMIT,
+            device=self.device,
         )
-        want = dict(
-            rank=bool(req.get("rank", False)),
-            topk=max(0, int(req.get("topk", 0))),
-            full=bool(req.get("full", False)),
-            gather=gather,
-            chunk_tokens=max(0, int(req.get("chunk_tokens", 0))),
-        )
-        return rollout, want
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -480,6 +435,10 @@ class _Handler(BaseHTTPRequestHandler):
     )
     service: TeacherService
     verbose = False
+    timeout = 60.0
+    """Seconds a connection may stall (reading a request or its body) before it is dropped."""
+    max_body = 256 << 20
+    """Largest request body in bytes (HTTP 413 above it)."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path.rstrip("/") == "/info":
@@ -494,16 +453,39 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": f"no such path {self.path}; use POST /score"})
             return
         try:
-            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            body = self._body()
+            if body is None:
+                return
+            req = json.loads(body)
             if not isinstance(req, dict):
                 raise BadRequest("the body must be a JSON object")
             self._send(200, self.service.score(req))
-        except (BadRequest, json.JSONDecodeError) as err:
-            self._send(400, {"error": str(err)})
+        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            self._send(400, {"error": f"malformed request: {err}"})
+        except TimeoutError:  # the client stalled mid-body: drop the connection, free the thread
+            self.close_connection = True
         except Exception as err:  # noqa: BLE001 - reported to the client, which retries and then raises
             if self.verbose:
                 traceback.print_exc()
             self._send(500, {"error": f"{type(err).__name__}: {err}"})
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering 400 / 413 for a missing, bad or too large length."""
+        text = self.headers.get("Content-Length")
+        length = int(text) if text is not None and text.strip().isdigit() else -1
+        if length < 0 or length > self.max_body:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            if length < 0:
+                self._send(400, {"error": f"Content-Length must be a non-negative integer, got {text!r}"})
+            else:
+                self._send(413, {"error": f"body of {length} bytes; this server takes at most {self.max_body}"})
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            self._send(400, {"error": f"body ended after {len(body)} of {length} bytes"})
+            return None
+        return body
 
     def _send(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()

@@ -15,14 +15,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_finite, latest_checkpoint, load_checkpoint, save_checkpoint
 from .collect import Collector, batch_indices
 from .config import RunConfig
 from .distributed import Distributed
+from .errors import NonFiniteError, writing
 from .evaluate import task_evaluator
 from .lineage import LOSS_KINDS
 from .models import DEFAULT_DOMAIN, Models, load_models
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
+from .rundir import prepare_run_dir
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .schedules import lr_factor, make_optimizer, mu_at
 from .score import Scored
@@ -115,8 +117,9 @@ def train(
     ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
     """
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
+    prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
+    out.mkdir(parents=True, exist_ok=True)
     reporter = [Reporter(cfg)] if cfg.report_targets and dist.is_main else []  # a missing tracker fails here
     models = models if models is not None else load_models(cfg)
     tasks = _load_tasks(cfg)
@@ -163,7 +166,7 @@ def train(
                 keep_steps_upto(out / name, start)
             else:
                 (out / name).unlink(missing_ok=True)
-        atomic_write_json(out / "config.json", cfg.to_dict())
+        atomic_write_json(out / "config.json", cfg.to_dict(), strict=True)
 
     def run_eval(step: int) -> None:
         if evaluate is None:
@@ -180,7 +183,7 @@ def train(
     t_run = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=out.name, disable=not (progress and main), initial=start, total=cfg.steps)
     for step in bar:
-        slots = dist.shard(list(enumerate(batch_indices(len(prompts), cfg.batch_size, step, cfg.seed))))
+        slots = dist.shard(list(enumerate(batch_indices(collector.num_examples, cfg.batch_size, step, cfg.seed))))
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
@@ -203,7 +206,15 @@ def train(
             )
         _sync(device)
         t2 = time.perf_counter()
-        result = update(student, optimizer, scored, settings, dist=dist)
+        try:
+            result = update(student, optimizer, scored, settings, dist=dist)
+        except NonFiniteError as err:
+            kept = latest_checkpoint(out)
+            raise NonFiniteError(
+                f"step {step + 1}: {err}; the run stopped before the optimizer step "
+                f"({'its last checkpoint ' + str(kept) + ' is kept' if kept else 'no checkpoint was written'}). "
+                "Look for NaN/inf in the student, teacher or reference weights, or lower lr"
+            ) from None
         scheduler.step()
         if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
@@ -247,6 +258,10 @@ def train(
         if main:
             save_checkpoint(out, cfg.steps, student, optimizer, scheduler, gens, state=state)
             save_final_model(models, out / "model", None if state is None else state[0])
+    elif hasattr(student, "save_pretrained") and not (out / "model").is_dir():  # the final save was cut short
+        state = dist.full_state(student, optimizer)
+        if main:
+            save_final_model(models, out / "model", None if state is None else state[0])
     dist.barrier()
     history = pd.DataFrame(read_jsonl(out / "metrics.jsonl"))
     if main:
@@ -259,18 +274,23 @@ def train(
 def save_final_model(models: Models, path: Path, state_dict: dict | None = None) -> None:
     """``save_pretrained`` the student (and its tokenizer) so it loads like any checkpoint; ``state_dict``: the
     gathered full weights of a sharded (FSDP) student."""
+    import shutil
+
     student = models.student
     if not hasattr(student, "save_pretrained"):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    student.save_pretrained(tmp, state_dict=state_dict)
-    if models.tokenizer is not None:
-        models.tokenizer.save_pretrained(tmp)
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
+    check_finite(student.state_dict() if state_dict is None else state_dict, path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)  # a save cut short earlier
+    with writing(tmp):
+        student.save_pretrained(tmp, state_dict=state_dict)
+        if models.tokenizer is not None:
+            models.tokenizer.save_pretrained(tmp)
+    if path.exists():  # never a moment without a complete model: the old one moves aside, then goes
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
     tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _summary(cfg: RunConfig, history: pd.DataFrame, evals: list[dict], wall: float) -> dict:

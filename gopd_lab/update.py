@@ -7,11 +7,13 @@ its detached log-probs, then the loss is built from the same forward.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .errors import NonFiniteError
 from .lineage import (
     LOSS_KINDS,
     agopd_lambda,
@@ -264,6 +266,7 @@ def update(
         if dist is not None:
             dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
+        _check_finite(loss, grad_norm, dist)
         optimizer.step()
         if first is None:
             first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
@@ -274,6 +277,14 @@ def update(
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
+
+
+def _check_finite(loss: Tensor, grad_norm: Tensor, dist) -> None:
+    """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
+    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone."""
+    loss_value, norm = float(loss.detach()), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
+    if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
+        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g})")
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .errors import UserError
 from .runio import atomic_write_json, read_jsonl
 from .tasks import data_dir
 
@@ -29,7 +30,7 @@ MANIFEST = "manifest.json"
 ZOO_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
-class ZooError(RuntimeError):
+class ZooError(UserError, RuntimeError):
     """A zoo model that is missing or does not match its manifest; the message says how to rebuild."""
 
 
@@ -174,6 +175,12 @@ def model_path(name: str, *, root: Path | None = None, verify: bool = True) -> P
                     f"zoo model {name!r}: {f} does not match its sha256 in {root / MANIFEST} "
                     "(corrupt or modified); restore it from git or rebuild with `gopd-lab zoo build`"
                 )
+        extra = sorted(f.name for f in path.iterdir() if f.name not in models[name]["sha256"] and f.name[0] != ".")
+        if extra:  # e.g. a special_tokens_map.json would change EOS while every listed hash still matches
+            raise ZooError(
+                f"zoo model {name!r}: {path} holds files its manifest does not list ({extra}); they can change how "
+                "the model or tokenizer loads. Remove them, or rebuild with `gopd-lab zoo build`"
+            )
     return path
 
 
@@ -221,8 +228,8 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
         else:
             student = str(save_tiny_model(work / f"{r.name}-init", seed=r.seed, tokenizer=tokenizer, **r.arch))
         steps = max(2, int(r.steps * scale))
-        cfg = r.run_config(student, work / r.name).replace(
-            steps=steps, eval_limit=eval_limit, log_samples_every=max(1, steps // 10)
+        cfg = r.run_config(student, work / r.name).replace(  # a rebuild replaces its own earlier work dir
+            steps=steps, eval_limit=eval_limit, log_samples_every=max(1, steps // 10), overwrite=True
         )
         torch.manual_seed(r.seed)
         train(cfg, progress=progress)

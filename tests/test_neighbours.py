@@ -8,6 +8,7 @@ import torch
 
 from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
+from gopd_lab.errors import RunDirError
 from gopd_lab.models import load_models
 from gopd_lab.objectives import chord_phi, group_advantages, sft_loss
 from gopd_lab.rollout import encode_prompts, sample
@@ -257,7 +258,9 @@ def test_offpolicy_regenerates_teacher_samples_left_by_another_run(tiny_dirs, tm
         eval_k=0,
         out_dir=str(out),
     )
-    train(cfg, progress=False)
+    with pytest.raises(RunDirError, match="teacher_samples.jsonl"):  # another run's file: refused, not mixed in
+        train(cfg, progress=False)
+    train(cfg.replace(overwrite=True), progress=False)
     rows = (out / "teacher_samples.jsonl").read_text().splitlines()
     assert len(rows) == 4000 and "stale" not in rows[0]
 

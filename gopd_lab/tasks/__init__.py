@@ -14,8 +14,15 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
+from gopd_lab.errors import ConfigError
 from gopd_lab.tasks.base import Example, Task, data_dir, exact_match, make_task
-from gopd_lab.tasks.mathjsonl import extract_answer, load_math_jsonl, math_verifier, normalize_answer
+from gopd_lab.tasks.mathjsonl import (
+    extract_answer,
+    is_plain_layout,
+    load_math_jsonl,
+    math_verifier,
+    normalize_answer,
+)
 
 __all__ = [
     "ARITH_TASKS",
@@ -35,6 +42,12 @@ __all__ = [
 ]
 
 ARITH_TASKS = ("add", "mul")
+
+
+class UnknownTaskError(ConfigError, KeyError):
+    """A task name that is neither registered nor a ``.jsonl`` file (a ``KeyError`` too, for older callers)."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
 
 
 def _load_arith(domain: str) -> Task:
@@ -64,14 +77,20 @@ def available_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     """Return the task registered as ``name``, or load ``name`` as a math JSONL file path.
 
+    GSM8K / MATH rows are checked by ``math_verifier``; a file of plain ``prompt``/``answer`` rows only is
+    checked by ``exact_match`` (for the lenient final-answer check on such a file, register
+    ``load_math_jsonl(path)`` under a name).
+
     Raises ``KeyError`` listing the known names when ``name`` is neither.
     """
     if name in _REGISTRY:
         return _REGISTRY[name]()
     path = Path(name)
     if path.suffix == ".jsonl" and path.is_file():
+        if is_plain_layout(path):  # prompt/answer rows: exact match, as for any prompt/answer task
+            return load_math_jsonl(path, domain=path.stem, verifier=exact_match)
         return load_math_jsonl(path, domain=path.stem)
-    raise KeyError(
+    raise UnknownTaskError(
         f"unknown task {name!r}: registered tasks are {available_tasks()}; "
         f"pass an existing .jsonl path or call register_task({name!r}, factory) first"
     )
@@ -83,6 +102,6 @@ def load_tasks(names: Iterable[str]) -> dict[str, Task]:
     for name in names:
         task = get_task(name)
         if task.domain in tasks:
-            raise ValueError(f"two tasks share the domain {task.domain!r}; give each a distinct name")
+            raise ConfigError(f"two tasks share the domain {task.domain!r}; give each a distinct name")
         tasks[task.domain] = task
     return tasks

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from gopd_lab.errors import DataError
+
 Verifier = Callable[[str, str], bool]
 Feedback = Callable[[str, str], str]
 
@@ -234,20 +236,31 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     file without any row.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error})") from None
-            if not isinstance(row, dict):
-                kind = type(row).__name__
-                raise ValueError(f"{path}, line {line_number}: expected a JSON object, got {kind}")
-            rows.append((line_number, row))
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    for line_number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                f"{error.start + 1}); save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_number}: not valid JSON ({error})") from None
+        if not isinstance(row, dict):
+            kind = type(row).__name__
+            raise DataError(f"{path}, line {line_number}: expected a JSON object, got {kind}")
+        rows.append((line_number, row))
     if not rows:
-        raise ValueError(f"{path} holds no rows: a task file needs one JSON object per line")
+        raise DataError(f"{path} holds no rows: a task file needs one JSON object per line")
     return rows
 
 
@@ -256,7 +269,7 @@ def read_prompt_answer_jsonl(path: str | Path) -> list[dict]:
     rows = []
     for line_number, row in read_jsonl(path):
         if not (isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)):
-            raise ValueError(
+            raise DataError(
                 f"{path}, line {line_number}: expected string fields 'prompt' and 'answer', found fields {sorted(row)}"
             )
         rows.append(row)

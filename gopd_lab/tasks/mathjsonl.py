@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
+from gopd_lab.errors import DataError
 from gopd_lab.tasks.base import Example, Task, read_jsonl
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)")
@@ -34,7 +36,9 @@ _FRAC_HALF_SHORT = re.compile(r"\\frac\{([^{}]*)\}(\d)")
 _SQRT_SHORT = re.compile(r"\\sqrt(\d+)")
 _LATEX_FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 _SLASH_FRAC = re.compile(r"-?\d+/\d+")
-_REMOVED = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "^{\\circ}", "^\\circ", "\\%", "%")
+_LAST_NUMBER = re.compile(r"[-+]?\d+/\d+(?![\d/])|" + _NUMBER.pattern)
+_NUMBER_THEN_WORDS = re.compile(r"\$?\s*(" + _NUMBER.pattern + r"|-?\d+/\d+)\s*\$?\s+[A-Za-z][A-Za-z .]*\.?")
+_REMOVED = ("\\$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "^{\\circ}", "^\\circ", "\\%", "%")
 _LAYOUTS = (("question", "answer"), ("problem", "solution"), ("prompt", "answer"))
 _FIELDS = "expected fields 'question'+'answer' (GSM8K), 'problem'+'solution' (MATH) or 'prompt'+'answer'"
 
@@ -64,17 +68,23 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_hashes(text: str) -> str | None:
-    """Return what follows the last ``#### `` marker (GSM8K's final-answer line), or ``None``."""
+    """Return what follows the last ``#### `` marker (GSM8K's final-answer line), or ``None``.
+
+    A number followed by words is the number (``#### 18 dollars`` → ``18``; a unit is not part of the answer).
+    """
     matches = _HASHES.findall(text)
-    return matches[-1].strip() if matches and matches[-1].strip() else None
+    found = matches[-1].strip() if matches and matches[-1].strip() else None
+    unit = _NUMBER_THEN_WORDS.fullmatch(found) if found else None
+    return unit.group(1) if unit else found
 
 
 def extract_answer(completion: str) -> str | None:
-    """Return a completion's final answer: the last ``\\boxed{}``, else ``#### n``, else the last number."""
+    """Return a completion's final answer: the last ``\\boxed{}``, else ``#### n``, else the last number (a
+    plain-text fraction ``3/4`` counts as one number, not as its denominator)."""
     for found in (extract_boxed(completion), extract_hashes(completion)):
         if found is not None:
             return found
-    numbers = _NUMBER.findall(completion)
+    numbers = _LAST_NUMBER.findall(completion)
     return numbers[-1] if numbers else None
 
 
@@ -89,7 +99,7 @@ def reference_answer(solution: str) -> str:
 def normalize_answer(answer: str) -> str:
     """Return ``answer`` in a canonical form for string comparison.
 
-    Removes ``$``, ``\\left``/``\\right``, LaTeX spacing (``\\!``, ``\\,``, ...), degrees and
+    Removes ``$`` (also escaped, ``\\$``), ``\\left``/``\\right``, LaTeX spacing (``\\!``, ``\\,``, ...), degrees and
     percent signs, ``\\text{...}`` units after a value (a lone ``\\text{A}`` becomes ``A``), all
     whitespace, a trailing ``.``, a leading ``x =`` and a leading ``+``; writes ``\\dfrac`` and
     ``\\tfrac`` as ``\\frac`` and ``\\frac12`` as ``\\frac{1}{2}``; writes decimals without
@@ -163,12 +173,29 @@ def parse_math_row(row: dict, path: str | Path, line_number: int) -> tuple[str, 
         if isinstance(question, str) and isinstance(solution, str):
             solution = _CALCULATOR.sub("", solution) if question_field == "question" else solution
             if question_field != "prompt" and reference_answer(solution) == solution.strip():
-                raise ValueError(
+                raise NoFinalAnswer(
                     f"{path}, line {line_number}: the {answer_field!r} field has no final answer "
                     f"(a '#### n' line or a \\boxed{{...}})"
                 )
             return question, solution
-    raise ValueError(f"{path}, line {line_number}: {_FIELDS}; found fields {sorted(row)}")
+    raise DataError(f"{path}, line {line_number}: {_FIELDS}; found fields {sorted(row)}")
+
+
+class NoFinalAnswer(DataError):
+    """A GSM8K/MATH row whose solution has no final answer (``load_math_jsonl`` skips it with a warning)."""
+
+
+def _few(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+def is_plain_layout(path: str | Path) -> bool:
+    """Whether every row of a JSONL file is the plain ``prompt``/``answer`` layout (no GSM8K/MATH row)."""
+    rows = [row for _, row in read_jsonl(path)]
+    return all(isinstance(r.get("prompt"), str) and isinstance(r.get("answer"), str) for r in rows) and not any(
+        ("question" in r or "problem" in r) for r in rows
+    )
 
 
 def load_math_jsonl(
@@ -177,8 +204,10 @@ def load_math_jsonl(
     test_fraction: float = 0.1,
     seed: int = 0,
     template: str = "{question}",
+    verifier=None,
+    feedback=None,
 ) -> Task:
-    """Load a math JSONL file as a ``Task`` checked by ``math_verifier``.
+    """Load a math JSONL file as a ``Task`` checked by ``math_verifier`` (or the ``verifier`` given).
 
     The prompt of a row is ``template.format(question=...)`` (e.g. ``"{question}\\nPut the final
     answer in \\\\boxed{{}}."``). Distinct prompts are shuffled with ``seed`` and a
@@ -190,10 +219,39 @@ def load_math_jsonl(
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     pairs: dict[str, str] = {}
+    unanswered, duplicates = [], []
     for line_number, row in read_jsonl(path):
-        question, solution = parse_math_row(row, path, line_number)
-        pairs.setdefault(template.format(question=question), solution)
+        try:
+            question, solution = parse_math_row(row, path, line_number)
+        except NoFinalAnswer as err:
+            unanswered.append((line_number, str(err)))
+            continue
+        prompt = template.format(question=question)
+        if prompt in pairs:
+            duplicates.append(line_number)
+        pairs.setdefault(prompt, solution)
+    if not pairs:
+        raise DataError(unanswered[0][1] + "; no row of the file has one")
+    if unanswered:
+        lines = [n for n, _ in unanswered]
+        warnings.warn(
+            f"{path}: skipped {len(lines)} row(s) without a final answer (a '#### n' line or a \\boxed{{...}}), "
+            f"line(s) {_few(lines)}",
+            stacklevel=2,
+        )
+    if duplicates:
+        warnings.warn(
+            f"{path}: {len(duplicates)} row(s) repeat an earlier prompt and were dropped (the first one is kept), "
+            f"line(s) {_few(duplicates)}",
+            stacklevel=2,
+        )
     examples = [Example(prompt, solution, domain) for prompt, solution in pairs.items()]
     random.Random(seed).shuffle(examples)
     n_test = max(1, round(len(examples) * test_fraction)) if test_fraction > 0 and len(examples) > 1 else 0
-    return Task(domain, examples[n_test:], examples[:n_test], verifier=math_verifier, feedback=math_feedback)
+    return Task(
+        domain,
+        examples[n_test:],
+        examples[:n_test],
+        verifier=verifier or math_verifier,
+        feedback=feedback or (None if verifier else math_feedback),
+    )

@@ -1,0 +1,123 @@
+"""What a run directory may hold before a run starts, so that two runs never mix.
+
+- A fresh run (``resume=False``) into a directory that holds a run is refused unless ``overwrite=True``, which
+  deletes that run's files (and only those: other files in the directory are kept).
+- ``resume=True`` continues only the run whose ``config.json`` matches: a field that changes the trajectory
+  (method, models, λ, learning rate, seed, batch, ...) must be equal; :data:`MAY_DIFFER` (the length of the
+  run, logging and evaluation cadence, the device) may change.
+- A final save cut short (``model.tmp/`` without ``model/``) is finished by resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import RunDirError
+
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "eval.jsonl",
+    "samples.jsonl",
+    "summary.json",
+    "teacher_samples.jsonl",
+)
+RUN_DIRS = ("checkpoints", "model", "model.tmp")
+
+MAY_DIFFER = frozenset(
+    {
+        "steps",
+        "save_every",
+        "log_samples_every",
+        "log_samples",
+        "eval_every",
+        "eval_k",
+        "eval_limit",
+        "resume",
+        "overwrite",
+        "extra",
+        "out_dir",
+        "device",
+        "score_chunk_tokens",
+        "trust_remote_code",
+    }
+)
+"""Fields a resumed run may change: they do not change the weights a step computes (``steps`` changes the
+schedule's end only where one decays to 0 over the run, and is allowed so that a run can be extended)."""
+
+
+def holds_run(out: Path) -> list[str]:
+    """The run files and directories present in ``out``."""
+    return [name for name in RUN_FILES + RUN_DIRS if (out / name).exists()]
+
+
+def clear_run(out: Path) -> None:
+    """Delete a run's files from ``out`` (files it does not know are kept)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _normal(value):
+    return json.loads(json.dumps(value))
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Fields outside :data:`MAY_DIFFER` whose values differ (a field absent from ``saved`` counts at its
+    current value only if it is at the default: fields added later do not block resuming old runs)."""
+    from .config import RunConfig
+
+    defaults = RunConfig.__dataclass_fields__
+    changed = []
+    for name, value in current.items():
+        if name in MAY_DIFFER:
+            continue
+        if name in saved:
+            if _normal(saved[name]) != _normal(value):
+                changed.append(name)
+        elif name in defaults:
+            f = defaults[name]
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if _normal(default) != _normal(value):
+                changed.append(name)
+    return changed
+
+
+def prepare_run_dir(cfg, *, clear: bool) -> None:
+    """Refuse a run that would mix with the run already in ``cfg.out_dir``; with ``clear`` (the main process of
+    a fresh run with ``overwrite=True``) delete the old run's files."""
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"out_dir {out} is a file, not a directory; choose another out_dir")
+    present = holds_run(out)
+    if cfg.resume:
+        if not present:
+            return
+        config = out / "config.json"
+        if not config.is_file():
+            raise RunDirError(
+                f"resume=True: {out} holds {present} but no config.json, so nothing shows that they belong to this "
+                "config; start a new out_dir, or overwrite=True (--overwrite true) to replace them"
+            )
+        try:
+            saved = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunDirError(f"resume=True: {config} is not readable JSON ({err})") from None
+        changed = config_differences(saved, cfg.to_dict())
+        if changed:
+            detail = ", ".join(f"{n}: saved {saved.get(n)!r}, now {getattr(cfg, n)!r}" for n in changed)
+            raise RunDirError(
+                f"resume=True: the run in {out} was made with another config ({detail}); resume with the saved "
+                f"values ({config}), or start a new out_dir"
+            )
+        return
+    if present and not getattr(cfg, "overwrite", False):
+        raise RunDirError(
+            f"{out} already holds a run ({', '.join(present)}); resume=True (--resume true) continues it, "
+            "overwrite=True (--overwrite true) replaces it, or choose another out_dir"
+        )
+    if present and clear:
+        clear_run(out)
