@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, RunConfig
+from .precision import student_dtypes
 
 DEFAULT_DOMAIN = "default"
 
@@ -90,6 +91,11 @@ class Models:
     teachers: dict[str, nn.Module]
     references: dict[str, nn.Module] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    vocab: object | None = None
+    """The shared-vocabulary alignment (:class:`~gopd_lab.vocab.VocabAlignment`) when the models' vocabularies or
+    output widths differ; None when they agree exactly."""
+    autocast_dtype: torch.dtype | None = None
+    """Mixed precision: the dtype the float32 student computes in under ``torch.autocast`` (None = off)."""
 
     def teacher_for(self, domain: str) -> nn.Module:
         return _route(self.teachers, domain, "teacher")
@@ -212,8 +218,9 @@ def load_models(cfg: RunConfig) -> Models:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    student_dtype, autocast_dtype = student_dtypes(dtype, cfg.mixed_precision)
     student = load_model(
-        cfg.student, role="student", device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        cfg.student, role="student", device=device, dtype=student_dtype, trust_remote_code=cfg.trust_remote_code
     )
     initial_student: nn.Module | None = None
     if cfg.lora_r > 0:
@@ -228,7 +235,9 @@ def load_models(cfg: RunConfig) -> Models:
             if role != "reference":
                 raise ConfigError("only the reference may be 'student' (the student's initial weights)")
             if initial_student is None:
-                initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
+                initial_student = (
+                    AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student).to(dtype))
+                )
             return initial_student
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.teacher_server`: no weights here
             if path not in cache:
@@ -259,7 +268,14 @@ def load_models(cfg: RunConfig) -> Models:
     )
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
-    return Models(student=student, tokenizer=tokenizer, teachers=teachers, references=references, names=names)
+    return Models(
+        student=student,
+        tokenizer=tokenizer,
+        teachers=teachers,
+        references=references,
+        names=names,
+        autocast_dtype=autocast_dtype,
+    )
 
 
 def _add_lora(student: nn.Module, cfg: RunConfig) -> nn.Module:

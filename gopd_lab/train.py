@@ -21,12 +21,13 @@ from .config import RunConfig
 from .distributed import Distributed
 from .evaluate import task_evaluator
 from .models import DEFAULT_DOMAIN, Models, load_models
+from .precision import autocast
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from .schedules import lr_factor, make_optimizer, mu_at
 from .score import Scored
 from .sdpo import ema_update
-from .update import UpdateResult, UpdateSettings, update
+from .update import UpdateResult, UpdateSettings, enable_gradient_checkpointing, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
 
@@ -134,12 +135,15 @@ def train(
     student, device = models.student, models.device
     if dist.fsdp:
         dist.shard_student(student, cfg)  # before the optimizer, which then holds only this process's shards
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    amp = models.autocast_dtype  # mixed precision: the float32 student computes in this dtype
     torch.manual_seed(cfg.seed)
     gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    settings = UpdateSettings.from_config(cfg)
+    settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1
 
@@ -162,7 +166,8 @@ def train(
         with dist.full_params(student):  # FSDP: every process gathers the student, the main one evaluates
             if not main:
                 return
-            rows = [{"step": step, **r} for r in evaluate(student, step)]
+            with autocast(amp, device):
+                rows = [{"step": step, **r} for r in evaluate(student, step)]
         append_jsonl(out / "eval.jsonl", rows)
         cbs.fire("on_eval", step, rows)
 
@@ -175,8 +180,9 @@ def train(
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        with dist.full_params(
-            student, when=cfg.method not in ("sft", "offpolicy")
+        with (
+            dist.full_params(student, when=cfg.method not in ("sft", "offpolicy")),
+            autocast(amp, device),
         ):  # FSDP: sample on the gathered student
             rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
         _sync(device)

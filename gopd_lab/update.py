@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import ConfigError
 from .objectives import (
     chord_phi,
     full_loss,
@@ -24,8 +25,9 @@ from .objectives import (
     sft_loss,
     topk_loss,
 )
+from .precision import autocast
 from .score import Scored
-from .scoring import student_forward, student_kl_forward
+from .scoring import StudentOut, student_forward, student_kl_forward
 
 
 @dataclass
@@ -46,9 +48,13 @@ class UpdateSettings:
     mu: float = 0.0
     """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
     phi_weighting: bool = True
+    micro_batch_size: int = 0
+    """Rows per forward/backward (0 = the whole batch); gradients accumulate, the step is unchanged."""
+    autocast_dtype: torch.dtype | None = None
+    """Compute dtype under ``torch.autocast`` (mixed precision with float32 weights); None = the weights' dtype."""
 
     @classmethod
-    def from_config(cls, cfg) -> UpdateSettings:
+    def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
         return cls(
             cfg.rl_method,
             cfg.estimator,
@@ -63,6 +69,8 @@ class UpdateSettings:
             cfg.grpo_scale_std,
             cfg.mu,
             cfg.phi_weighting,
+            micro_batch_size=cfg.micro_batch_size,
+            autocast_dtype=autocast_dtype,
         )
 
     @property
@@ -112,7 +120,8 @@ def compute_loss(
         return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
     states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
     if s.estimator == "full":
-        return full_loss(out.logp, scored.target, states)
+        target = scored.target.dense() if hasattr(scored.target, "dense") else scored.target  # (N, V)
+        return full_loss(out.logp, target, states)
     if s.estimator == "topk":
         lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
         return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
@@ -131,45 +140,118 @@ def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
 
 
+def enable_gradient_checkpointing(student: nn.Module) -> None:
+    """Recompute the student's decoder layers in backward (``RunConfig.gradient_checkpointing``): activations
+    of one layer at a time instead of all of them, for about one more forward of compute. Non-reentrant
+    checkpointing: the values and gradients are those of the plain forward."""
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    enable = getattr(student, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError(
+            f"gradient_checkpointing=True needs a Hugging Face student (gradient_checkpointing_enable); "
+            f"{type(student).__name__} has none: set gradient_checkpointing=False"
+        )
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def micro_batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` row ranges of at most ``size`` rows (``size`` 0 = one range over all ``n`` rows)."""
+    size = size if size > 0 else max(n, 1)
+    return [(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
+
+
 def update(
     student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings, dist=None
 ) -> UpdateResult:
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
 
-    With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) each loss is rescaled from a
-    local to a global token mean and gradients are summed over processes before clipping, so the step
-    equals a one-process step on the global batch."""
+    The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
+    loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
+    accumulated gradient is that of the whole batch's token mean, and the step equals the one-pass step.
+    With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) ``n_batch`` is the global token
+    count and gradients are summed over processes before clipping, so the step equals a one-process step on
+    the global batch. With ``s.autocast_dtype`` the forward and backward run under ``torch.autocast``
+    (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
     rollout = scored.rollout
     mask = rollout.completion_mask.float()  # (B, C)
+    n_batch = _global_tokens(mask, dist)
+    parts = micro_batches(len(rollout), s.micro_batch_size)
+    grpo_adv = advantages_for(scored, mask, s) if s.method != "gopd" else None  # group-relative: whole batch
     student.train()
     first: UpdateResult | None = None
     lp_old = None
     for epoch in range(s.epochs):
-        out = _forward(student, scored, s)
-        lp_now = out.lp.detach()  # (B, C)
-        if lp_old is None:
-            lp_old = lp_now
-        advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
-        loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
-        loss = loss * _global_scale(mask, dist)
-        if scored.expert is not None and s.mu > 0:
-            loss, sft_extra = mix_expert_sft(
-                student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist)
-            )
-            extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        lps, ents, advs, total, extra = [], [], [], 0.0, {}
+        for start, stop in parts:
+            part = scored.rows(start, stop) if len(parts) > 1 else scored
+            with autocast(s.autocast_dtype, mask.device):
+                out = _forward(student, part, s)
+            old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
+            adv = advantages_for(part, old, s) if grpo_adv is None else grpo_adv[start:stop]  # (b, C), detached
+            loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
+            n_part = float(part.rollout.completion_mask.sum())
+            weight = n_part / n_batch * (1.0 - s.mu if _mixes_expert(scored, s) else 1.0)
+            (loss.float() * weight).backward()
+            total += float(loss.detach()) * weight
+            _accumulate(extra, part_extra, n_part)
+            lps.append(out.lp.detach())
+            ents.append(out.entropy.detach())
+            advs.append(adv)
+        n_local = float(mask.sum())
+        extra = {k: v / max(n_local, 1.0) for k, v in extra.items()}
+        if _mixes_expert(scored, s):
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist)
+            total += sft_total
+            extra.update(sft_extra)
         params = [p for p in student.parameters() if p.requires_grad]
         if dist is not None:
             dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
         optimizer.step()
+        lp_now = torch.cat(lps)  # (B, C)
+        if lp_old is None:
+            lp_old = lp_now
         if first is None:
-            first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
+            advantages = torch.cat(advs)
+            out_all = StudentOut(lp=lp_now, logp=None, entropy=torch.cat(ents), positions=None)
+            first = UpdateResult(_metrics(scored, out_all, advantages, total, grad_norm, extra), lp_now, advantages)
         elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
+
+
+def _mixes_expert(scored: Scored, s: UpdateSettings) -> bool:
+    return scored.expert is not None and s.mu > 0
+
+
+def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> None:
+    """Token-weighted sums of a micro-batch's metrics (each a token mean over the micro-batch)."""
+    for key, value in extra.items():
+        into[key] = into.get(key, 0.0) + float(value) * n
+
+
+def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None) -> tuple[float, dict[str, float]]:
+    """Backward of ``μ·L_SFT`` on the expert batch, micro-batched like the update; returns its value (the share
+    of this process) and its metrics."""
+    mask = expert.completion_mask.float()
+    n_batch = _global_tokens(mask, dist)
+    total, extra = 0.0, {}
+    for start, stop in micro_batches(len(expert), s.micro_batch_size):
+        part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
+        with autocast(s.autocast_dtype, mask.device):
+            sft, part_extra = expert_sft_loss(student, part, s)
+        n_part = float(part.completion_mask.sum())
+        weight = s.mu * n_part / n_batch
+        (sft.float() * weight).backward()
+        total += float(sft.detach()) * weight
+        _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
+    n_local = max(float(mask.sum()), 1.0)
+    return total, {"mu": s.mu, **{k: v / n_local for k, v in extra.items()}}
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
@@ -192,23 +274,23 @@ def mix_expert_sft(
     }
 
 
-def _global_scale(mask: Tensor, dist) -> float:
-    """``n_local / n_global``: turns a local token mean into this process's share of the global one, so the
-    gradients summed over processes are those of the global token mean."""
-    if dist is None or dist.world == 1:
-        return 1.0
+def _global_tokens(mask: Tensor, dist) -> float:
+    """The batch's valid tokens over every process (this process's alone without ``dist``), at least 1: the
+    denominator that turns each micro-batch's token mean into its share of the global token mean."""
     n_local = float(mask.sum())
-    return n_local / max(dist.sum(n_local), 1.0)
+    if dist is None or dist.world == 1:
+        return max(n_local, 1.0)
+    return max(dist.sum(n_local), 1.0)
 
 
 @torch.no_grad()
-def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: Tensor, extra: dict) -> dict[str, float]:
+def _metrics(scored: Scored, out, advantages: Tensor, loss: float, grad_norm: Tensor, extra: dict) -> dict[str, float]:
     mask = scored.rollout.completion_mask.float()
     lp = out.lp.detach()
     adv_mean = masked_mean(advantages, mask)
     adv_var = masked_mean((advantages - adv_mean) ** 2, mask)
     m = {
-        "loss": float(loss.detach()),
+        "loss": float(loss),
         "adv_mean": float(adv_mean),
         "adv_std": float(adv_var.sqrt()),
         "lp_student_mean": float(masked_mean(lp, mask)),
