@@ -151,6 +151,7 @@ def train(
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
+        collector.after_update(student)  # rollout_backend="vllm": the engine samples from the resumed weights
     dist.barrier()
     if main:
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
@@ -202,6 +203,7 @@ def train(
         t2 = time.perf_counter()
         result = update(student, optimizer, scored, settings, dist=dist)
         scheduler.step()
+        collector.after_update(student)  # rollout_backend="vllm": the engine samples from the new weights
         if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
