@@ -305,9 +305,14 @@ class LazyTarget:
             logp_r = torch.log_softmax(self.head_r(self.feats_r[start:stop]).float(), -1)
         return target_logprobs(logp_t, logp_r, self.lam[start:stop])
 
-    def dense(self) -> Tensor:
-        """The whole ``(N, V)`` target (for paths that cannot read it chunk by chunk)."""
-        return self.rows(0, len(self))
+    def dense(self, chunk_tokens: int = 0) -> Tensor:
+        """The whole ``(N, V)`` float32 target (for paths that cannot read it chunk by chunk), written chunk by
+        chunk into one preallocated tensor."""
+        out = self.feats_t.new_empty(len(self), self.width, dtype=torch.float32)
+        n = chunk_rows(self.width, chunk_tokens, self.feats_t.device)
+        for i in range(0, len(self), n):
+            out[i : i + n] = self.rows(i, min(i + n, len(self)))
+        return out
 
 
 def _add(acc: dict[str, list[Tensor]], name: str, value: Tensor) -> None:
