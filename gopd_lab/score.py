@@ -19,6 +19,11 @@ from .objectives import target_logprobs
 from .rollout import Rollout
 from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view, token_logprobs
 
+LAZY_TARGET_BYTES = 64 * 2**20
+"""The ``full`` estimator's target is kept lazy (:class:`LazyTarget`) when the dense ``(N, V)`` float32 target
+would be larger than this; a smaller one is formed once during scoring, which saves the second pass of the
+teacher's (and reference's) LM head that the lazy target costs in the update."""
+
 
 @dataclass
 class Scored:
@@ -111,7 +116,7 @@ def score_rollout(
     flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
 
-    lazy = estimator == "full" and len(groups) == 1  # one teacher/reference pair: the target stays lazy
+    lazy = estimator == "full" and len(groups) == 1  # one teacher/reference pair: the target may stay lazy
     for teacher, reference, rows in groups.values():
         whole = len(rows) == len(rollout)
         sub = rollout if whole else rollout.select(rows)
@@ -195,8 +200,8 @@ def _score_pair(
 ) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions.
 
-    ``full`` with ``lazy_target`` (and frozen LM heads) returns a :class:`LazyTarget` instead of an ``(N, V)``
-    tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
+    ``full`` with ``lazy_target`` (frozen LM heads, a dense target above :data:`LAZY_TARGET_BYTES`) returns a
+    :class:`LazyTarget` instead of an ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
     from .teacher_server import RemoteScorer, remote_score_pair  # imported here, see reference_logprobs
 
     if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
@@ -222,6 +227,7 @@ def _score_pair(
             feats_r, head_r = completion_features(r, rollout, pos)
     n = chunk_rows(width, chunk_tokens, feats_t.device)
     lazy = lazy_target and estimator == "full" and _frozen(head_t) and (head_r is None or _frozen(head_r))
+    lazy = lazy and len(pos) * width * 4 > LAZY_TARGET_BYTES
     acc: dict[str, list[Tensor]] = {}
     dense: Tensor | None = None  # (N, V) per-state output, written chunk by chunk
     for i in range(0, len(pos), n):

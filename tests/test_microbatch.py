@@ -58,6 +58,7 @@ CASES = [
     ("gopd", "sampled", {}),
     ("gopd", "sampled", {"epochs": 2, "clip_eps": 0.2}),
     ("gopd", "full", {}),
+    ("gopd", "full", {"lazy": True}),  # the target formed chunk by chunk in the update (forced at this size)
     ("gopd", "topk", {}),
     ("gopd", "jsd", {"jsd_beta": 0.5}),
     ("sft", "sampled", {}),
@@ -79,7 +80,14 @@ def _step(world, method, estimator, kw, micro: int, checkpointing: bool = False)
 
 
 @pytest.mark.parametrize("method,estimator,kw", CASES)
-def test_micro_batches_and_checkpointing_leave_the_step_unchanged(world, method, estimator, kw):
+def test_micro_batches_and_checkpointing_leave_the_step_unchanged(world, method, estimator, kw, monkeypatch):
+    from gopd_lab.score import LazyTarget
+
+    kw = dict(kw)
+    lazy = kw.pop("lazy", False)
+    if lazy:
+        monkeypatch.setattr("gopd_lab.score.LAZY_TARGET_BYTES", 0)
+    assert isinstance(_scored(world, method, estimator).target, LazyTarget) == lazy
     whole, r0 = _step(world, method, estimator, kw, micro=0)
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(whole.parameters(), world[0].student.parameters()))
     assert moved > 1e-3  # the step did something
@@ -96,7 +104,8 @@ def test_micro_batches_and_checkpointing_leave_the_step_unchanged(world, method,
         assert torch.allclose(r.advantages, r0.advantages, atol=1e-5)
 
 
-def test_the_lazy_full_target_equals_the_dense_one(world):
+def test_the_lazy_full_target_equals_the_dense_one(world, monkeypatch):
+    monkeypatch.setattr("gopd_lab.score.LAZY_TARGET_BYTES", 0)
     from gopd_lab.objectives import target_logprobs
     from gopd_lab.score import LazyTarget
     from gopd_lab.scoring import full_logprobs
