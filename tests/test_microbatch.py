@@ -131,3 +131,30 @@ def test_gradient_checkpointing_is_refused_for_a_model_without_it():
 
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_train_runs_with_micro_batches_checkpointing_and_bf16_autocast(tiny_dirs, tmp_path):
+    """The config path end to end: micro_batch_size, gradient_checkpointing and dtype=bfloat16 (autocast on CPU)."""
+    import json
+
+    from gopd_lab import RunConfig, train
+
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        lam=1.25,
+        estimator="full",
+        prompts=["1+1=", "2+2=", "12+7=", "3*3="],
+        batch_size=4,
+        steps=2,
+        max_new_tokens=4,
+        micro_batch_size=3,
+        gradient_checkpointing=True,
+        dtype="bfloat16",
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+    )
+    history = train(cfg, progress=False)
+    assert len(history) == 2 and history["loss"].notna().all() and (history["tokens"] > 0).all()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["micro_batch_size"] == 3 and saved["gradient_checkpointing"] and saved["mixed_precision"]
