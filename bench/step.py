@@ -1,13 +1,13 @@
-"""One G-OPD step, stage by stage, against its floor; scoring's memory against a naive log-softmax.
+"""One G-OPD step, stage by stage, against a naive baseline; scoring's memory against a naive log-softmax.
 
 Stages (what ``train`` runs each step, without the run files): rollout (``rollout.sample``), scoring
 (``score.score_rollout``: the teacher alone, then teacher + reference at λ), update (``update.update``:
-student forward + backward + AdamW). Floors on the same batch: Hugging Face ``generate`` (same length, full
-vocabulary sampling), the bare teacher / reference forward with ``logits_to_keep`` over the completion
+student forward + backward + AdamW). Naive baselines on the same batch (the bare library calls,
+not a lower bound on what a step can cost): Hugging Face ``generate`` (same length, full vocabulary sampling), the bare teacher / reference forward with ``logits_to_keep`` over the completion
 positions, and a bare student forward + cross-entropy + backward + AdamW step. Completions always run the
 full ``--new-tokens`` (no EOS stop) so both sides do the same work.
 
-Times: min / median / max over ``--repeats`` (one warm-up step first), stages and floors interleaved.
+Times: min / median / max over ``--repeats`` (one warm-up step first), stages and naive baselines interleaved.
 Memory: the peak of live torch CPU allocations during each stage (``_common.peak_alloc``, exact, measured
 in a separate pass) and the process max RSS.
 
@@ -84,7 +84,7 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------------------------- the step and its floor
+# ---------------------------------------------------------------------------------------------- the step and its naive baseline
 def model_inputs(rollout):
     ids, mask = rollout.input_ids, rollout.attention_mask  # (B, T)
     return dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
@@ -92,12 +92,12 @@ def model_inputs(rollout):
 
 @torch.inference_mode()
 def bare_forward(model, rollout):
-    """The floor of scoring: one forward, logits only at the completion positions (``logits_to_keep``)."""
+    """The naive baseline of scoring: one forward, logits only at the completion positions (``logits_to_keep``)."""
     return model(**model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1).logits
 
 
 def bare_train_step(model, opt, rollout):
-    """The floor of the update: forward, cross-entropy on the sampled tokens, backward, AdamW step."""
+    """The naive baseline of the update: forward, cross-entropy on the sampled tokens, backward, AdamW step."""
     logits = model(**model_inputs(rollout), use_cache=False, logits_to_keep=rollout.completion_ids.shape[1] + 1).logits[
         :, :-1
     ]
@@ -148,8 +148,8 @@ def run(args) -> dict:
         [p for p in w.student.parameters() if p.requires_grad],  # as train() builds it: fused AdamW
         argparse.Namespace(optimizer="adamw", lr=1e-4, weight_decay=0.01),
     )
-    floor_student = copy.deepcopy(w.student)
-    floor_opt = torch.optim.AdamW(floor_student.parameters(), lr=1e-4, fused=True)
+    naive_student = copy.deepcopy(w.student)
+    naive_opt = torch.optim.AdamW(naive_student.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     n_tok = args.batch * args.new_tokens
 
@@ -165,11 +165,11 @@ def run(args) -> dict:
         ),
         "update": lambda sc: update(w.student, opt, sc, settings),
     }
-    floors = {
-        "rollout": lambda: bare_generate(floor_student, prompts, args.new_tokens, pad),
+    naives = {
+        "rollout": lambda: bare_generate(naive_student, prompts, args.new_tokens, pad),
         "score_teacher": lambda ro: bare_forward(w.teacher, ro),
         "score": lambda ro: (bare_forward(w.teacher, ro), bare_forward(w.reference, ro) if args.lam != 1 else None),
-        "update": lambda ro: bare_train_step(floor_student, floor_opt, ro),
+        "update": lambda ro: bare_train_step(naive_student, naive_opt, ro),
     }
 
     def one_step(record: dict | None) -> None:
@@ -178,11 +178,11 @@ def run(args) -> dict:
         _, *got["score_teacher"] = measured(stages["score_teacher"], ro)
         sc, *got["score"] = measured(stages["score"], ro)
         _, *got["update"] = measured(stages["update"], sc)
-        _, *got["floor_rollout"] = measured(floors["rollout"])
-        _, *got["floor_score_teacher"] = measured(floors["score_teacher"], ro)
-        _, *got["floor_score"] = measured(floors["score"], ro)
-        _, *got["floor_update"] = measured(floors["update"], ro)
-        for prefix in ("", "floor_"):
+        _, *got["naive_rollout"] = measured(naives["rollout"])
+        _, *got["naive_score_teacher"] = measured(naives["score_teacher"], ro)
+        _, *got["naive_score"] = measured(naives["score"], ro)
+        _, *got["naive_update"] = measured(naives["update"], ro)
+        for prefix in ("", "naive_"):
             got[prefix + "step"] = [sum(got[prefix + k][i] for k in ("rollout", "score", "update")) for i in (0, 1)]
         if record is not None:
             for name, (wall, cpu) in got.items():
@@ -201,34 +201,35 @@ def run(args) -> dict:
         _, memory["score_teacher"] = peak_alloc(stages["score_teacher"], ro)
         sc, memory["score"] = peak_alloc(stages["score"], ro)
         _, memory["update"] = peak_alloc(stages["update"], sc)
-        _, memory["floor_rollout"] = peak_alloc(floors["rollout"])
-        _, memory["floor_score_teacher"] = peak_alloc(floors["score_teacher"], ro)
-        _, memory["floor_score"] = peak_alloc(floors["score"], ro)
-        _, memory["floor_update"] = peak_alloc(floors["update"], ro)
+        _, memory["naive_rollout"] = peak_alloc(naives["rollout"])
+        _, memory["naive_score_teacher"] = peak_alloc(naives["score_teacher"], ro)
+        _, memory["naive_score"] = peak_alloc(naives["score"], ro)
+        _, memory["naive_update"] = peak_alloc(naives["update"], ro)
 
     labels = {
         "rollout": ("rollout (sample)", "HF generate"),
         "score_teacher": ("score: teacher (lam=1 pass)", "teacher forward"),
         "score": (f"score: teacher+reference (lam={args.lam:g})", "teacher+reference forward"),
         "update": ("update (fwd+bwd+AdamW)", "student fwd+CE+bwd+AdamW"),
-        "step": ("step = rollout+score+update", "sum of floors"),
+        "step": ("step = rollout+score+update", "sum of naive baselines"),
     }
     rows = []
-    for key, (label, floor_label) in labels.items():
-        t, f = times[key], times["floor_" + key]
+    for key, (label, naive_label) in labels.items():
+        t, f = times[key], times["naive_" + key]
         ratio = {c: [a / b for a, b in zip(t[c], f[c])] for c in ("wall", "cpu")}
         rows.append(
             {
                 "stage": label,
+                "estimator": args.estimator,
                 "wall_median_s": stats(t["wall"])["median"],
                 "wall_min_max_s": f"{min(t['wall']):.3g}-{max(t['wall']):.3g}",
                 "cpu_median_s": stats(t["cpu"])["median"],
                 "tok/s": n_tok / stats(t["cpu"])["median"],
                 "peak_MB": memory[key] / 2**20 if key in memory else "",
-                "floor": floor_label,
-                "floor_wall_s": stats(f["wall"])["median"],
-                "floor_cpu_s": stats(f["cpu"])["median"],
-                "floor_peak_MB": memory["floor_" + key] / 2**20 if key in memory else "",
+                "naive_baseline": naive_label,
+                "naive_wall_s": stats(f["wall"])["median"],
+                "naive_cpu_s": stats(f["cpu"])["median"],
+                "naive_peak_MB": memory["naive_" + key] / 2**20 if key in memory else "",
                 "ratio_wall": stats(ratio["wall"])["median"],
                 "ratio_cpu": stats(ratio["cpu"])["median"],
                 "ratio_cpu_min_max": f"{min(ratio['cpu']):.2f}-{max(ratio['cpu']):.2f}",
@@ -238,20 +239,22 @@ def run(args) -> dict:
         rows,
         [
             "stage",
+            "estimator",
             "wall_median_s",
             "wall_min_max_s",
             "cpu_median_s",
             "tok/s",
             "peak_MB",
-            "floor",
-            "floor_wall_s",
-            "floor_cpu_s",
-            "floor_peak_MB",
+            "naive_baseline",
+            "naive_wall_s",
+            "naive_cpu_s",
+            "naive_peak_MB",
             "ratio_wall",
             "ratio_cpu",
             "ratio_cpu_min_max",
         ],
-        title="one G-OPD step vs its floor (ratio = stage / floor per repeat, median; tok/s on CPU time)",
+        title=f"one G-OPD step ({args.estimator} estimator) vs a naive baseline (ratio = stage / naive per repeat, median; "
+        "tok/s on CPU time; CPU)",
     )
     print(f"process max RSS: {max_rss_mb():.0f} MB")
     result = {
@@ -293,6 +296,7 @@ def scoring_memory(w, models, rollout, args) -> dict:
     rows = [
         {
             "method": "naive log_softmax(logits).gather",
+            "estimator": "-",
             "chunk_tokens": "-",
             "peak_MB": naive_peak / 2**20,
             "vs_naive": 1.0,
@@ -300,6 +304,7 @@ def scoring_memory(w, models, rollout, args) -> dict:
         },
         {
             "method": "bare forward (logits_to_keep), no reduction",
+            "estimator": "-",
             "chunk_tokens": "-",
             "peak_MB": fwd_peak / 2**20,
             "vs_naive": fwd_peak / naive_peak,
@@ -312,6 +317,7 @@ def scoring_memory(w, models, rollout, args) -> dict:
         rows.append(
             {
                 "method": "score_rollout (teacher, lp + rank)",
+                "estimator": "sampled (lam=1)",
                 "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
                 "peak_MB": peak / 2**20,
                 "vs_naive": peak / naive_peak,
@@ -323,18 +329,69 @@ def scoring_memory(w, models, rollout, args) -> dict:
         rows.append(
             {
                 "method": "scoring.token_logprobs",
+                "estimator": "sampled (lam=1)",
                 "chunk_tokens": chunk or f"default ({CHUNK_BYTES // 2**20} MiB)",
                 "peak_MB": peak / 2**20,
                 "vs_naive": peak / naive_peak,
                 "cpu_median_s": median_s(token_logprobs, w.teacher, rollout, chunk_tokens=chunk),
             }
         )
+    rows += full_estimator_memory(w, models, rollout, args, naive_peak, median_s)
     print_table(
         rows,
-        ["method", "chunk_tokens", "peak_MB", "vs_naive", "cpu_median_s", "max_abs_err"],
-        title=f"scoring peak allocations, V={w.vocab}, {rollout.num_tokens} completion positions (target: <= 1/8 of naive)",
+        ["method", "estimator", "chunk_tokens", "peak_MB", "vs_naive", "cpu_median_s", "max_abs_err"],
+        title=f"scoring peak allocations (CPU allocator), V={w.vocab}, {rollout.num_tokens} completion positions "
+        "(target: <= 1/8 of naive)",
     )
     return {"rows": rows, "positions": rollout.num_tokens, "vocab": w.vocab}
+
+
+def full_estimator_memory(w, models, rollout, args, naive_peak, median_s) -> list[dict]:
+    """The ``full`` estimator at λ = ``--lam`` (teacher + reference): scoring keeps a lazy target (features, not
+    ``N × V``); for comparison the same target materialised, and the update's fused-KL forward + backward that
+    reads the lazy target chunk by chunk (that row includes the student's decoder activations)."""
+    from gopd_lab.scoring import student_kl_forward
+
+    lam = args.lam
+
+    def score_full():
+        return score_rollout(models, rollout, lam, estimator="full")
+
+    scored, peak = peak_alloc(score_full)
+    _, dense_peak = peak_alloc(lambda: scored.target.dense())
+
+    def update_full():
+        out = student_kl_forward(w.student, rollout, scored.target)
+        out.kl_loss.backward()
+        w.student.zero_grad(set_to_none=True)
+        return out
+
+    _, update_peak = peak_alloc(update_full)
+    label = f"full (lam={lam:g})"
+    return [
+        {
+            "method": "score_rollout (lazy target: teacher + reference features)",
+            "estimator": label,
+            "chunk_tokens": "default",
+            "peak_MB": peak / 2**20,
+            "vs_naive": peak / naive_peak,
+            "cpu_median_s": median_s(score_full),
+        },
+        {
+            "method": "the same target materialised, (N, V) float32 (for comparison)",
+            "estimator": label,
+            "chunk_tokens": "default",
+            "peak_MB": dense_peak / 2**20,
+            "vs_naive": dense_peak / naive_peak,
+        },
+        {
+            "method": "update: fused KL forward + backward over the lazy target (incl. student activations)",
+            "estimator": label,
+            "chunk_tokens": "default",
+            "peak_MB": update_peak / 2**20,
+            "vs_naive": update_peak / naive_peak,
+        },
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- remote teacher

@@ -44,6 +44,11 @@ class Collector:
         self.max_context = getattr(getattr(student, "config", None), "max_position_embeddings", None)
         if cfg.method in ("sft", "grpo", "chord", "sdpo") and not tasks:
             raise ConfigError(f"method={cfg.method!r} needs tasks (answers, a verifier or feedback); set tasks=...")
+        self.engine = None
+        if cfg.rollout_backend == "vllm":  # imported only when selected
+            from .vllm_rollout import VllmRollout
+
+            self.engine = VllmRollout(cfg, models)
         needs_expert = cfg.method in ("sft", "offpolicy") or cfg.mu > 0
         self.expert = self._expert_prompts(out_dir) if needs_expert else None
         if self.expert is not None and self.expert.answers is None:
@@ -127,6 +132,15 @@ class Collector:
         cfg, m = self.cfg, self.models
         if cfg.method in ("sft", "offpolicy"):
             return self.expert_batch(index)
+        if self.engine is not None:
+            r = self.engine.sample(
+                self.prompts.select(index),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+            )
+            r.prompt_index = list(index)
+            return r
         r = sample(
             m.student,
             self.prompts.select(index),
@@ -142,6 +156,11 @@ class Collector:
         )
         r.prompt_index = list(index)
         return r
+
+    def after_update(self, student: torch.nn.Module) -> None:
+        """After each optimizer step: copy the student's new weights into the vLLM engine (when one samples)."""
+        if self.engine is not None:
+            self.engine.sync(student)
 
     def score(self, rollout: Rollout) -> Scored:
         cfg, m = self.cfg, self.models

@@ -172,8 +172,24 @@ class RunConfig:
     lora_target_modules: list[str] | str = "all-linear"
     """Modules that get LoRA adapters (peft's ``target_modules``)."""
     score_chunk_tokens: int = 0
-    """Positions per chunk when projecting hidden states to the vocabulary (0 = auto: about 64 MiB of float32
-    logits per chunk)."""
+    """Positions per chunk when projecting hidden states to the vocabulary (0 = auto: about 8 MiB of float32
+    logits per chunk on CPU, 1 GiB on CUDA)."""
+    # --- GPU path (issue 14): micro-batching, gradient checkpointing, mixed precision, rollout backend
+    micro_batch_size: int = 0
+    """Rows per forward/backward in the update (0 = the whole batch at once). Gradients are accumulated and each
+    micro-batch's loss weighted by its share of the batch's tokens, so the step equals the whole-batch step."""
+    gradient_checkpointing: bool = False
+    """Recompute the student's decoder activations in backward (Hugging Face students): activation memory of one
+    layer instead of all, for about one more forward pass of compute. The step is unchanged."""
+    mixed_precision: bool = True
+    """With a bfloat16/float16 ``dtype`` (``auto`` on CUDA): the student keeps float32 weights, gradients and
+    optimizer state and computes under ``torch.autocast`` in ``dtype``; teachers and references are stored in
+    ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates)."""
+    rollout_backend: str = "hf"
+    """``hf`` (the built-in KV-cached sampling loop) or ``vllm`` (needs CUDA and ``pip install 'gopd-lab[vllm]'``;
+    the student's weights are copied into vLLM after every update)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """``rollout_backend="vllm"``: the share of the GPU's memory vLLM may take (weights + KV cache)."""
 
     out_dir: str = "runs/default"
     """Run directory: config.json, metrics.jsonl, eval.jsonl, samples.jsonl, summary.json, checkpoints/."""
@@ -287,6 +303,20 @@ class RunConfig:
             raise ConfigError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        # GPU path (issue 14)
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
+        if self.rollout_backend not in ("hf", "vllm"):
+            raise ConfigError(f"rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
+        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu" or self.row_seeded_sampling):
+            raise ConfigError(
+                "rollout_backend='vllm' needs a full-weight student on CUDA without row_seeded_sampling; "
+                "use rollout_backend='hf' for LoRA, CPU or row-seeded runs"
+            )
+        if self.rollout_backend == "vllm" and self.method in ("sft", "offpolicy"):
+            raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
         unknown = [t for t in self.report_targets if t not in REPORT_TO]

@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import ConfigError, RunConfig
 from .errors import ModelLoadError
+from .precision import student_dtypes
 
 DEFAULT_DOMAIN = "default"
 __all__ = ["DEFAULT_DOMAIN", "Models", "ModelLoadError", "load_models", "load_model", "load_tokenizer"]
@@ -89,6 +90,11 @@ class Models:
     teachers: dict[str, nn.Module]
     references: dict[str, nn.Module] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    vocab: object | None = None
+    """The shared-vocabulary alignment (:class:`~gopd_lab.vocab.VocabAlignment`) when the models' vocabularies or
+    output widths differ; None when they agree exactly."""
+    autocast_dtype: torch.dtype | None = None
+    """Mixed precision: the dtype the float32 student computes in under ``torch.autocast`` (None = off)."""
 
     def teacher_for(self, domain: str) -> nn.Module:
         return _route(self.teachers, domain, "teacher")
@@ -200,11 +206,18 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tok
 
 
-def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str) -> None:
-    """Two models can be distilled token by token only when their tokenizers agree exactly."""
+def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str):
+    """Two models can be distilled token by token when every id both tokenizers know means the same token and
+    their special tokens agree. Returns the :class:`~gopd_lab.vocab.Agreement` (ids on one side only), which
+    :func:`~gopd_lab.vocab.align_vocabularies` masks out; raises naming the first conflicting id."""
+    from .vocab import VocabConflict, compare_vocabularies
+
     problems = []
-    if student_tok.get_vocab() != other_tok.get_vocab():
-        problems.append(f"vocabularies differ ({len(student_tok)} vs {len(other_tok)} tokens)")
+    agreement = None
+    try:
+        agreement = compare_vocabularies(student_tok.get_vocab(), other_tok.get_vocab(), repr(other_name))
+    except VocabConflict as err:
+        problems.append(str(err))
     for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
         a, b = getattr(student_tok, attr), getattr(other_tok, attr)
         if a != b and not (attr == "pad_token" and (a is None or b is None)):
@@ -213,9 +226,10 @@ def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str)
         raise ModelLoadError(
             f"tokenizer mismatch between student {student_name!r} and {other_name!r}: "
             + "; ".join(problems)
-            + ". On-policy distillation scores the student's own tokens, so both models must share one tokenizer; "
-            "pick a teacher/reference from the same model family."
+            + ". On-policy distillation scores the student's own token ids, so every id both tokenizers know must "
+            "mean the same token (a teacher may add tokens); pick a teacher/reference from the same model family."
         )
+    return agreement
 
 
 def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
@@ -243,15 +257,16 @@ def load_models(cfg: RunConfig) -> Models:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(cfg.student, trust_remote_code=cfg.trust_remote_code)
+    student_dtype, autocast_dtype = student_dtypes(dtype, cfg.mixed_precision)
     student = load_model(
-        cfg.student, role="student", device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        cfg.student, role="student", device=device, dtype=student_dtype, trust_remote_code=cfg.trust_remote_code
     )
     initial_student: nn.Module | None = None
     if cfg.lora_r > 0:
         student = _add_lora(student, cfg)
 
     cache: dict[str, nn.Module] = {}
-    checked: set[str] = set()
+    checked: dict[str, object] = {}  # path → its tokenizer's Agreement with the student's
 
     def scorer(path: str, role: str) -> nn.Module:
         nonlocal initial_student
@@ -259,7 +274,9 @@ def load_models(cfg: RunConfig) -> Models:
             if role != "reference":
                 raise ConfigError("only the reference may be 'student' (the student's initial weights)")
             if initial_student is None:
-                initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
+                initial_student = (
+                    AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student).to(dtype))
+                )
             return initial_student
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.teacher_server`: no weights here
             if path not in cache:
@@ -267,10 +284,9 @@ def load_models(cfg: RunConfig) -> Models:
                 cache[path].check_tokenizer(tokenizer, cfg.student)
             return cache[path]
         if path not in checked:
-            check_tokenizers(
+            checked[path] = check_tokenizers(
                 tokenizer, load_tokenizer(path, trust_remote_code=cfg.trust_remote_code), cfg.student, path
             )
-            checked.add(path)
         if path not in cache:
             cache[path] = freeze(
                 load_model(path, role=role, device=device, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
@@ -288,9 +304,23 @@ def load_models(cfg: RunConfig) -> Models:
     references = (
         {d: scorer(p, "reference") for d, p in _by_domain(cfg.reference).items()} if cfg.needs_reference else {}
     )
+    from .vocab import Agreement, align_vocabularies
+
+    others = {p: (cache[p], checked[p]) for p in checked if p in cache}
+    if "student" in _by_domain(cfg.reference).values() and isinstance(initial_student, nn.Module):
+        others["reference 'student'"] = (initial_student, Agreement())
+    vocab = align_vocabularies(student, tokenizer.get_vocab(), others) if checked else None
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
-    return Models(student=student, tokenizer=tokenizer, teachers=teachers, references=references, names=names)
+    return Models(
+        student=student,
+        tokenizer=tokenizer,
+        teachers=teachers,
+        references=references,
+        names=names,
+        vocab=vocab,
+        autocast_dtype=autocast_dtype,
+    )
 
 
 def _add_lora(student: nn.Module, cfg: RunConfig) -> nn.Module:

@@ -1,8 +1,10 @@
 """Stage 1: the student samples completions for a batch of prompts → :class:`Rollout`.
 
 Prompts are tokenised once (:class:`Prompts`) and left-padded per batch. Sampling is a plain
-key-value-cached decoding loop over ``model(input_ids, attention_mask, position_ids, past_key_values)``
-so it works for any causal LM (and for :mod:`gopd_lab.exact`'s tabular policies, which have no cache).
+key-value-cached decoding loop over ``model(input_ids, attention_mask, position_ids, cache=DynamicCache)``
+(transformers' current cache API; ``past_key_values`` on releases before it) so it works for any causal LM
+(and for :mod:`gopd_lab.exact`'s tabular policies, which have no cache). Random numbers are drawn on the
+model's device and the loop copies nothing to the host per token on an accelerator.
 Tokens are drawn by the exponential race (``argmax p / E``, ``E ~ Exp(1)``), exact for categorical
 sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× cheaper than both
 ``Tensor.exponential_`` and ``torch.multinomial`` over a 150k vocabulary (``bench/step.py``).
@@ -10,6 +12,7 @@ sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× che
 
 from __future__ import annotations
 
+import inspect
 import json
 import unicodedata
 from collections.abc import Sequence
@@ -291,10 +294,15 @@ def sample_next(
     else:
         uniform = torch.stack(
             [
-                torch.rand(probs.shape[1], dtype=probs.dtype, generator=torch.Generator().manual_seed(int(seed)))
+                torch.rand(
+                    probs.shape[1],
+                    dtype=probs.dtype,
+                    device=probs.device,
+                    generator=torch.Generator(device=probs.device).manual_seed(int(seed)),
+                )
                 for seed in row_seeds
             ]
-        ).to(probs.device)
+        )  # drawn on the device (CPU streams are those of the earlier CPU-side draws)
     noise = uniform.log_().neg_()  # E = −log U ~ Exp(1); U = 0 gives E = inf, which only removes that token's draw
     return (probs / noise).argmax(dim=-1)  # (B,)
 
@@ -358,6 +366,30 @@ def sample(
     )
 
 
+SYNC_EVERY = {"cpu": 1}
+"""Tokens between two checks of "has every row finished?" (a device-to-host copy) per device type; 16 elsewhere.
+On CPU the check is free, so the loop stops at exactly the token where the last row ends."""
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The keyword under which ``model.forward`` takes its key-value cache: ``cache`` (transformers ≥ 5.x),
+    ``past_key_values`` (older releases), or None (a model without a cache, e.g. the tabular policies)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model's
+    params = inspect.signature(base.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def new_cache(model: nn.Module):
+    """An empty ``transformers.DynamicCache`` for ``model`` (the decode loop's key-value cache)."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # releases whose DynamicCache takes no config
+        return DynamicCache()
+
+
 def _decode(
     model,
     prompt_ids,
@@ -371,21 +403,32 @@ def _decode(
     greedy,
     row_seeds,
 ) -> tuple[Tensor, Tensor]:
-    """The key-value-cached loop of :func:`sample` → ``(completion_ids, completion_mask)``, each ``(B, C)``."""
+    """The key-value-cached loop of :func:`sample` → ``(completion_ids, completion_mask)``, each ``(B, C)``.
+
+    Tokens and the attention mask are written into preallocated tensors; the only device-to-host copy is the
+    "every row finished" check, made every :data:`SYNC_EVERY` tokens (each token on CPU). Columns after the
+    last row's EOS are trimmed, so the result does not depend on how often the check ran."""
     device = prompt_ids.device
-    batch = prompt_ids.shape[0]
-    seq, mask = prompt_ids, prompt_mask
+    batch, prompt_len = prompt_ids.shape
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((batch, prompt_len + max_new_tokens), dtype=torch.long, device=device)
+    mask[:, :prompt_len] = prompt_mask
+    count = prompt_mask.long().sum(1)  # (B,) valid tokens so far: the next token's position
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens, cache, step_input = [], None, seq
+    key = cache_argument(model)
+    cache = new_cache(model) if key is not None else None
+    step_input, step_pos = prompt_ids, position_ids_from_mask(prompt_mask)
+    every = SYNC_EVERY.get(device.type, 16)
+    steps = 0
     for t in range(max_new_tokens):
-        positions = position_ids_from_mask(mask)
+        kwargs = {key: cache} if key is not None else {}
         out = model(
             input_ids=step_input,
-            attention_mask=mask,
-            position_ids=positions[:, -step_input.shape[1] :],
-            past_key_values=cache,
-            use_cache=True,
+            attention_mask=mask[:, : prompt_len + t],
+            position_ids=step_pos,
+            use_cache=key is not None,
             logits_to_keep=1,
+            **kwargs,
         )
         logits = out.logits[:, -1, :]  # (B, V)
         if greedy:
@@ -394,17 +437,27 @@ def _decode(
             seeds = None if row_seeds is None else [s * 1_000_003 + t for s in row_seeds]
             token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator, row_seeds=seeds)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)  # (B,)
-        new_tokens.append(token)
         alive = (~done).long()
-        seq = torch.cat([seq, token[:, None]], dim=1)
-        mask = torch.cat([mask, alive[:, None]], dim=1)
+        tokens[:, t] = token
+        mask[:, prompt_len + t] = alive
+        count += alive
+        steps = t + 1
         if eos_token_id is not None:
             done = done | (token == eos_token_id)
-        if bool(done.all()):
-            break
-        cache = getattr(out, "past_key_values", None)
-        step_input = token[:, None] if cache is not None else seq
-    return torch.stack(new_tokens, dim=1), mask[:, prompt_ids.shape[1] :]
+            if steps % every == 0 and bool(done.all()):
+                break
+        if key is not None:
+            cache = getattr(out, key, None) or cache
+            step_input, step_pos = token[:, None], (count - 1).clamp(min=0)[:, None]
+        else:  # no cache: the whole sequence again
+            step_input = torch.cat([prompt_ids, tokens[:, :steps]], dim=1)
+            step_pos = position_ids_from_mask(mask[:, : prompt_len + steps])
+    completion_mask = mask[:, prompt_len : prompt_len + steps]
+    if every > 1 and eos_token_id is not None:  # drop the columns after every row had finished
+        alive_cols = completion_mask.any(0).nonzero()
+        steps = int(alive_cols.max()) + 1 if alive_cols.numel() else 1
+        completion_mask = completion_mask[:, :steps]
+    return tokens[:, :steps], completion_mask
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:

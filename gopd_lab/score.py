@@ -19,6 +19,11 @@ from .objectives import entropy_from_logp, target_logprobs
 from .rollout import Rollout
 from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view, token_logprobs
 
+LAZY_TARGET_BYTES = 64 * 2**20
+"""The ``full`` estimator's target is kept lazy (:class:`LazyTarget`) when the dense ``(N, V)`` float32 target
+would be larger than this; a smaller one is formed once during scoring, which saves the second pass of the
+teacher's (and reference's) LM head that the lazy target costs in the update."""
+
 
 @dataclass
 class Scored:
@@ -54,6 +59,37 @@ class Scored:
     threshold (they get the forward KL)."""
     fkl_logp_teacher: Tensor | None = None
     """``lam_mode='entropy'``: ``(M, V)`` the teacher's full log-distribution at those ``M`` states only."""
+
+    def rows(self, start: int, stop: int) -> Scored:
+        """Rows ``start:stop`` (a micro-batch): per-token tensors sliced by row, per-state tensors cut to those
+        rows' states (contiguous, as :class:`~gopd_lab.scoring.Positions` is row-major), the entropy-aware
+        forward-KL states re-indexed into them. No expert batch."""
+        counts = (self.rollout.completion_mask != 0).sum(1)  # (B,)
+        n0, n1 = int(counts[:start].sum()), int(counts[:stop].sum())
+
+        def row(x):
+            return None if x is None else x[start:stop]
+
+        def state(x):
+            return None if x is None else x[n0:n1]
+
+        keep = None if self.fkl_index is None else (self.fkl_index >= n0) & (self.fkl_index < n1)  # (M,)
+
+        return Scored(
+            rollout=self.rollout.select(range(start, stop)),
+            lam=self.lam[start:stop],
+            lp_teacher=row(self.lp_teacher),
+            teacher_rank=row(self.teacher_rank),
+            lp_reference=row(self.lp_reference),
+            rewards=row(self.rewards),
+            target=state(self.target),
+            topk_index=state(self.topk_index),
+            lp_teacher_topk=state(self.lp_teacher_topk),
+            lp_reference_topk=state(self.lp_reference_topk),
+            teacher_entropy=row(self.teacher_entropy),
+            fkl_index=None if self.fkl_index is None else self.fkl_index[keep] - n0,
+            fkl_logp_teacher=None if self.fkl_logp_teacher is None else self.fkl_logp_teacher[keep],
+        )
 
 
 def score_rollout(
@@ -97,6 +133,7 @@ def score_rollout(
     flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
 
+    lazy = estimator == "full" and len(groups) == 1  # one teacher/reference pair: the target may stay lazy
     for teacher, reference, rows in groups.values():
         whole = len(rows) == len(rollout)
         sub = rollout if whole else rollout.select(rows)
@@ -111,24 +148,34 @@ def score_rollout(
             chunk_tokens=chunk_tokens,
             teacher_rollout=sub_t,
             entropy_threshold=entropy_threshold,
+            lazy_target=lazy,
+            vocab=models.vocab,
         )
         rows_t = torch.as_tensor(rows, device=lp_t.device)
         lp_t[rows_t] = out["lp_teacher"]
         rank[rows_t] = out["rank"]
         if lp_r is not None and "lp_reference" in out:
             lp_r[rows_t] = out["lp_reference"]
-        sub_pos = Positions.of(sub)
-        dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
         if "teacher_entropy" in out:
             per_state.setdefault("teacher_entropy", torch.zeros_like(lp_t))[rows_t] = out["teacher_entropy"]
         if "fkl_local" in out:
+            sub_pos = Positions.of(sub)
+            dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
             per_state.setdefault("fkl_index", []).append(dest[out["fkl_local"]])
             per_state.setdefault("fkl_logp_teacher", []).append(out["fkl_logp_teacher"])
         for name in ("target", "topk_index", "lp_teacher_topk", "lp_reference_topk"):
-            if name in out:
-                if name not in per_state:
-                    per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
-                per_state[name][dest] = out[name]
+            if name not in out:
+                continue
+            if whole:  # the group's states are all the states, in order: no copy
+                per_state[name] = out[name]
+                continue
+            if isinstance(out[name], LazyTarget):
+                out[name] = out[name].dense()
+            sub_pos = Positions.of(sub)
+            dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
+            if name not in per_state:
+                per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
+            per_state[name][dest] = out[name]
     if "fkl_index" in per_state:  # (M,) / (M, V), ordered by position
         index, logp = torch.cat(per_state["fkl_index"]), torch.cat(per_state["fkl_logp_teacher"])
         order = index.argsort()
@@ -166,7 +213,7 @@ def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
     raise KeyError(f"no lam for domain {domain!r}; lam has {sorted(lam_of)} (add it or a 'default')")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: per-state outputs are read by the update's autograd graph without a copy
 def _score_pair(
     teacher: nn.Module,
     reference: nn.Module | None,
@@ -178,8 +225,13 @@ def _score_pair(
     chunk_tokens: int,
     teacher_rollout: Rollout,
     entropy_threshold: float | None = None,
+    lazy_target: bool = False,
+    vocab=None,
 ) -> dict[str, Tensor]:
-    """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions."""
+    """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions.
+
+    ``full`` with ``lazy_target`` (frozen LM heads, a dense target above :data:`LAZY_TARGET_BYTES`) returns a
+    :class:`LazyTarget` instead of an ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
     from .teacher_server import RemoteScorer, remote_score_pair  # imported here, see reference_logprobs
 
     if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
@@ -200,13 +252,16 @@ def _score_pair(
     lam_n = lam[pos.b][:, None]  # (N, 1)
     with scoring_view(teacher) as t:
         feats_t, head_t = completion_features(t, teacher_rollout, pos)
-        vocab = _vocab_size(t, head_t, feats_t)
+        width = _vocab_size(t, head_t, feats_t) if vocab is None else vocab.width
     feats_r = head_r = None
     if reference is not None:
         with scoring_view(reference) as r:
             feats_r, head_r = completion_features(r, rollout, pos)
-    n = chunk_rows(vocab, chunk_tokens)
+    n = chunk_rows(width, chunk_tokens, feats_t.device)
+    lazy = lazy_target and estimator == "full" and _frozen(head_t) and (head_r is None or _frozen(head_r))
+    lazy = lazy and len(pos) * width * 4 > LAZY_TARGET_BYTES
     acc: dict[str, list[Tensor]] = {}
+    dense: Tensor | None = None  # (N, V) per-state output, written chunk by chunk
     for i in range(0, len(pos), n):
         tok = tokens[i : i + n, None]
         logp_t = torch.log_softmax(head_t(feats_t[i : i + n]).float(), -1)  # (n, V)
@@ -223,10 +278,10 @@ def _score_pair(
         if head_r is not None:
             logp_r = torch.log_softmax(head_r(feats_r[i : i + n]).float(), -1)  # (n, V)
             _add(acc, "lp_reference", logp_r.gather(-1, tok).squeeze(-1))
-        if estimator == "full":
-            _add(acc, "target", target_logprobs(logp_t, logp_r, lam_n[i : i + n]))
-        elif estimator == "jsd":
-            _add(acc, "target", logp_t)
+        if (estimator == "full" and not lazy) or estimator == "jsd":
+            if dense is None:
+                dense = logp_t.new_empty(len(pos), logp_t.shape[-1])
+            dense[i : i + n] = target_logprobs(logp_t, logp_r, lam_n[i : i + n]) if estimator == "full" else logp_t
         elif estimator == "topk":
             values, index = logp_t.topk(min(topk, logp_t.shape[-1]), dim=-1)  # (n, k)
             _add(acc, "topk_index", index)
@@ -237,12 +292,71 @@ def _score_pair(
     for name, parts in acc.items():
         cat = torch.cat(parts)
         out[name] = pos.scatter(cat) if name in ("lp_teacher", "rank", "lp_reference", "teacher_entropy") else cat
+    if dense is not None:
+        out["target"] = dense
+    elif lazy:
+        out["target"] = LazyTarget(feats_t, head_t, lam_n, feats_r, head_r, width)
     if not acc:  # a rollout with no valid token at all
         out["lp_teacher"] = pos.scatter(feats_t.new_zeros(0, dtype=torch.float32))
         out["rank"] = pos.scatter(torch.zeros(0, dtype=torch.long, device=feats_t.device))
         if reference is not None:
             out["lp_reference"] = out["lp_teacher"].clone()
+        if estimator in ("full", "jsd") and "target" not in out:
+            out["target"] = feats_t.new_zeros(0, width, dtype=torch.float32)
     return out
+
+
+def _frozen(head) -> bool:
+    """An LM head that will not change before the update reads the target (not the live SDPO self-teacher)."""
+    weight = getattr(head, "weight", None)
+    return isinstance(head, nn.Module) and weight is not None and not weight.requires_grad
+
+
+@dataclass
+class LazyTarget:
+    """The ``full`` estimator's log-target ``normalise(π_R^(1−λ)·π_T^λ)`` at ``N`` states, ``(N, V)``, formed on
+    demand from the teacher's (and reference's) final hidden states ``(N, H)`` and their frozen LM heads.
+
+    The update reads it chunk by chunk inside :func:`~gopd_lab.scoring.student_kl_forward`, so the scoring
+    stage keeps ``N × H`` features instead of an ``N × V`` float32 target (at V = 151,936 and H = 2,048, 74×
+    less); the teacher's head then runs once more, in the update."""
+
+    feats_t: Tensor
+    head_t: nn.Module
+    lam: Tensor
+    """``(N, 1)`` λ of each state's sample."""
+    feats_r: Tensor | None
+    head_r: nn.Module | None
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.feats_t.shape[0], self.width)
+
+    def __len__(self) -> int:
+        return self.feats_t.shape[0]
+
+    def __getitem__(self, index: slice) -> LazyTarget:
+        r = None if self.feats_r is None else self.feats_r[index]
+        return LazyTarget(self.feats_t[index], self.head_t, self.lam[index], r, self.head_r, self.width)
+
+    @torch.no_grad()
+    def rows(self, start: int, stop: int) -> Tensor:
+        """The float32 log-target of states ``start:stop``, ``(stop − start, V)``."""
+        logp_t = torch.log_softmax(self.head_t(self.feats_t[start:stop]).float(), -1)
+        logp_r = None
+        if self.head_r is not None:
+            logp_r = torch.log_softmax(self.head_r(self.feats_r[start:stop]).float(), -1)
+        return target_logprobs(logp_t, logp_r, self.lam[start:stop])
+
+    def dense(self, chunk_tokens: int = 0) -> Tensor:
+        """The whole ``(N, V)`` float32 target (for paths that cannot read it chunk by chunk), written chunk by
+        chunk into one preallocated tensor."""
+        out = self.feats_t.new_empty(len(self), self.width, dtype=torch.float32)
+        n = chunk_rows(self.width, chunk_tokens, self.feats_t.device)
+        for i in range(0, len(self), n):
+            out[i : i + n] = self.rows(i, min(i + n, len(self)))
+        return out
 
 
 def _add(acc: dict[str, list[Tensor]], name: str, value: Tensor) -> None:

@@ -18,11 +18,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .precision import compute_dtype
 from .rollout import Rollout, position_ids_from_mask
 
-CHUNK_BYTES = (
-    8 * 2**20
-)  # float32 logits per chunk when chunk_tokens == 0 (fits in cache; bench: faster and leaner than 64 MiB)
+CHUNK_BYTES = 8 * 2**20
+"""Float32 logits per chunk on CPU when ``chunk_tokens == 0`` (fits in cache; bench: faster and leaner than 64 MiB)."""
+CUDA_CHUNK_BYTES = 2**30
+"""The same on CUDA: ~1,700 rows at V = 151,936, so the LM head (``V × H``) is read once per ~1,700 positions
+instead of once per 13; the chunk's logits are a small share of an accelerator's memory."""
+MASKED_LOGIT = -1e4
+"""The logit of a token the student may not emit (see :mod:`gopd_lab.vocab`): ``exp`` of it is exactly 0 in float32,
+and unlike ``-inf`` it keeps ``p · log p`` and ``log p − log q`` finite (0 and a number) at those tokens."""
 
 
 @dataclass
@@ -97,9 +103,23 @@ def completion_features(
     return logits[pos.b, pos.c], lambda x: x
 
 
-def chunk_rows(vocab: int, chunk_tokens: int = 0) -> int:
-    """Positions per chunk: ``chunk_tokens`` or about :data:`CHUNK_BYTES` of float32 logits."""
-    return chunk_tokens if chunk_tokens > 0 else max(1, CHUNK_BYTES // (4 * vocab))
+def chunk_rows(vocab: int, chunk_tokens: int = 0, device: torch.device | str | None = None) -> int:
+    """Positions per chunk: ``chunk_tokens``, or about :data:`CHUNK_BYTES` (:data:`CUDA_CHUNK_BYTES` on a CUDA
+    ``device``) of float32 logits."""
+    if chunk_tokens > 0:
+        return chunk_tokens
+    budget = CUDA_CHUNK_BYTES if device is not None and torch.device(device).type == "cuda" else CHUNK_BYTES
+    return max(1, budget // (4 * vocab))
+
+
+def allowed_tokens(head) -> Tensor | None:
+    """The ``(V,)`` bool mask of tokens the model may emit, set on its LM head by :mod:`gopd_lab.vocab` (None = all)."""
+    return getattr(head, "gopd_allowed", None)
+
+
+def target_rows(target, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of a per-state target: a tensor, or a lazy one (``score.LazyTarget``) formed here."""
+    return target.rows(start, stop) if hasattr(target, "rows") else target[start:stop]
 
 
 def _vocab_size(model: nn.Module, to_logits: Callable, features: Tensor) -> int:
@@ -133,7 +153,7 @@ def token_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0,
         pos = Positions.of(rollout)
         feats, to_logits = completion_features(m, rollout, pos)
         tokens = rollout.completion_ids[pos.b, pos.c]
-        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
+        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens, feats.device)
         lps, ranks = [], []
         for i in range(0, len(pos), n):
             lp, r, _ = _token_stats(to_logits(feats[i : i + n]), tokens[i : i + n], rank=with_rank)
@@ -155,7 +175,7 @@ def full_logprobs(model: nn.Module, rollout: Rollout, *, chunk_tokens: int = 0) 
     with scoring_view(model) as m:
         pos = Positions.of(rollout)
         feats, to_logits = completion_features(m, rollout, pos)
-        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens)
+        n = chunk_rows(_vocab_size(m, to_logits, feats), chunk_tokens, feats.device)
         return torch.cat([torch.log_softmax(to_logits(feats[i : i + n]).float(), -1) for i in range(0, len(pos), n)])
 
 
@@ -181,9 +201,9 @@ def student_forward(model: nn.Module, rollout: Rollout, *, full: bool = False, c
     feats, to_logits = completion_features(model, rollout, pos)
     tokens = rollout.completion_ids[pos.b, pos.c]
     vocab = _vocab_size(model, to_logits, feats)
-    n = chunk_rows(vocab, chunk_tokens)
+    n = chunk_rows(vocab, chunk_tokens, feats.device)
     if not full and isinstance(to_logits, nn.Linear) and to_logits.bias is None:
-        lp, ent = _TokenLogprob.apply(feats, to_logits.weight, tokens, n)
+        lp, ent = _TokenLogprob.apply(feats, to_logits.weight, tokens, n, allowed_tokens(to_logits))
         return StudentOut(lp=pos.scatter(lp), logp=None, entropy=pos.scatter(ent), positions=pos)
     lps, ents, logps = [], [], []
     for i in range(0, len(pos), n):
@@ -220,7 +240,8 @@ def student_kl_forward(
 ) -> StudentOut | None:
     """The ``full`` estimator's loss ``mean_t KL(π_θ(·|s_t) ‖ target(·|s_t))`` fused with the LM head.
 
-    ``target`` ``(N, V)`` holds the detached log-target at the valid positions (:class:`Positions` order).
+    ``target`` ``(N, V)`` holds the detached log-target at the valid positions (:class:`Positions` order), or is a
+    lazy target whose rows are formed chunk by chunk here (``score.LazyTarget``: no ``(N, V)`` tensor at all).
     Chunk by chunk the head's logits are formed, reduced to the KL, the token log-prob and the entropy, and
     turned at once into the gradients of the features and of the head weight (``∂KL/∂z = p ⊙ (log p −
     log target − KL)``): no ``(N, V)`` activation outlives its chunk and autograd records one node for the
@@ -237,40 +258,43 @@ def student_kl_forward(
     pos = Positions.of(rollout)
     feats, head = completion_features(model, rollout, pos)
     tokens = rollout.completion_ids[pos.b, pos.c]
-    rows = chunk_rows(head.weight.shape[0], chunk_tokens)
-    loss, lp, ent = _FusedKL.apply(feats, head.weight, target.detach(), tokens, rows)
+    rows = chunk_rows(head.weight.shape[0], chunk_tokens, feats.device)
+    target = target.detach() if isinstance(target, Tensor) else target
+    loss, lp, ent = _FusedKL.apply(feats, head.weight, target, tokens, rows, allowed_tokens(head))
     return StudentOut(lp=pos.scatter(lp), logp=None, entropy=pos.scatter(ent), positions=pos, kl_loss=loss)
 
 
 class _FusedKL(torch.autograd.Function):
     """``(features (N, H), weight (V, H), target (N, V)) → (mean KL, lp (N,), entropy (N,))``; the gradients of the
     summed KL are computed in the forward pass (the loss is their mean, so backward only scales them by
-    ``incoming gradient / N``)."""
+    ``incoming gradient / N``). Under autocast the head's matmuls run in autocast's dtype; logits, log-probs and
+    the KL are float32, and the weight's gradient is accumulated in the weight's own dtype."""
 
     @staticmethod
-    def forward(ctx, feats: Tensor, weight: Tensor, target: Tensor, tokens: Tensor, rows: int):
+    def forward(ctx, feats: Tensor, weight: Tensor, target, tokens: Tensor, rows: int, allowed: Tensor | None):
         n_all = feats.shape[0]
+        cd = compute_dtype(weight)
         grad_f = torch.zeros_like(feats)
         grad_w = torch.zeros_like(weight) if weight.requires_grad else None
         lp = feats.new_zeros(n_all, dtype=torch.float32)
         ent = feats.new_zeros(n_all, dtype=torch.float32)
         total = feats.new_zeros((), dtype=torch.float32)
-        for i in range(0, n_all, rows):
-            f = feats[i : i + rows]
-            logp = torch.nn.functional.linear(f, weight).float()  # (n, V) logits, then log-probs in place
-            logp -= torch.logsumexp(logp, -1, keepdim=True)
-            p = logp.exp()
-            diff = logp - target[i : i + rows]  # log p − log target
-            kl = torch.bmm(p[:, None, :], diff[:, :, None]).view(-1)  # (n,) without an (n, V) product
-            ent[i : i + rows] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
-            lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
-            total += kl.sum()
-            g = (
-                diff.sub_(kl[:, None]).mul_(p).to(weight.dtype)
-            )  # ∂KL_i/∂logits_i, (n, V); the 1/N is applied in backward
-            grad_f[i : i + rows] = g @ weight
-            if grad_w is not None:
-                grad_w.addmm_(g.T, f)
+        with torch.autocast(feats.device.type, enabled=False):
+            w = weight.to(cd)
+            for i in range(0, n_all, rows):
+                f = feats[i : i + rows].to(cd)
+                logp = _masked(torch.nn.functional.linear(f, w).float(), allowed)  # (n, V) logits, then log-probs
+                logp -= torch.logsumexp(logp, -1, keepdim=True)
+                p = logp.exp()
+                diff = logp - target_rows(target, i, i + rows)  # log p − log target
+                kl = torch.bmm(p[:, None, :], diff[:, :, None]).view(-1)  # (n,) without an (n, V) product
+                ent[i : i + rows] = -torch.bmm(p[:, None, :], logp[:, :, None]).view(-1)
+                lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
+                total += kl.sum()
+                g = diff.sub_(kl[:, None]).mul_(p).to(cd)  # ∂KL_i/∂logits_i, (n, V); the 1/N is applied in backward
+                grad_f[i : i + rows] = g @ w
+                if grad_w is not None:
+                    _add_outer(grad_w, g, f)
         ctx.save_for_backward(grad_f, grad_w if grad_w is not None else feats.new_zeros(0))
         ctx.has_grad_w, ctx.n = grad_w is not None, max(n_all, 1)
         ctx.mark_non_differentiable(lp, ent)
@@ -280,29 +304,46 @@ class _FusedKL(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, _grad_lp, _grad_ent):
         grad_f, grad_w = ctx.saved_tensors
         scale = grad_loss / ctx.n
-        return grad_f * scale, (grad_w * scale if ctx.has_grad_w else None), None, None, None
+        return grad_f * scale, (grad_w * scale if ctx.has_grad_w else None), None, None, None, None
+
+
+def _masked(logits: Tensor, allowed: Tensor | None) -> Tensor:
+    """Float32 logits with the tokens outside ``allowed`` set to :data:`MASKED_LOGIT` (in place)."""
+    return logits if allowed is None else logits.masked_fill_(~allowed, MASKED_LOGIT)
+
+
+def _add_outer(grad_w: Tensor, g: Tensor, f: Tensor) -> None:
+    """``grad_w += gᵀ f``, in ``grad_w``'s dtype (float32 under autocast, whose ``g``, ``f`` are bf16)."""
+    if grad_w.dtype == g.dtype:
+        grad_w.addmm_(g.T, f)
+    else:
+        grad_w += (g.T @ f).to(grad_w.dtype)
 
 
 class _TokenLogprob(torch.autograd.Function):
     """``(features (N, H), weight (V, H), tokens (N,)) → (lp (N,), entropy (N,))`` of a bias-free LM head, chunk
     by chunk. Forward keeps only each position's log-normaliser; backward forms each chunk's logits once more
-    and turns them straight into ``∂lp/∂logits = onehot − p`` (no autograd graph over ``(n, V)`` tensors)."""
+    and turns them straight into ``∂lp/∂logits = onehot − p`` (no autograd graph over ``(n, V)`` tensors).
+    Under autocast the head's matmuls run in autocast's dtype (both passes); the reductions are float32."""
 
     @staticmethod
-    def forward(ctx, feats: Tensor, weight: Tensor, tokens: Tensor, rows: int):
+    def forward(ctx, feats: Tensor, weight: Tensor, tokens: Tensor, rows: int, allowed: Tensor | None):
         n_all = feats.shape[0]
+        cd = compute_dtype(weight)
         lp = feats.new_zeros(n_all, dtype=torch.float32)
         ent = feats.new_zeros(n_all, dtype=torch.float32)
         lse = feats.new_zeros(n_all, dtype=torch.float32)
-        for i in range(0, n_all, rows):
-            logp = torch.nn.functional.linear(feats[i : i + rows], weight).float()  # (n, V) logits, then log-probs
-            norm = torch.logsumexp(logp, -1)
-            logp -= norm[:, None]
-            lse[i : i + rows] = norm
-            lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
-            ent[i : i + rows] = -torch.bmm(logp.exp()[:, None, :], logp[:, :, None]).view(-1)
+        with torch.autocast(feats.device.type, enabled=False):
+            w = weight.to(cd)
+            for i in range(0, n_all, rows):
+                logp = _masked(torch.nn.functional.linear(feats[i : i + rows].to(cd), w).float(), allowed)
+                norm = torch.logsumexp(logp, -1)
+                logp -= norm[:, None]
+                lse[i : i + rows] = norm
+                lp[i : i + rows] = logp.gather(-1, tokens[i : i + rows, None]).view(-1)
+                ent[i : i + rows] = -torch.bmm(logp.exp()[:, None, :], logp[:, :, None]).view(-1)
         ctx.save_for_backward(feats, weight, tokens, lse)
-        ctx.rows = rows
+        ctx.rows, ctx.cd, ctx.allowed = rows, cd, allowed
         ctx.mark_non_differentiable(ent)
         return lp, ent
 
@@ -313,14 +354,16 @@ class _TokenLogprob(torch.autograd.Function):
         grad_f = torch.zeros_like(feats) if want_f else None
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_lp = grad_lp.float()
-        for i in range(0, feats.shape[0], ctx.rows):
-            f, g_i = feats[i : i + ctx.rows], grad_lp[i : i + ctx.rows, None]  # (n, H), (n, 1)
-            g = torch.nn.functional.linear(f, weight).float()
-            g.sub_(lse[i : i + ctx.rows, None]).exp_().mul_(-g_i)  # −grad · p
-            g.scatter_add_(-1, tokens[i : i + ctx.rows, None], g_i)  # + grad · onehot(token)
-            g = g.to(weight.dtype)
-            if want_f:
-                grad_f[i : i + ctx.rows] = g @ weight
-            if want_w:
-                grad_w.addmm_(g.T, f)
-        return grad_f, grad_w, None, None
+        with torch.autocast(feats.device.type, enabled=False):
+            w = weight.to(ctx.cd)
+            for i in range(0, feats.shape[0], ctx.rows):
+                f, g_i = feats[i : i + ctx.rows].to(ctx.cd), grad_lp[i : i + ctx.rows, None]  # (n, H), (n, 1)
+                g = _masked(torch.nn.functional.linear(f, w).float(), ctx.allowed)
+                g.sub_(lse[i : i + ctx.rows, None]).exp_().mul_(-g_i)  # −grad · p
+                g.scatter_add_(-1, tokens[i : i + ctx.rows, None], g_i)  # + grad · onehot(token)
+                g = g.to(ctx.cd)
+                if want_f:
+                    grad_f[i : i + ctx.rows] = (g @ w).to(grad_f.dtype)
+                if want_w:
+                    _add_outer(grad_w, g, f)
+        return grad_f, grad_w, None, None, None

@@ -96,7 +96,7 @@ def score_tokens(
     with scoring_view(model) as m:
         feats, head = completion_features(m, rollout, pos)
         vocab = _vocab_size(m, head, feats)
-    n = chunk_rows(vocab, chunk_tokens)
+    n = chunk_rows(vocab, chunk_tokens, feats.device)
     k = min(topk, vocab)
     acc: dict[str, list[Tensor]] = {}
     for i in range(0, len(pos), n):

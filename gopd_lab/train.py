@@ -23,6 +23,7 @@ from .errors import NonFiniteError, writing
 from .evaluate import task_evaluator
 from .lineage import LOSS_KINDS
 from .models import DEFAULT_DOMAIN, Models, load_models
+from .precision import autocast
 from .rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
 from .rundir import prepare_run_dir
 from .runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
@@ -30,7 +31,7 @@ from .schedules import lr_factor, make_optimizer, mu_at
 from .score import Scored
 from .sdpo import ema_update
 from .trackers import Reporter
-from .update import UpdateResult, UpdateSettings, update
+from .update import UpdateResult, UpdateSettings, enable_gradient_checkpointing, update
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
 
@@ -143,12 +144,15 @@ def train(
     student, device = models.student, models.device
     if dist.fsdp:
         dist.shard_student(student, cfg)  # before the optimizer, which then holds only this process's shards
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    amp = models.autocast_dtype  # mixed precision: the float32 student computes in this dtype
     torch.manual_seed(cfg.seed)
     gens = {"sample": torch.Generator(device=device).manual_seed(cfg.seed)}
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    settings = UpdateSettings.from_config(cfg)
+    settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1
 
@@ -159,6 +163,7 @@ def train(
         if cfg.lam_mode == "reopd":  # the budget's EMA state: the last logged γ_b before the checkpoint
             rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
             settings.reopd_gamma = rows[-1].get("reopd_gamma_b") if rows else None
+        collector.after_update(student)  # rollout_backend="vllm": the engine samples from the resumed weights
     dist.barrier()
     if main:
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
@@ -174,7 +179,8 @@ def train(
         with dist.full_params(student):  # FSDP: every process gathers the student, the main one evaluates
             if not main:
                 return
-            rows = [{"step": step, **r} for r in evaluate(student, step)]
+            with autocast(amp, device):
+                rows = [{"step": step, **r} for r in evaluate(student, step)]
         append_jsonl(out / "eval.jsonl", rows)
         cbs.fire("on_eval", step, rows)
 
@@ -187,8 +193,9 @@ def train(
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
-        with dist.full_params(
-            student, when=cfg.method not in ("sft", "offpolicy")
+        with (
+            dist.full_params(student, when=cfg.method not in ("sft", "offpolicy")),
+            autocast(amp, device),
         ):  # FSDP: sample on the gathered student
             rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
         _sync(device)
@@ -216,6 +223,7 @@ def train(
                 "Look for NaN/inf in the student, teacher or reference weights, or lower lr"
             ) from None
         scheduler.step()
+        collector.after_update(student)  # rollout_backend="vllm": the engine samples from the new weights
         if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .config import ConfigError
 from .errors import NonFiniteError
 from .lineage import (
     LOSS_KINDS,
@@ -36,8 +37,9 @@ from .objectives import (
     sft_loss,
     topk_loss,
 )
+from .precision import autocast
 from .score import Scored
-from .scoring import student_forward, student_kl_forward
+from .scoring import StudentOut, student_forward, student_kl_forward
 
 
 @dataclass
@@ -58,6 +60,11 @@ class UpdateSettings:
     mu: float = 0.0
     """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
     phi_weighting: bool = True
+    micro_batch_size: int = 0
+    """Rows per forward/backward (0 = the whole batch); gradients accumulate, the step is unchanged."""
+    autocast_dtype: torch.dtype | None = None
+    """Compute dtype under ``torch.autocast`` (mixed precision with float32 weights); None = the weights' dtype."""
+
     lam_mode: str = "fixed"
     """How λ is chosen (``RunConfig.lam_mode``); the lineage's knobs follow (``RunConfig`` documents them)."""
     lineage: dict = field(default_factory=dict)
@@ -67,7 +74,7 @@ class UpdateSettings:
     """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
 
     @classmethod
-    def from_config(cls, cfg) -> UpdateSettings:
+    def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
         knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
         lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
         return cls(
@@ -84,8 +91,10 @@ class UpdateSettings:
             cfg.grpo_scale_std,
             cfg.mu,
             cfg.phi_weighting,
-            cfg.lam_mode,
-            lineage,
+            lam_mode=cfg.lam_mode,
+            lineage=lineage,
+            micro_batch_size=cfg.micro_batch_size,
+            autocast_dtype=autocast_dtype,
         )
 
     @property
@@ -165,15 +174,21 @@ def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Lin
         adv = adv * gate[:, None]
         kind[valid & ~gate[:, None]] = LOSS_KINDS.index("gated")
         m["gate_rate"] = float(gate.float().mean())
-    lam_valid = lam_t[valid]
-    if lam_valid.numel():
-        m.update(
-            lam_mean=float(lam_valid.mean()),
-            lam_std=float(lam_valid.std(unbiased=False)),
-            lam_min=float(lam_valid.min()),
-            lam_max=float(lam_valid.max()),
-        )
+    m.update(lam_stats(lam_t, valid))
     return Lineage(adv, lam_t, kind, m)
+
+
+def lam_stats(lam_t: Tensor, valid: Tensor) -> dict[str, float]:
+    """``lam_mean``, ``lam_std``, ``lam_min``, ``lam_max`` of the λ the valid tokens used (empty without any)."""
+    lam_valid = lam_t[valid]
+    if not lam_valid.numel():
+        return {}
+    return {
+        "lam_mean": float(lam_valid.mean()),
+        "lam_std": float(lam_valid.std(unbiased=False)),
+        "lam_min": float(lam_valid.min()),
+        "lam_max": float(lam_valid.max()),
+    }
 
 
 def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
@@ -209,7 +224,8 @@ def compute_loss(
         return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
     states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
     if s.estimator == "full":
-        return full_loss(out.logp, scored.target, states)
+        target = scored.target.dense() if hasattr(scored.target, "dense") else scored.target  # (N, V)
+        return full_loss(out.logp, target, states)
     if s.estimator == "topk":
         lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
         return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
@@ -228,48 +244,112 @@ def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
 
 
+def enable_gradient_checkpointing(student: nn.Module) -> None:
+    """Recompute the student's decoder layers in backward (``RunConfig.gradient_checkpointing``): activations
+    of one layer at a time instead of all of them, for about one more forward of compute. Non-reentrant
+    checkpointing: the values and gradients are those of the plain forward."""
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    enable = getattr(student, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError(
+            f"gradient_checkpointing=True needs a Hugging Face student (gradient_checkpointing_enable); "
+            f"{type(student).__name__} has none: set gradient_checkpointing=False"
+        )
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def micro_batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` row ranges of at most ``size`` rows (``size`` 0 = one range over all ``n`` rows)."""
+    size = size if size > 0 else max(n, 1)
+    return [(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
+
+
 def update(
     student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings, dist=None
 ) -> UpdateResult:
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
 
-    With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) each loss is rescaled from a
-    local to a global token mean and gradients are summed over processes before clipping, so the step
-    equals a one-process step on the global batch."""
+    The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
+    loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
+    accumulated gradient is that of the whole batch's token mean, and the step equals the one-pass step.
+    With ``dist`` (:class:`~gopd_lab.distributed.Distributed`, N processes) ``n_batch`` is the global token
+    count and gradients are summed over processes before clipping, so the step equals a one-process step on
+    the global batch. With ``s.autocast_dtype`` the forward and backward run under ``torch.autocast``
+    (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
     rollout = scored.rollout
     mask = rollout.completion_mask.float()  # (B, C)
+    n_batch = _global_tokens(mask, dist)
+    parts = micro_batches(len(rollout), s.micro_batch_size)
+    grpo_adv = advantages_for(scored, mask, s) if s.method != "gopd" else None  # group-relative: whole batch
+    whole_batch_lam = s.method == "gopd" and s.lam_mode != "fixed"  # λ from statistics of the whole batch
     student.train()
     first: UpdateResult | None = None
     lp_old = lineage = None
+    if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
+        lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
+        lineage = lineage_signal(scored, lp_old, s)
     for epoch in range(s.epochs):
-        out = _forward(student, scored, s)
-        lp_now = out.lp.detach()  # (B, C)
-        if lp_old is None:
-            lp_old = lp_now
-            if s.method == "gopd":  # λ chosen once per batch, from the rollout's own log-probs
-                lineage = lineage_signal(scored, lp_old, s)
-        advantages = lineage.advantages if lineage is not None else advantages_for(scored, lp_old, s)  # (B, C)
-        loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
-        if s.lam_mode == "entropy" and scored.fkl_index is not None:  # + Σ_high KL(π_T ‖ π_θ) / N_tokens
-            fkl = forward_kl(scored.fkl_logp_teacher, out.logp[scored.fkl_index])  # (M,)
-            loss = loss + fkl.sum() / mask.sum().clamp(min=1)
-            extra["forward_kl"] = float(fkl.detach().mean()) if len(fkl) else 0.0
-        loss = loss * _global_scale(mask, dist)
-        if scored.expert is not None and s.mu > 0:
-            loss, sft_extra = mix_expert_sft(
-                student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist)
-            )
-            extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
+        fkl_sum, fkl_states = 0.0, 0
+        for start, stop in parts:
+            part = scored.rows(start, stop) if len(parts) > 1 else scored
+            with autocast(s.autocast_dtype, mask.device):
+                out = _forward(student, part, s)
+            old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
+            if grpo_adv is not None:
+                adv = grpo_adv[start:stop]  # (b, C), detached
+            elif s.method != "gopd":
+                adv = advantages_for(part, old, s)
+            elif lineage is not None:  # λ chosen once for the batch
+                adv = lineage.advantages[start:stop]
+            elif whole_batch_lam:  # one part: it is the whole batch
+                lineage = lineage_signal(scored, old, s)
+                adv = lineage.advantages
+            else:  # fixed λ: per token, part by part
+                signals.append(lineage_signal(part, old, s))
+                adv = signals[-1].advantages
+            loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
+            n_part = float(part.rollout.completion_mask.sum())
+            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high KL(π_T ‖ π_θ) / N_tokens
+                fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
+                loss = loss + fkl.sum() / max(n_part, 1.0)
+                fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
+            weight = n_part / n_batch * (1.0 - s.mu if _mixes_expert(scored, s) else 1.0)
+            (loss.float() * weight).backward()
+            total += float(loss.detach()) * weight
+            _accumulate(extra, part_extra, n_part)
+            lps.append(out.lp.detach())
+            ents.append(out.entropy.detach())
+            advs.append(adv)
+        n_local = float(mask.sum())
+        extra = {k: v / max(n_local, 1.0) for k, v in extra.items()}
+        if s.lam_mode == "entropy":
+            extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
+        if _mixes_expert(scored, s):
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist)
+            total += sft_total
+            extra.update(sft_extra)
         params = [p for p in student.parameters() if p.requires_grad]
         if dist is not None:
             dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
-        _check_finite(loss, grad_norm, dist)
+        _check_finite(total, grad_norm, dist)
         optimizer.step()
+        lp_now = torch.cat(lps)  # (B, C)
+        if lp_old is None:
+            lp_old = lp_now
+        if signals and lineage is None:  # fixed λ computed part by part: one record for the batch
+            lam_t = torch.cat([sig.lam_t for sig in signals])  # (B, C)
+            kind = torch.cat([sig.kind for sig in signals])  # (B, C)
+            lineage = Lineage(torch.cat(advs), lam_t, kind, lam_stats(lam_t, mask.bool()))
         if first is None:
-            first = UpdateResult(_metrics(scored, out, advantages, loss, grad_norm, extra), lp_now, advantages)
+            advantages = torch.cat(advs)
+            out_all = StudentOut(lp=lp_now, logp=None, entropy=torch.cat(ents), positions=None)
+            first = UpdateResult(_metrics(scored, out_all, advantages, total, grad_norm, extra), lp_now, advantages)
             if lineage is not None:
                 first.metrics.update(lineage.metrics)
                 first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind
@@ -279,12 +359,53 @@ def update(
     return first
 
 
-def _check_finite(loss: Tensor, grad_norm: Tensor, dist) -> None:
+@torch.no_grad()
+def _rollout_logprobs(student: nn.Module, scored: Scored, parts: list[tuple[int, int]], s: UpdateSettings) -> Tensor:
+    """``(B, C)`` the student's log-probs on the rollout, micro-batch by micro-batch, without gradients: what
+    a whole-batch λ rule reads before the first backward (one extra forward when the batch is split)."""
+    lps = []
+    for start, stop in parts:
+        with autocast(s.autocast_dtype, scored.rollout.completion_mask.device):
+            out = student_forward(student, scored.rollout.select(range(start, stop)), chunk_tokens=s.chunk_tokens)
+        lps.append(out.lp.float())
+    return torch.cat(lps)
+
+
+def _check_finite(loss: float, grad_norm: Tensor, dist) -> None:
     """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
     process (taken after the all-reduce), so all of them stop together; the local loss is checked alone."""
-    loss_value, norm = float(loss.detach()), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
+    loss_value, norm = float(loss), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
     if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
         raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g})")
+
+
+def _mixes_expert(scored: Scored, s: UpdateSettings) -> bool:
+    return scored.expert is not None and s.mu > 0
+
+
+def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> None:
+    """Token-weighted sums of a micro-batch's metrics (each a token mean over the micro-batch)."""
+    for key, value in extra.items():
+        into[key] = into.get(key, 0.0) + float(value) * n
+
+
+def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None) -> tuple[float, dict[str, float]]:
+    """Backward of ``μ·L_SFT`` on the expert batch, micro-batched like the update; returns its value (the share
+    of this process) and its metrics."""
+    mask = expert.completion_mask.float()
+    n_batch = _global_tokens(mask, dist)
+    total, extra = 0.0, {}
+    for start, stop in micro_batches(len(expert), s.micro_batch_size):
+        part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
+        with autocast(s.autocast_dtype, mask.device):
+            sft, part_extra = expert_sft_loss(student, part, s)
+        n_part = float(part.completion_mask.sum())
+        weight = s.mu * n_part / n_batch
+        (sft.float() * weight).backward()
+        total += float(sft.detach()) * weight
+        _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
+    n_local = max(float(mask.sum()), 1.0)
+    return total, {"mu": s.mu, **{k: v / n_local for k, v in extra.items()}}
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
@@ -307,23 +428,23 @@ def mix_expert_sft(
     }
 
 
-def _global_scale(mask: Tensor, dist) -> float:
-    """``n_local / n_global``: turns a local token mean into this process's share of the global one, so the
-    gradients summed over processes are those of the global token mean."""
-    if dist is None or dist.world == 1:
-        return 1.0
+def _global_tokens(mask: Tensor, dist) -> float:
+    """The batch's valid tokens over every process (this process's alone without ``dist``), at least 1: the
+    denominator that turns each micro-batch's token mean into its share of the global token mean."""
     n_local = float(mask.sum())
-    return n_local / max(dist.sum(n_local), 1.0)
+    if dist is None or dist.world == 1:
+        return max(n_local, 1.0)
+    return max(dist.sum(n_local), 1.0)
 
 
 @torch.no_grad()
-def _metrics(scored: Scored, out, advantages: Tensor, loss: Tensor, grad_norm: Tensor, extra: dict) -> dict[str, float]:
+def _metrics(scored: Scored, out, advantages: Tensor, loss: float, grad_norm: Tensor, extra: dict) -> dict[str, float]:
     mask = scored.rollout.completion_mask.float()
     lp = out.lp.detach()
     adv_mean = masked_mean(advantages, mask)
     adv_var = masked_mean((advantages - adv_mean) ** 2, mask)
     m = {
-        "loss": float(loss.detach()),
+        "loss": float(loss),
         "adv_mean": float(adv_mean),
         "adv_std": float(adv_var.sqrt()),
         "lp_student_mean": float(masked_mean(lp, mask)),

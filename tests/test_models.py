@@ -94,10 +94,19 @@ def test_needs_reference_only_off_lam_1():
 
 @pytest.fixture(scope="module")
 def mismatched_dir(tmp_path_factory):
-    tok = build_char_tokenizer()
-    tok.add_tokens(["<extra>"])
-    assert len(tok) == len(build_char_tokenizer()) + 1
-    return str(save_tiny_model(tmp_path_factory.mktemp("mismatch") / "teacher_extra", seed=5, tokenizer=tok))
+    """A tokenizer whose ids for "a" and "b" are swapped: a shared id that means another token (a teacher that
+    only *adds* tokens is accepted, see tests/test_vocab.py)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = build_char_tokenizer().get_vocab()
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+    backend = Tokenizer.from_str(build_char_tokenizer().backend_tokenizer.to_str())
+    backend.model = models.WordLevel(vocab, unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    return str(save_tiny_model(tmp_path_factory.mktemp("mismatch") / "teacher_swapped", seed=5, tokenizer=tok))
 
 
 def test_mismatched_tokenizers_raise_naming_both_models(tiny_dirs, mismatched_dir):

@@ -1,0 +1,173 @@
+"""The GPU path's plumbing that runs on CPU: the decode loop's sync interval and cache API, the transformers bound,
+the vLLM backend's config checks and import error, and the GPU presets (issue 14)."""
+
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gopd_lab import RunConfig
+from gopd_lab.config import ConfigError
+from gopd_lab.rollout import Prompts, cache_argument, encode_prompts, sample
+from gopd_lab.tiny import tiny_model
+from gopd_lab.tokenizer import build_char_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def eos_model():
+    """A tiny model that ends most completions early (EOS made likely), so rows finish at different steps."""
+    tok = build_char_tokenizer()
+    model = tiny_model(seed=4, tokenizer=tok, tie_word_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] = model.model.norm.weight * 0.6
+    return tok, model
+
+
+def _sample(tok, model, **kw):
+    prompts = encode_prompts(tok, ["12+7=", "x", "hello", "ab", "9", "3*3="])
+    return sample(
+        model,
+        prompts,
+        max_new_tokens=30,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
+
+
+def test_checking_for_finished_rows_every_k_tokens_gives_the_same_rollout(eos_model, monkeypatch):
+    """On an accelerator the loop asks "every row done?" only every 16 tokens; the extra columns are trimmed."""
+    from gopd_lab import rollout
+
+    tok, model = eos_model
+    every_token = _sample(tok, model)
+    lengths = every_token.completion_mask.sum(1)
+    assert lengths.max() < 30 and len(set(lengths.tolist())) > 1  # rows end early, at different steps
+    for k in (4, 7, 64):
+        monkeypatch.setitem(rollout.SYNC_EVERY, "cpu", k)
+        got = _sample(tok, model)
+        assert torch.equal(got.completion_ids, every_token.completion_ids), k
+        assert torch.equal(got.completion_mask, every_token.completion_mask), k
+        assert got.completions == every_token.completions
+
+
+def test_the_decode_uses_the_current_cache_api_without_deprecation_warnings(eos_model):
+    tok, model = eos_model
+    assert cache_argument(model) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _sample(tok, model)
+
+
+def test_the_installed_transformers_is_inside_the_tested_range():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    spec = re.search(r'^\s*"(transformers[^"]*)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    req = Requirement(spec)
+    assert any(spec.operator == "<" for spec in req.specifier)  # an upper bound
+    assert req.specifier.contains(version("transformers"))
+
+
+# ------------------------------------------------------------------ vLLM backend (plumbing only)
+
+
+def test_rollout_backend_is_validated():
+    with pytest.raises(ConfigError, match="rollout_backend"):
+        RunConfig(rollout_backend="sglang")
+    with pytest.raises(ConfigError, match="LoRA, CPU"):
+        RunConfig(rollout_backend="vllm", lora_r=8)
+    with pytest.raises(ConfigError, match="LoRA, CPU"):
+        RunConfig(rollout_backend="vllm", device="cpu")
+    with pytest.raises(ConfigError, match="never samples"):
+        RunConfig(rollout_backend="vllm", method="sft")
+    with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
+        RunConfig(vllm_gpu_memory_utilization=1.5)
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        RunConfig(micro_batch_size=-1)
+
+
+def test_without_vllm_the_error_names_the_extra(monkeypatch):
+    from gopd_lab.vllm_rollout import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(ConfigError, match=r"gopd-lab\[vllm\]"):
+        import_vllm()
+
+
+def test_the_hf_backend_never_imports_vllm(tiny_dirs, tmp_path, monkeypatch):
+    class Recorder:
+        names: list[str] = []
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "vllm":
+                self.names.append(name)
+            return None
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "meta_path", [recorder, *sys.meta_path])
+    for name in [n for n in sys.modules if n.split(".")[0] == "vllm"]:
+        monkeypatch.delitem(sys.modules, name)
+    from gopd_lab import train
+
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        prompts=["1+1=", "2+2="],
+        batch_size=2,
+        steps=1,
+        max_new_tokens=3,
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+        eval_k=0,
+    )
+    train(cfg, progress=False)
+    assert recorder.names == []
+
+
+def test_vllm_token_ids_become_the_same_rollout_as_the_built_in_loop():
+    from gopd_lab.vllm_rollout import completions_to_rollout
+
+    prompts = Prompts([[5, 6, 7], [8]], ["a", "b"], ["d", "d"])
+    ro = completions_to_rollout(prompts, [[9, 2, 11, 12], [10, 11]], eos_token_id=2, pad_token_id=0)
+    assert ro.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and ro.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ro.completion_ids.tolist() == [[9, 2], [10, 11]]  # cut after the first EOS, which stays in
+    assert ro.completion_mask.tolist() == [[1, 1], [1, 1]]
+    ro = completions_to_rollout(prompts, [[9], [10, 11, 2]], eos_token_id=2, pad_token_id=0)
+    assert ro.completion_ids.tolist() == [[9, 0, 0], [10, 11, 2]] and ro.completion_mask.tolist() == [
+        [1, 0, 0],
+        [1, 1, 1],
+    ]
+
+
+# ------------------------------------------------------------------ GPU presets
+
+
+@pytest.mark.parametrize("name", ["gpu-0.5b", "gpu-1.5b", "gpu-1.7b"])
+def test_each_gpu_preset_loads_as_a_valid_run_config(name):
+    cfg = RunConfig.load(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.student and cfg.teacher and cfg.device == "cuda" and cfg.dtype == "bfloat16"
+    assert cfg.micro_batch_size > 0 and cfg.gradient_checkpointing and cfg.mixed_precision
+    assert cfg.batch_size * cfg.samples_per_prompt % cfg.micro_batch_size == 0
+    text = (ROOT / "configs" / f"{name}.yaml").read_text()
+    assert (
+        "estimate" in text and "GiB" in text and "s/step" in text
+    )  # the expected memory and time, stated as estimates
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
+def test_gpu_smoke_exits_with_a_clear_message_without_cuda():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_smoke.py")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "needs a CUDA GPU" in done.stderr and "nothing was run" in done.stderr

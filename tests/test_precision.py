@@ -1,0 +1,84 @@
+"""Mixed precision: float32 master weights under bf16 autocast keep the small updates bf16 AdamW drops (issue 14)."""
+
+import copy
+
+import pytest
+import torch
+
+from gopd_lab import RunConfig
+from gopd_lab.models import Models, freeze, load_models
+from gopd_lab.rollout import encode_prompts, sample
+from gopd_lab.score import score_rollout
+from gopd_lab.tiny import tiny_model
+from gopd_lab.tokenizer import build_char_tokenizer
+from gopd_lab.update import UpdateSettings, update
+
+
+@pytest.fixture(scope="module")
+def world():
+    tok = build_char_tokenizer()
+    student = tiny_model(seed=0, tokenizer=tok)
+    teacher = freeze(tiny_model(seed=1, tokenizer=tok))
+    prompts = encode_prompts(tok, ["12+7=", "x", "ab", "9-2="])
+    rollout = sample(
+        student, prompts, max_new_tokens=5, pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(1)
+    )
+    return student, teacher, rollout
+
+
+def _matrices(model):
+    return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.ndim == 2}
+
+
+def _step(student, teacher, rollout, estimator, autocast_dtype, lr):
+    scored = score_rollout(Models(student, None, {"default": teacher}), rollout, 1.0, estimator=estimator)
+    before = _matrices(student)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    result = update(student, optimizer, scored, UpdateSettings(estimator=estimator, autocast_dtype=autocast_dtype))
+    after = _matrices(student)
+    changed = sum(int((after[n] != before[n]).sum()) for n in before) / sum(v.numel() for v in before.values())
+    return result, changed
+
+
+@pytest.mark.parametrize("estimator", ["sampled", "full"])
+def test_fp32_master_weights_keep_updates_that_bf16_adamw_drops(world, estimator):
+    student, teacher, rollout = world
+    naive, dropped = _step(copy.deepcopy(student).to(torch.bfloat16), teacher, rollout, estimator, None, lr=1e-6)
+    assert dropped < 0.05  # bf16 AdamW: |Δw| ≈ 1e-6 is below half a bf16 ulp except for the entries nearest 0
+    mixed, kept = _step(copy.deepcopy(student), teacher, rollout, estimator, torch.bfloat16, lr=1e-6)
+    assert kept > 0.9  # the float32 master weights moved
+    for result in (naive, mixed):
+        assert result.lp_student.dtype == torch.float32 and result.advantages.dtype == torch.float32
+        assert all(isinstance(v, (float, int)) for v in result.metrics.values())
+        assert all(torch.isfinite(torch.tensor(float(v))) for v in result.metrics.values())
+
+
+@pytest.mark.parametrize("estimator", ["sampled", "full"])
+def test_the_autocast_step_is_close_to_the_float32_step(world, estimator):
+    student, teacher, rollout = world
+    deltas = {}
+    for amp in (None, torch.bfloat16):
+        s = copy.deepcopy(student)
+        scored = score_rollout(Models(s, None, {"default": teacher}), rollout, 1.0, estimator=estimator)
+        before = _matrices(s)
+        update(
+            s, torch.optim.SGD(s.parameters(), lr=1.0), scored, UpdateSettings(estimator=estimator, autocast_dtype=amp)
+        )
+        after = _matrices(s)
+        deltas[amp] = torch.cat([(after[n] - before[n]).flatten() for n in before])
+    cos = torch.nn.functional.cosine_similarity(deltas[None], deltas[torch.bfloat16], dim=0)
+    assert cos > 0.99  # bf16 matmuls, float32 reductions: the same gradient up to bf16 rounding
+    assert not torch.equal(deltas[None], deltas[torch.bfloat16])  # autocast really ran in bf16
+
+
+def test_load_models_keeps_a_float32_student_under_bf16_autocast(tiny_dirs):
+    cfg = RunConfig(
+        student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], lam=1.25, device="cpu", dtype="bfloat16"
+    )
+    models = load_models(cfg)
+    assert models.autocast_dtype == torch.bfloat16
+    assert next(models.student.parameters()).dtype == torch.float32
+    assert next(models.teacher_for("x").parameters()).dtype == torch.bfloat16
+    assert next(models.reference_for("x").parameters()).dtype == torch.bfloat16  # the student's copy, stored in bf16
+    naive = load_models(cfg.replace(mixed_precision=False))
+    assert naive.autocast_dtype is None and next(naive.student.parameters()).dtype == torch.bfloat16
