@@ -3,8 +3,8 @@
 - A fresh run (``resume=False``) into a directory that holds a run is refused unless ``overwrite=True``, which
   deletes that run's files (and only those: other files in the directory are kept).
 - ``resume=True`` continues only the run whose ``config.json`` matches: a field that changes the trajectory
-  (method, models, λ, learning rate, seed, batch, ...) must be equal; :data:`MAY_DIFFER` (the length of the
-  run, logging and evaluation cadence, the device) may change.
+  (method, models, λ, learning rate, seed, batch, ...) must be equal; :data:`MAY_DIFFER` (logging and evaluation
+  cadence, trackers, the device) may change, and the length of the run where no schedule depends on it.
 - A final save cut short (``model.tmp/`` without ``model/``) is finished by resume from the last checkpoint.
 """
 
