@@ -25,7 +25,8 @@ from .errors import UserError
 
 TRAIN_HELP = """Train with G-OPD / SDPO / SFT / GRPO / CHORD from a config file and options.
 
---config FILE: a YAML or JSON file of RunConfig fields (read first; the options below override it).
+--config FILE: a YAML or JSON file of RunConfig fields (the options below override it; the merged
+config is validated once).
 TRL names accepted for the same fields: {aliases}. batch_size is the global number of prompts per step
 (TRL's per_device_train_batch_size is per process)."""
 
@@ -45,7 +46,7 @@ def _yaml_rule(info) -> Any:
 
     def parse(args: list[str]) -> Any:
         text = args[0]
-        if text.lstrip()[:1] in "{[" or text in ("null", "None", "~") and type(None) in origins:
+        if text.lstrip()[:1] in ("{", "[") or text in ("null", "None", "~") and type(None) in origins:
             try:
                 return None if text == "None" else load_yaml(text)
             except Exception as err:
@@ -120,7 +121,8 @@ def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    base = RunConfig.load(known.config) if known.config else RunConfig()
+    # the file's fields and the options are merged first and validated once: an option may fix the file
+    base = {**RunConfig().to_dict(), **(RunConfig.read_file(known.config) if known.config else {})}
     registry = tyro.constructors.ConstructorRegistry()
     registry.primitive_rule(_yaml_rule)
     registry.primitive_rule(_bool_rule)
@@ -128,7 +130,7 @@ def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig
     options = tyro.cli(
         _Options,
         args=_with_canonical_names(rest),
-        default=_Options(**base.to_dict()),
+        default=_Options(**base),
         prog=prog,
         description=TRAIN_HELP.format(aliases=aliases),
         registry=registry,
@@ -321,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as err:  # a cause the user can fix: one line, no traceback
-        kind = "configuration error" if isinstance(err, ConfigError) else "error"
-        print(f"gopd-lab: {kind}: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"gopd-lab: {err.label}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from .models import DEFAULT_DOMAIN, Models
 from .rollout import Prompts, Rollout, check_known_text, encode_prompts, read_prompt_rows, sample, teacher_forced
 from .runio import append_jsonl, read_jsonl
 from .score import Scored, reference_logprobs, score_rollout
+from .scoring import max_context
 from .sdpo import build_self_teacher_view
 
 
@@ -41,7 +42,7 @@ class Collector:
         self.cfg, self.models, self.tasks, self.prompts, self.gen = cfg, models, tasks, prompts, generator
         self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
         student = models.student
-        self.max_context = getattr(getattr(student, "config", None), "max_position_embeddings", None)
+        self.max_context = max_context(student)
         if cfg.method in ("sft", "grpo", "chord", "sdpo") and not tasks:
             raise ConfigError(f"method={cfg.method!r} needs tasks (answers, a verifier or feedback); set tasks=...")
         self.engine = None
@@ -179,7 +180,7 @@ class Collector:
                 topk=cfg.topk,
                 chunk_tokens=cfg.score_chunk_tokens,
                 teacher_rollout=teacher_view,
-                always_reference=cfg.lam_mode in ("reopd", "agopd"),
+                always_reference=cfg.always_reference,
                 entropy_threshold=cfg.entropy_threshold if cfg.lam_mode == "entropy" else None,
             )
             scored.rewards, scored.extra = rewards, extra

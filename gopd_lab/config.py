@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .lineage import LAM_MODES
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
@@ -221,13 +222,8 @@ class RunConfig:
     it a fresh run into such a directory is refused (``resume=True`` continues it instead)."""
 
     def __post_init__(self) -> None:
-        for name in ("teacher", "reference", "lam"):  # {domain: ...} given as JSON text (papermill, shell)
-            value = getattr(self, name)
-            if isinstance(value, str) and value.lstrip().startswith("{"):
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"{name} looks like JSON but does not parse: {err}") from None
+        for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
+            setattr(self, name, _json_text(name, getattr(self, name)))
         from .config_checks import check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
@@ -325,10 +321,20 @@ class RunConfig:
         self._check_lam_mode()
 
     def _check_lam_mode(self) -> None:
-        """The lineage's knobs (issue 15)."""
-        modes = ("fixed", "reopd", "agopd", "entropy", "gated")
-        if self.lam_mode not in modes:
-            raise ConfigError(f"lam_mode must be one of {modes}, got {self.lam_mode!r}")
+        """The lineage's knobs (issue 15): every knob's range whatever the mode, then what the mode needs."""
+        if self.lam_mode not in LAM_MODES:
+            raise ConfigError(f"lam_mode must be one of {LAM_MODES}, got {self.lam_mode!r}")
+        if not (self.reopd_tau > 0 and self.reopd_gamma_max >= 0 and self.reopd_target >= 0):
+            raise ConfigError(
+                "need reopd_tau > 0, reopd_gamma_max >= 0 and reopd_target >= 0, got "
+                f"{self.reopd_tau}, {self.reopd_gamma_max}, {self.reopd_target}"
+            )
+        if not 0.0 <= self.reopd_ema < 1.0:
+            raise ConfigError(f"reopd_ema must be in [0, 1), got {self.reopd_ema}")
+        if not (self.agopd_rho >= 0 and self.agopd_lam_max >= 1):
+            raise ConfigError(f"need agopd_rho >= 0 and agopd_lam_max >= 1, got {self.agopd_rho}, {self.agopd_lam_max}")
+        if not self.entropy_threshold >= 0:
+            raise ConfigError(f"entropy_threshold must be >= 0 nats, got {self.entropy_threshold}")
         if self.lam_mode == "fixed":
             return
         if self.method not in ("gopd", "sdpo") or self.estimator != "sampled":
@@ -339,14 +345,14 @@ class RunConfig:
             raise ConfigError("lam_mode='entropy' is per state: set gamma=0")
         if self.lam_mode == "gated" and not self.task_names:
             raise ConfigError("lam_mode='gated' needs a verifier: set tasks=...")
-        if not (self.reopd_tau > 0 and self.reopd_gamma_max >= 0 and self.reopd_target >= 0):
-            raise ConfigError("need reopd_tau > 0, reopd_gamma_max >= 0 and reopd_target >= 0")
-        if not 0.0 <= self.reopd_ema < 1.0:
-            raise ConfigError(f"reopd_ema must be in [0, 1), got {self.reopd_ema}")
-        if not (self.agopd_rho >= 0 and self.agopd_lam_max >= 1):
-            raise ConfigError(f"need agopd_rho >= 0 and agopd_lam_max >= 1, got {self.agopd_rho}, {self.agopd_lam_max}")
-        if not self.entropy_threshold >= 0:
-            raise ConfigError(f"entropy_threshold must be >= 0 nats, got {self.entropy_threshold}")
+        if self.lam_mode == "entropy":
+            teachers = self.teacher.values() if isinstance(self.teacher, dict) else [self.teacher]
+            remote = [t for t in teachers if isinstance(t, str) and t.startswith(("http://", "https://"))]
+            if remote:
+                raise ConfigError(
+                    f"lam_mode='entropy' needs the teacher's whole next-token distribution, which a teacher server "
+                    f"({remote[0]}) does not send; give the teacher's weights (a path or hub id) or another lam_mode"
+                )
 
     # ------------------------------------------------------------------ helpers
     def lam_items(self) -> list[tuple[str, float]]:
@@ -371,9 +377,14 @@ class RunConfig:
         GRPO's KL term."""
         if self.method in ("grpo", "chord"):
             return self.kl_coef > 0
-        if self.lam_mode in ("reopd", "agopd"):  # λ chosen from the data: the reference is always needed
+        if self.always_reference:
             return True
         return self.method in ("gopd", "sdpo") and any(lam != 1 for _, lam in self.lam_items())
+
+    @property
+    def always_reference(self) -> bool:
+        """λ is chosen from the data (``lam_mode`` reopd / agopd): the reference runs on every row, whatever ``lam``."""
+        return self.lam_mode in ("reopd", "agopd")
 
     @property
     def rl_method(self) -> str:
@@ -403,6 +414,13 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """A config from ``{field: value}``; TRL's names (:data:`TRL_ALIASES`, e.g. ``learning_rate``) are
         accepted for the fields that mean the same."""
+        return cls(**cls.canonical_dict(data))
+
+    @classmethod
+    def canonical_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with TRL's names replaced, unknown names and numbers given as text refused, JSON text of
+        ``teacher`` / ``reference`` / ``lam`` parsed; not yet validated as a whole (the CLI merges a config file
+        and its options this way, then validates once)."""
         names = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
         for alias, name in TRL_ALIASES.items():
@@ -413,15 +431,23 @@ class RunConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+        for name in JSON_TEXT_FIELDS:
+            if name in data:
+                data[name] = _json_text(name, data[name])
         numeric = {f.name for f in dataclasses.fields(cls) if str(f.type).split(" |")[0] in ("int", "float")}
         for name in numeric & set(data):
             if isinstance(data[name], str):
                 raise ConfigError(f"{name} must be a number, got {data[name]!r}")
-        return cls(**data)
+        return data
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         """Read a YAML or JSON config file."""
+        return cls.from_dict(cls.read_file(path))
+
+    @classmethod
+    def read_file(cls, path: str | Path) -> dict[str, Any]:
+        """The ``{field: value}`` of a YAML or JSON config file (:meth:`canonical_dict`), not yet validated."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -431,7 +457,21 @@ class RunConfig:
             raise ConfigError(f"config file {path} is not valid YAML/JSON: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
-        return cls.from_dict(data)
+        return cls.canonical_dict(data)
+
+
+JSON_TEXT_FIELDS = ("teacher", "reference", "lam")
+"""Fields that take ``{domain: ...}`` also as JSON text (papermill parameters, shell), in the constructor and in
+:meth:`RunConfig.from_dict` alike."""
+
+
+def _json_text(name: str, value: Any) -> Any:
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{name} looks like JSON but does not parse: {err}") from None
+    return value
 
 
 class _Loader(yaml.SafeLoader):

@@ -132,8 +132,32 @@ def check_world(cfg) -> None:
         )
 
 
+def check_trackers(cfg) -> None:
+    """Each tracker of ``report_to`` is installed (found without importing it), so a missing one stops the run
+    before ``overwrite=True`` clears the old run or any model loads."""
+    import importlib.util
+    import sys
+
+    for name in cfg.report_targets:
+        if name not in ("tensorboard", "trackio", "wandb"):
+            continue  # an unknown name: RunConfig's own check names the valid ones
+        if name in sys.modules:
+            found = sys.modules[name] is not None
+        else:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+        if not found:
+            raise ConfigError(
+                f"report_to={name!r} needs the {name} package, which is not installed; "
+                f"install it with: pip install 'gopd-lab[{name}]' (or drop it from report_to)"
+            )
+
+
 def check_config(cfg) -> None:
     check_types(cfg)
     check_ranges(cfg)
     check_tasks(cfg)
     check_world(cfg)
+    check_trackers(cfg)

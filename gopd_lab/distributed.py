@@ -102,6 +102,16 @@ class Distributed:
         dist.all_reduce(t)
         return float(t)
 
+    def sum_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """Sum a 1-D tensor of batch statistics over processes (``lineage.Reduce``: REOPD's γ_b, A-G-OPD's λ)."""
+        if self.world == 1:
+            return stats
+        t = stats.detach().to(torch.float64).clone()
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(t)
+        return t.cpu()
+
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum every gradient over processes (the loss is already scaled by local/global tokens). Under FSDP
         the gradients are already summed (reduce-scattered) shards."""

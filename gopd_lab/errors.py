@@ -24,13 +24,20 @@ from pathlib import Path
 class UserError(Exception):
     """An error the user caused; the message says which input and how to fix it."""
 
+    label = "error"
+    """How ``gopd-lab`` names the kind of error in its one line."""
+
 
 class ConfigError(UserError, ValueError):
     """A run configuration that cannot work; the message says which field and what to do."""
 
+    label = "configuration error"
+
 
 class DataError(ConfigError):
     """An input file (prompts, tasks, expert data) that cannot be read; the message names the file and line."""
+
+    label = "data error"
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -42,7 +49,8 @@ class RunDirError(UserError, RuntimeError):
 
 
 class NonFiniteError(UserError, FloatingPointError):
-    """A non-finite loss or gradient; the run stopped before the optimizer step, the last checkpoint is kept."""
+    """A non-finite loss or gradient; the run stopped before the optimizer step that would have used it (with
+    ``epochs_per_batch > 1`` the message names the epoch), the last checkpoint is kept."""
 
 
 class DiskFullError(UserError, OSError):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .rollout import Prompts, prompts_from_tasks, sample
+from .scoring import max_context
 
 
 def generate(
@@ -25,7 +26,7 @@ def generate(
 ) -> list[str]:
     """Completions for every prompt, in batches."""
     out: list[str] = []
-    max_context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    context = max_context(model)
     for i in range(0, len(prompts), batch_size):
         part = prompts.select(range(i, min(i + batch_size, len(prompts))))
         r = sample(
@@ -38,7 +39,7 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             tokenizer=tokenizer,
             generator=generator,
-            max_context=max_context,  # a prompt too long for the model is refused, never scored
+            max_context=context,  # a prompt too long for the model is refused, never scored
         )
         out.extend(r.completions)
     return out

@@ -5,6 +5,9 @@
 ``gopd_lab_config.json``, its ``eval.jsonl`` and a ``README.md`` model card (teacher, λ, reference, method,
 steps, accuracy before and after) through ``huggingface_hub``'s ``ModelCard`` and ``HfApi.upload_folder``.
 ``local_dir=...`` writes the same files to a folder instead and touches no network.
+
+A LoRA run (``lora_r > 0``) saves only the adapter in ``model/``; push merges it into the run's base student
+(peft's ``merge_and_unload``) and uploads the full model, so the card's ``from_pretrained`` snippet holds.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None):
         ("λ (`lam`)", cfg.get("lam")),
         ("reference", cfg.get("reference")),
     ]
-    if "lam_mode" in cfg:
+    if cfg.get("lam_mode", "fixed") != "fixed":  # λ chosen by a lineage rule (config.json always has the field)
         recipe.append(("`lam_mode`", cfg["lam_mode"]))
     recipe += [
         ("estimator", cfg.get("estimator")),
@@ -128,16 +131,20 @@ def stage(run_dir: str | Path, out: str | Path, repo_id: str | None = None) -> P
     ``gopd_lab_config.json``, ``eval.jsonl`` and the ``README.md`` card."""
     run, out = Path(run_dir), Path(out)
     model = run / "model"
-    if not (model / "config.json").is_file():
+    adapter = (model / "adapter_config.json").is_file()
+    if not (model / "config.json").is_file() and not adapter:
         raise ConfigError(
             f"{model} holds no saved model: push needs a finished run of a Hugging Face student "
             "(train writes <out_dir>/model with save_pretrained at the end)"
         )
     card = model_card(run, repo_id)
     out.mkdir(parents=True, exist_ok=True)
-    for f in sorted(model.iterdir()):
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
+    if adapter:
+        merge_adapter(run, out)
+    else:
+        for f in sorted(model.iterdir()):
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
     shutil.copy2(run / "config.json", out / "gopd_lab_config.json")
     if (run / "eval.jsonl").is_file():
         shutil.copy2(run / "eval.jsonl", out / "eval.jsonl")
@@ -145,6 +152,36 @@ def stage(run_dir: str | Path, out: str | Path, repo_id: str | None = None) -> P
     card.save(tmp)
     tmp.replace(out / CARD_FILE)
     return out
+
+
+def merge_adapter(run_dir: str | Path, out: str | Path) -> None:
+    """Write the full student of a LoRA run to ``out``: the run's base ``student`` with the adapter of
+    ``<run_dir>/model`` merged in (``merge_and_unload``), and the tokenizer, as ``save_pretrained`` files."""
+    import torch
+
+    from .models import load_model
+
+    run, out = Path(run_dir), Path(out)
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ConfigError(
+            f"{run / 'model'} holds a LoRA adapter; merging it into a full model for the push needs peft: "
+            "pip install 'gopd-lab[lora]'"
+        ) from None
+    cfg = json.loads((run / "config.json").read_text())
+    base = load_model(
+        cfg["student"],
+        role="student (the LoRA adapter's base)",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+    )
+    merged = PeftModel.from_pretrained(base, str(run / "model")).merge_and_unload()
+    merged.save_pretrained(out)
+    for f in sorted((run / "model").iterdir()):  # the tokenizer's files; not the adapter's
+        if f.is_file() and not f.name.startswith("adapter_") and f.name != "README.md":
+            shutil.copy2(f, out / f.name)
 
 
 def push_to_hub(

@@ -16,9 +16,14 @@ their sources and every choice made where a paper leaves one open.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a 1-D float64 tensor of batch statistics over the processes of a data-parallel run (identity alone), so a
+batch-level quantity is computed from the global batch: every process gets the same value."""
 
 __all__ = [
     "LAM_MODES",
@@ -42,9 +47,8 @@ def _valid(mask: Tensor | None, like: Tensor) -> Tensor:
     return torch.ones_like(like, dtype=torch.bool) if mask is None else mask.bool()
 
 
-def _masked_rms(x: Tensor, valid: Tensor) -> Tensor:
-    x = torch.where(valid, x, torch.zeros_like(x))
-    return (x.pow(2).sum() / valid.sum().clamp(min=1)).sqrt()
+def _masked_sq_sum(x: Tensor, valid: Tensor) -> Tensor:
+    return torch.where(valid, x, torch.zeros_like(x)).double().pow(2).sum()
 
 
 def reopd_q(lp_teacher: Tensor, lp_student: Tensor, *, tau: float, mask: Tensor | None = None) -> Tensor:
@@ -78,18 +82,30 @@ def reopd_lambda(
 
 
 def reopd_budget(
-    q: Tensor, mask: Tensor | None, *, target: float, gamma_max: float, ema: float, previous: float | None
+    q: Tensor,
+    mask: Tensor | None,
+    *,
+    target: float,
+    gamma_max: float,
+    ema: float,
+    previous: float | None,
+    reduce: Reduce | None = None,
 ) -> tuple[float, float]:
     """The batch budget ``γ_b`` of REOPD → ``(γ_b, raw)``.
 
     ``raw = clip(target / mean_t q_t, 0, γ_max)`` is the budget at which the batch's mean extrapolation
     ``mean_t (λ_t − 1)`` equals ``target`` (``γ_max`` when no token agrees, ``mean q = 0``); the budget is
     its EMA over batches, ``γ_b = ema·γ_{b−1} + (1 − ema)·raw`` (``γ_1 = raw``), so it stays in ``[0, γ_max]``.
+    ``reduce`` (:data:`Reduce`): ``mean_t q_t`` over the global batch of a multi-process run (its sum of ``q`` and
+    its token count are summed over processes).
     """
     if not (target >= 0 and gamma_max >= 0 and 0.0 <= ema < 1.0):
         raise ValueError(f"need target >= 0, gamma_max >= 0, 0 <= ema < 1; got {target}, {gamma_max}, {ema}")
     valid = _valid(mask, q)
-    q_mean = float(torch.where(valid, q, torch.zeros_like(q)).sum() / valid.sum().clamp(min=1))
+    stats = torch.stack([torch.where(valid, q, torch.zeros_like(q)).double().sum(), valid.sum().double()]).cpu()
+    if reduce is not None:
+        stats = reduce(stats)
+    q_mean = float(stats[0] / stats[1].clamp(min=1))
     raw = gamma_max if q_mean <= 0 else min(max(target / q_mean, 0.0), gamma_max)
     gamma = raw if previous is None else ema * previous + (1.0 - ema) * raw
     return gamma, raw
@@ -103,20 +119,26 @@ def agopd_lambda(
     rho: float,
     lam_max: float,
     mask: Tensor | None = None,
+    reduce: Reduce | None = None,
 ) -> Tensor:
     """A-G-OPD's one λ per batch (a 0-dim tensor):
     ``λ = clip(1 + ρ·RMS(A_opd)/RMS(A_extra), 1, λ_max)``, ``A_opd = lp_T − lp_θ``, ``A_extra = lp_T − lp_R``,
     RMS over the batch's valid tokens. ``λ = 1`` when ``RMS(A_extra) = 0`` (the teacher adds nothing over the
-    reference: no direction to extrapolate along)."""
+    reference: no direction to extrapolate along). ``reduce`` (:data:`Reduce`): the RMS over the global batch of
+    a multi-process run (the two sums of squares and the token count are summed over processes)."""
     if not (rho >= 0 and lam_max >= 1):
         raise ValueError(f"need rho >= 0 and lam_max >= 1, got rho={rho}, lam_max={lam_max}")
     valid = _valid(mask, lp_teacher)
     a_opd = (lp_teacher.detach() - lp_student.detach()).float()  # (B, C)
     a_extra = (lp_teacher.detach() - lp_reference.detach()).float()  # (B, C)
-    rms_opd, rms_extra = _masked_rms(a_opd, valid), _masked_rms(a_extra, valid)
+    stats = torch.stack([_masked_sq_sum(a_opd, valid), _masked_sq_sum(a_extra, valid), valid.sum().double()]).cpu()
+    if reduce is not None:
+        stats = reduce(stats)
+    n = stats[2].clamp(min=1)
+    rms_opd, rms_extra = (stats[0] / n).sqrt(), (stats[1] / n).sqrt()
     if float(rms_extra) == 0.0:
         return torch.ones((), device=lp_teacher.device)
-    return (1.0 + rho * rms_opd / rms_extra).clamp(1.0, lam_max)
+    return (1.0 + rho * rms_opd / rms_extra).clamp(1.0, lam_max).float().to(lp_teacher.device)
 
 
 def entropy_split(teacher_entropy: Tensor, *, threshold: float, mask: Tensor | None = None) -> Tensor:

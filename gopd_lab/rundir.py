@@ -3,8 +3,8 @@
 - A fresh run (``resume=False``) into a directory that holds a run is refused unless ``overwrite=True``, which
   deletes that run's files (and only those: other files in the directory are kept).
 - ``resume=True`` continues only the run whose ``config.json`` matches: a field that changes the trajectory
-  (method, models, λ, learning rate, seed, batch, ...) must be equal; :data:`MAY_DIFFER` (the length of the
-  run, logging and evaluation cadence, the device) may change.
+  (method, models, λ, learning rate, seed, batch, ...) must be equal; :data:`MAY_DIFFER` (logging and evaluation
+  cadence, trackers, the device) may change, and the length of the run where no schedule depends on it.
 - A final save cut short (``model.tmp/`` without ``model/``) is finished by resume from the last checkpoint.
 """
 
@@ -24,7 +24,9 @@ RUN_FILES = (
     "summary.json",
     "teacher_samples.jsonl",
 )
-RUN_DIRS = ("checkpoints", "model", "model.tmp")
+RUN_DIRS = ("checkpoints", "model", "model.tmp", "model.old", "tensorboard", "wandb")
+"""``model.old/``: the previous final model while a new one replaces it; ``tensorboard/`` and ``wandb/``: the
+trackers of ``report_to`` (an old run's event files would otherwise mix with the new run's)."""
 
 MAY_DIFFER = frozenset(
     {
@@ -42,10 +44,26 @@ MAY_DIFFER = frozenset(
         "device",
         "score_chunk_tokens",
         "trust_remote_code",
+        "report_to",
     }
 )
-"""Fields a resumed run may change: they do not change the weights a step computes (``steps`` changes the
-schedule's end only where one decays to 0 over the run, and is allowed so that a run can be extended)."""
+"""Fields a resumed run may change: they do not change the weights a step computes. ``steps`` may change
+(to extend a run) only when no schedule depends on it: see :func:`schedule_uses_steps`."""
+
+LINEAGE_KNOBS = {
+    "reopd": ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema"),
+    "agopd": ("agopd_rho", "agopd_lam_max"),
+    "entropy": ("entropy_threshold",),
+}
+"""The lineage knobs each ``lam_mode`` reads; under another mode they have no effect, so they may differ."""
+
+
+def schedule_uses_steps(cfg: dict) -> bool:
+    """Whether the learning-rate or μ schedule depends on ``steps``: a ``linear``/``cosine`` learning rate decays
+    to 0 at the last step, the ``warmup_cosine`` μ reaches its valley there (``gopd_lab.schedules``)."""
+    return cfg.get("lr_schedule", "constant") != "constant" or (
+        cfg.get("mu", 0.0) > 0 and cfg.get("mu_schedule", "constant") != "constant"
+    )
 
 
 def holds_run(out: Path) -> list[str]:
@@ -65,24 +83,41 @@ def _normal(value):
     return json.loads(json.dumps(value))
 
 
+def _names(value) -> list[str]:
+    """``"add,mul"`` and ``["add", "mul"]`` alike (``tasks``)."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
+def _comparable(name: str, value):
+    if name == "tasks":
+        return _names(value)
+    return _normal(value)
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Fields outside :data:`MAY_DIFFER` whose values differ (a field absent from ``saved`` counts at its
     current value only if it is at the default: fields added later do not block resuming old runs)."""
     from .config import RunConfig
 
     defaults = RunConfig.__dataclass_fields__
+    mode = current.get("lam_mode", "fixed")
+    idle = {k for m, knobs in LINEAGE_KNOBS.items() if m != mode for k in knobs}  # no effect under this lam_mode
     changed = []
     for name, value in current.items():
-        if name in MAY_DIFFER:
+        if name in MAY_DIFFER or name in idle:
             continue
         if name in saved:
-            if _normal(saved[name]) != _normal(value):
-                changed.append(name)
+            old = saved[name]
         elif name in defaults:
             f = defaults[name]
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if _normal(default) != _normal(value):
-                changed.append(name)
+            old = f.default_factory() if callable(f.default_factory) else f.default
+        else:
+            continue
+        if _comparable(name, old) != _comparable(name, value):
+            changed.append(name)
+    if "steps" in saved and saved["steps"] != current.get("steps") and schedule_uses_steps(current):
+        changed.append("steps")  # the schedule's shape depends on the run's length
     return changed
 
 

@@ -26,10 +26,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_UMASK: int | None = None
+
+
 def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process umask, read once: reading it means setting it, which would race with other threads."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def public_mode(fd: int) -> None:

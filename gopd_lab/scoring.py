@@ -127,6 +127,11 @@ def _vocab_size(model: nn.Module, to_logits: Callable, features: Tensor) -> int:
     return int(weight.shape[0]) if weight is not None else int(features.shape[-1])
 
 
+def max_context(model: nn.Module) -> int | None:
+    """The longest sequence the model takes (its config's ``max_position_embeddings``; None when it has none)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def _token_stats(
     logits: Tensor, tokens: Tensor, *, rank: bool = False, entropy: bool = False
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from .models import ModelLoadError
 from .objectives import target_logprobs
 from .rollout import Rollout
-from .scoring import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
+from .scoring import Positions, _vocab_size, chunk_rows, completion_features, max_context, scoring_view
 from .teacher_request import BadRequest, parse_score_request
 
 PROTOCOL = 1
@@ -417,12 +417,11 @@ class TeacherService:
         return {name: encode_tensor(value) for name, value in out.items()}
 
     def _parse(self, req: dict) -> tuple[Rollout, dict]:
-        config = getattr(self.model, "config", None)
         return parse_score_request(
             req,
             vocab_size=self.vocab_size,
             max_rows=self.max_rows,
-            max_context=getattr(config, "max_position_embeddings", None),
+            max_context=max_context(self.model),
             full_vocab_limit=FULL_VOCAB_LIMIT,
             device=self.device,
         )

@@ -2,13 +2,21 @@
 
 Each tracker receives exactly the rows written to ``metrics.jsonl`` (every numeric field but ``step``, at that
 row's ``step``) and the evaluation rows of ``eval.jsonl`` as ``eval/<domain>/<metric>``. Each backend is an
-optional extra (``pip install 'gopd-lab[tensorboard]'``); a missing one stops the run before any model loads
-with a :class:`~gopd_lab.config.ConfigError` naming the extra.
+optional extra (``pip install 'gopd-lab[tensorboard]'``); a missing one is refused by the config
+(:func:`gopd_lab.config_checks.check_trackers`), before the run directory is touched or any model loads, with a
+:class:`~gopd_lab.config.ConfigError` naming the extra. The trackers are closed when the run ends or fails.
 
-- ``tensorboard``: event files in ``<out_dir>/tensorboard`` (``tensorboard --logdir runs``).
+- ``tensorboard``: event files in ``<out_dir>/tensorboard`` (``tensorboard --logdir runs``). On resume from
+  step ``s`` the writer is opened with ``purge_step=s + 1``: TensorBoard drops the interrupted run's events past
+  the checkpoint, as ``metrics.jsonl`` is cut back to it.
 - ``trackio``: local by default (a SQLite database under ``$TRACKIO_DIR``, ``trackio show`` opens the
-  dashboard); project ``gopd-lab``, run named after ``out_dir``.
-- ``wandb``: ``wandb.init(project="gopd-lab", dir=out_dir)``; ``WANDB_MODE=offline`` keeps it local.
+  dashboard); project ``gopd-lab``, run named after ``out_dir``. On resume the same run continues
+  (``resume="allow"``); trackio cannot delete rows, so the interrupted run's rows past the checkpoint stay and
+  the resumed steps appear twice there (``metrics.jsonl`` and TensorBoard hold each step once).
+- ``wandb``: ``wandb.init(project="gopd-lab", dir=out_dir)``; ``WANDB_MODE=offline`` keeps it local. No run id is
+  carried over, so a resumed run is a new W&B run that starts at the checkpoint's step (no step is logged twice
+  within one W&B run; the interrupted run keeps its rows).
+- An overwritten run (``overwrite=True``) deletes ``tensorboard/`` and ``wandb/`` with the other run files.
 """
 
 from __future__ import annotations
@@ -54,12 +62,13 @@ def _require(module: str, name: str) -> Any:
 class TensorBoardTracker:
     """Scalars in TensorBoard event files under ``<out_dir>/tensorboard``."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, start: int = 0):
         _require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.logdir = Path(cfg.out_dir) / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        purge = start + 1 if start > 0 else None  # events at steps > start are the interrupted run's: dropped
+        self.writer = SummaryWriter(log_dir=str(self.logdir), purge_step=purge)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for name, value in scalars.items():
@@ -73,7 +82,7 @@ class TrackioTracker:
     """A trackio run: local unless ``$TRACKIO_SPACE_ID`` or ``cfg.extra["trackio_space_id"]`` names a Space
     (``cfg.extra["trackio_project"]`` renames the project)."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, start: int = 0):
         self.trackio = _require("trackio", "trackio")
         self.run = self.trackio.init(
             project=cfg.extra.get("trackio_project", PROJECT),
@@ -95,7 +104,7 @@ class TrackioTracker:
 class WandbTracker:
     """A Weights & Biases run (``WANDB_MODE=offline`` writes it under ``<out_dir>/wandb`` only)."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, start: int = 0):
         wandb = _require("wandb", "wandb")
         self.run = wandb.init(
             project=cfg.extra.get("wandb_project", PROJECT),
@@ -118,12 +127,18 @@ assert set(TRACKERS) == set(REPORT_TO) - {"none"}
 
 class Reporter:
     """A :func:`gopd_lab.train.train` callback that forwards ``metrics.jsonl`` and ``eval.jsonl`` rows to the
-    trackers of ``cfg.report_to``. Built before any model loads, so a missing package fails fast."""
+    trackers of ``cfg.report_to``. :meth:`start` opens them at the run's first step (after a resume, the
+    checkpoint's); :meth:`close` finishes them, once, whether the run ended or failed."""
 
     def __init__(self, cfg: RunConfig):
         for name in cfg.report_targets:  # every package present before any tracker starts
             _require(name, name)
-        self.trackers = [TRACKERS[name](cfg) for name in cfg.report_targets]
+        self.cfg = cfg
+        self.trackers: list = []
+
+    def start(self, step: int = 0) -> None:
+        for name in self.cfg.report_targets:
+            self.trackers.append(TRACKERS[name](self.cfg, step))
 
     def on_step(self, step: int, metrics: dict) -> None:
         for t in self.trackers:
@@ -134,5 +149,9 @@ class Reporter:
             t.log(eval_scalars(rows), step)
 
     def on_end(self, summary: dict) -> None:
-        for t in self.trackers:
+        self.close()
+
+    def close(self) -> None:
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
             t.finish()

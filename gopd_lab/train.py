@@ -119,9 +119,18 @@ def train(
     """
     out = Path(cfg.out_dir)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
+    # a missing tracker package was refused by the config (before this clears anything or loads any model)
     prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
     out.mkdir(parents=True, exist_ok=True)
-    reporter = [Reporter(cfg)] if cfg.report_targets and dist.is_main else []  # a missing tracker fails here
+    reporter = Reporter(cfg) if cfg.report_targets and dist.is_main else None
+    try:
+        return _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress)
+    finally:  # a failed run closes its trackers too (event files flushed, the wandb/trackio run finished)
+        if reporter is not None:
+            reporter.close()
+
+
+def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress) -> pd.DataFrame:
     models = models if models is not None else load_models(cfg)
     tasks = _load_tasks(cfg)
     if prompts is None:
@@ -139,7 +148,7 @@ def train(
             limit=cfg.eval_limit,
             seed=cfg.seed,
         )
-    cbs = _Callbacks([*callbacks, *reporter])
+    cbs = _Callbacks([*callbacks, *([reporter] if reporter is not None else [])])
     main = dist.is_main
     student, device = models.student, models.device
     if dist.fsdp:
@@ -164,6 +173,8 @@ def train(
             rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
             settings.reopd_gamma = rows[-1].get("reopd_gamma_b") if rows else None
         collector.after_update(student)  # rollout_backend="vllm": the engine samples from the resumed weights
+    if reporter is not None:
+        reporter.start(start)  # trackers begin at the resumed step (TensorBoard drops its later events)
     dist.barrier()
     if main:
         for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
@@ -218,8 +229,8 @@ def train(
         except NonFiniteError as err:
             kept = latest_checkpoint(out)
             raise NonFiniteError(
-                f"step {step + 1}: {err}; the run stopped before the optimizer step "
-                f"({'its last checkpoint ' + str(kept) + ' is kept' if kept else 'no checkpoint was written'}). "
+                f"step {step + 1}: {err} "
+                f"({'the last checkpoint ' + str(kept) + ' is kept' if kept else 'no checkpoint was written'}). "
                 "Look for NaN/inf in the student, teacher or reference weights, or lower lr"
             ) from None
         scheduler.step()

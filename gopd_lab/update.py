@@ -126,12 +126,15 @@ class Lineage:
 
 
 @torch.no_grad()
-def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Lineage:
+def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings, dist=None) -> Lineage:
     """G-OPD's ``A_t`` with λ chosen by ``s.lam_mode`` (docs/lineage.md), from the detached ``lp_student``.
 
     ``fixed``: the sample's λ. ``reopd``: ``λ_t = 1 + γ_b·q_t`` (advances the budget's EMA, once per batch).
     ``agopd``: one λ for the batch. ``entropy``: ``A_t = 0`` where the teacher's entropy is above the threshold
-    (those states get the forward KL in :func:`update`). ``gated``: ``A_t = 0`` on samples whose gate is closed."""
+    (those states get the forward KL in :func:`update`). ``gated``: ``A_t = 0`` on samples whose gate is closed.
+    With ``dist`` (N processes) γ_b's mean q and A-G-OPD's sums of squares are taken over the global batch, so
+    every process uses the same batch-level λ as one process on the whole batch would."""
+    reduce = dist.sum_stats if dist is not None and dist.world > 1 else None
     mask = scored.rollout.completion_mask.float()  # (B, C)
     valid = mask.bool()
     k, m = s.lineage, {}
@@ -145,6 +148,7 @@ def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Lin
             gamma_max=k["reopd_gamma_max"],
             ema=k["reopd_ema"],
             previous=s.reopd_gamma,
+            reduce=reduce,
         )
         lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=s.reopd_gamma, tau=k["reopd_tau"], mask=mask)
         m.update(reopd_gamma_b=s.reopd_gamma, reopd_gamma_raw=raw, reopd_q_mean=float(masked_mean(q, mask)))
@@ -156,6 +160,7 @@ def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Lin
             rho=k["agopd_rho"],
             lam_max=k["agopd_lam_max"],
             mask=mask,
+            reduce=reduce,
         )
         lam = lam_b.expand(len(mask))  # (B,)
     adv = gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=lam, gamma=s.gamma, mask=mask)
@@ -195,10 +200,8 @@ def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Ten
     """Per-token advantages ``(B, C)`` (detached) of the method: G-OPD's ``A_t``, GRPO's group-relative
     reward on every token of a sample, zeros for SFT."""
     mask = scored.rollout.completion_mask.float()
-    if s.method == "gopd":
-        return gopd_advantages(
-            lp_student, scored.lp_teacher, scored.lp_reference, lam=scored.lam, gamma=s.gamma, mask=mask
-        )
+    if s.method == "gopd":  # one path for G-OPD's A_t: the λ rule of s.lam_mode
+        return lineage_signal(scored, lp_student, s).advantages
     if s.method == "grpo":
         return group_advantages(scored.rewards, s.group_size, scale_std=s.scale_std)[:, None] * mask
     return torch.zeros_like(mask)
@@ -290,7 +293,7 @@ def update(
     lp_old = lineage = None
     if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
         lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
-        lineage = lineage_signal(scored, lp_old, s)
+        lineage = lineage_signal(scored, lp_old, s, dist)
     for epoch in range(s.epochs):
         optimizer.zero_grad(set_to_none=True)
         lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
@@ -307,7 +310,7 @@ def update(
             elif lineage is not None:  # λ chosen once for the batch
                 adv = lineage.advantages[start:stop]
             elif whole_batch_lam:  # one part: it is the whole batch
-                lineage = lineage_signal(scored, old, s)
+                lineage = lineage_signal(scored, old, s, dist)
                 adv = lineage.advantages
             else:  # fixed λ: per token, part by part
                 signals.append(lineage_signal(part, old, s))
@@ -337,7 +340,7 @@ def update(
         if dist is not None:
             dist.all_reduce_grads(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
-        _check_finite(total, grad_norm, dist)
+        _check_finite(total, grad_norm, dist, epoch, s.epochs)
         optimizer.step()
         lp_now = torch.cat(lps)  # (B, C)
         if lp_old is None:
@@ -371,12 +374,19 @@ def _rollout_logprobs(student: nn.Module, scored: Scored, parts: list[tuple[int,
     return torch.cat(lps)
 
 
-def _check_finite(loss: float, grad_norm: Tensor, dist) -> None:
+def _check_finite(loss: float, grad_norm: Tensor, dist, epoch: int = 0, epochs: int = 1) -> None:
     """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
-    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone."""
+    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone. The
+    message says which of the batch's ``epochs`` optimizer steps it was (earlier ones were taken)."""
     loss_value, norm = float(loss), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
     if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
-        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g})")
+        where = "" if epochs == 1 else f" in epoch {epoch + 1} of {epochs} over this batch"
+        taken = (
+            "before its optimizer step"
+            if epoch == 0
+            else f"before that epoch's optimizer step; the batch's first {epoch} optimizer step(s) were taken"
+        )
+        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g}){where}; stopped {taken}")
 
 
 def _mixes_expert(scored: Scored, s: UpdateSettings) -> bool:

@@ -131,6 +131,20 @@ def test_fsdp_two_cpu_processes_equal_one_process_each_holding_half(tiny_dirs, o
     assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(fsdp)]
 
 
+@pytest.mark.slow
+def test_reopd_budget_two_cpu_processes_equal_one_process(tiny_dirs, tmp_path):
+    """γ_b was formed from each process's shard alone; its statistics are now all-reduced: the same run as one
+    process (reopd_tau = 1 so that q_t varies between the shards and the budget is not clipped at γ_max)."""
+    reopd = ["--lam", "1", "--lam-mode", "reopd", "--reopd-tau", "1.0", "--reopd-gamma-max", "50"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "gopd_lab.cli", "train", "--row-seeded-sampling", "true"], one, tiny_dirs, *reopd)
+    _run([_accelerate(), *LAUNCH, "--multi_gpu", "-m", "gopd_lab.cli", "train"], two, tiny_dirs, *reopd)
+    _assert_same_run(one, two, tiny_dirs)
+    g1, g2 = [r["reopd_gamma_b"] for r in _metrics(one)], [r["reopd_gamma_b"] for r in _metrics(two)]
+    assert all(0 < g < 50 for g in g1)  # neither zero nor clipped: the budget depends on mean q
+    assert g2 == pytest.approx(g1, rel=1e-6)
+
+
 def test_fsdp_refuses_what_it_cannot_run(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -287,12 +287,18 @@ def test_non_ascii_prompt_is_refused_not_silently_unk(tiny_dirs):
         encode_prompts(tok, ["1+1=", "café="])
 
 
-def test_run_files_are_not_private(tmp_path):
-    """mkstemp made every atomically written run file mode 0600."""
-    atomic_write_text(tmp_path / "summary.json", "{}")
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~mask
+def test_run_files_are_not_private(tmp_path, monkeypatch):
+    """mkstemp made every atomically written run file mode 0600. The umask is set here (022): under a umask of
+    077 the mode ``0666 & ~umask`` is 0600 too, and the test could not fail."""
+    from gopd_lab import runio
+
+    old = os.umask(0o022)
+    try:
+        monkeypatch.setattr(runio, "_UMASK", None)  # runio reads the umask once; read it under this one
+        atomic_write_text(tmp_path / "summary.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_cli_prints_user_errors_in_one_line_and_exits_2(tmp_path, capsys):

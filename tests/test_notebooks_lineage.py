@@ -69,15 +69,16 @@ def test_lineage_notebook_runs_at_ci_parameters(stem, tmp_path, kernel_name):
     except zoo.ZooError as err:
         pytest.skip(f"the lineage notebooks run on the embedded zoo: {err}")
     out = tmp_path / "runs"
-    papermill.execute_notebook(
-        str(NOTEBOOKS / f"{stem}.ipynb"),
-        str(tmp_path / f"{stem}.ipynb"),
-        parameters={**CI_PARAMETERS[stem], "out_dir": str(out)},
-        kernel_name=kernel_name,
-        cwd=str(tmp_path),
-        progress_bar=False,
-        log_output=False,
-    )
+    for _ in range(2 if stem == "lineage_point" else 1):  # a second Run All into the same folder works (overwrite)
+        papermill.execute_notebook(
+            str(NOTEBOOKS / f"{stem}.ipynb"),
+            str(tmp_path / f"{stem}.ipynb"),
+            parameters={**CI_PARAMETERS[stem], "out_dir": str(out)},
+            kernel_name=kernel_name,
+            cwd=str(tmp_path),
+            progress_bar=False,
+            log_output=False,
+        )
     if stem == "lineage_point":
         assert json.loads((out / "config.json").read_text())["lam_mode"] == "reopd"
     else:

@@ -95,3 +95,14 @@ def test_wheel_installed_outside_the_checkout_loads_the_zoo_and_trains(tmp_path)
     )
     assert listing.returncode == 0, listing.stderr[-2000:]
     assert "student-base" in listing.stdout and "teacher-add" in listing.stdout
+    demo = subprocess.run(  # the demo from the wheel: zoo models, task data and the curves page, 1 step per λ
+        [venv / "bin" / "gopd-lab", "demo", "--steps", "1", "--out-dir", "demo"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    table = (work / "demo" / "results.csv").read_text().splitlines()
+    assert table[0].startswith("run,lam,greedy_before") and [r.split(",")[1] for r in table[1:]] == ["1.0", "1.25"]
+    assert (work / "demo" / "training_curves.html").stat().st_size > 0
