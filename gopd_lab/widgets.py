@@ -1,7 +1,7 @@
 """Notebook wiring: a live training plot and the token explorer.
 
-``LivePlot`` is a training callback (``train(cfg, callbacks=[live])``) that draws metrics into a
-plotly ``FigureWidget`` while the loop runs. ``explore(records)`` opens a ``TokenExplorer``: pick a
+``LivePlot`` is a training callback (``train(cfg, callbacks=[live])``) that redraws a plotly figure
+with the metrics while the loop runs. ``explore(records)`` opens a ``TokenExplorer``: pick a
 sample, a quantity, λ and the reference, and see A_t recomputed from the stored log-probs.
 
 The state lives in plain classes whose methods work without a browser or kernel (tests drive
@@ -33,15 +33,40 @@ from gopd_lab.viz_tokens import (
 _NEEDS = "the notebook extras: pip install 'gopd-lab[notebooks]' anywidget"
 
 
-def _figure_widget(fig: go.Figure) -> go.Figure:
-    """``fig`` as a ``FigureWidget`` when ipywidgets/anywidget are installed, else the plain figure.
+class FigureOutput:
+    """A plotly figure shown in an ipywidgets ``Output`` and redisplayed after each change.
 
-    Both take the same updates, so callers work the same inside and outside a notebook.
+    ``fig`` is a plain ``go.Figure`` (update it, then call ``show()``). The Output widget holds the figure as
+    plotly's JSON mimetype, which JupyterLab renders with the plotly extension shipped in the ``plotly``
+    package; a ``FigureWidget`` instead stores its JavaScript (plotly.js, about 4.6 MB) in the widget state of
+    every executed notebook. Without ipywidgets ``widget`` is None and the figure is only kept up to date.
     """
-    try:
-        return go.FigureWidget(fig)
-    except ImportError:
-        return fig
+
+    def __init__(self, fig: go.Figure):
+        self.fig = fig
+        try:
+            import ipywidgets as w
+        except ImportError:
+            self.widget = None
+        else:
+            self.widget = w.Output()
+        self.show()
+
+    def show(self) -> None:
+        """Redraw the figure in the Output widget (a no-op without ipywidgets)."""
+        if self.widget is None:
+            return
+        import plotly.io as pio
+        from IPython.display import clear_output
+
+        with self.widget:
+            clear_output(wait=True)
+            pio.show(self.fig, renderer="plotly_mimetype+notebook_connected")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        if self.widget is None:
+            return self.fig._repr_mimebundle_(**kwargs)
+        return self.widget._repr_mimebundle_(**kwargs)
 
 
 class LivePlot:
@@ -68,7 +93,8 @@ class LivePlot:
             grid.update_yaxes(title_text=metric, row=row, col=1)
         grid.update_xaxes(title_text="step", row=len(self.metrics), col=1)
         grid.update_layout(height=200 * len(self.metrics) + 60, margin={"t": 40, "b": 40}, template="plotly_white")
-        self.fig = _figure_widget(grid)
+        self.output = FigureOutput(grid)
+        self.fig = grid
 
     def on_step(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record one step's metrics; redraw if the last redraw is older than ``min_interval``."""
@@ -89,11 +115,12 @@ class LivePlot:
             for trace, m in zip(self.fig.data, self.metrics):
                 trace.x = list(self.steps)
                 trace.y = list(self.history[m])
+        self.output.show()
         self._last_redraw = time.monotonic()
         self.redraws += 1
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        return self.fig._repr_mimebundle_(**kwargs)
+        return self.output._repr_mimebundle_(**kwargs)
 
 
 class TokenExplorer:
@@ -125,18 +152,17 @@ class TokenExplorer:
         self._controls: dict[str, Any] | None = None
         self._box = None
         self._syncing = False
-        self.figure = _figure_widget(
-            go.Figure(
-                go.Bar(x=[], y=[]),
-                layout={
-                    "height": 240,
-                    "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
-                    "template": "plotly_white",
-                    "xaxis": {"title": {"text": "position"}},
-                    "yaxis": {"title": {"text": quantity}},
-                },
-            )
+        self.figure = go.Figure(
+            go.Bar(x=[], y=[]),
+            layout={
+                "height": 240,
+                "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
+                "template": "plotly_white",
+                "xaxis": {"title": {"text": "position"}},
+                "yaxis": {"title": {"text": quantity}},
+            },
         )
+        self.figure_output = FigureOutput(self.figure)
         self.set_sample(index)
         if lam is not None:
             self.set_lam(lam)
@@ -224,6 +250,8 @@ class TokenExplorer:
             bar.marker.color = [color(v, vmax) for v in values]
             bar.marker.line = {"color": "#888", "width": 0.5}
             self.figure.layout.yaxis.title.text = self.quantity
+        if self._box is not None:
+            self.figure_output.show()
         if self._controls is not None:
             self._sync_controls()
 
@@ -260,8 +288,6 @@ class TokenExplorer:
             import ipywidgets as w
         except ImportError as e:
             raise ImportError(f"the explorer widget needs {_NEEDS}") from e
-        if not isinstance(self.figure, w.DOMWidget):
-            raise ImportError(f"the explorer's plot needs plotly's FigureWidget: install {_NEEDS}")
         labels = [
             (f"{i}: step {r.get('step')} · {r.get('domain')} · {r.get('completion', '')!r}"[:80], i)
             for i, r in enumerate(self.records)
@@ -286,7 +312,8 @@ class TokenExplorer:
             c[name].observe(self._on(setter), names="value")
         self._sync_controls()
         row = w.HBox([c["sample"], c["quantity"], c["lam"], c["reference"]], layout={"flex_flow": "row wrap"})
-        self._box = w.VBox([row, c["view"], self.figure, c["summary"]])
+        self._box = w.VBox([row, c["view"], self.figure_output.widget, c["summary"]])
+        self.figure_output.show()
         return self._box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
