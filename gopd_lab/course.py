@@ -29,6 +29,8 @@ from typing import Any
 from .runio import atomic_write_json
 
 __all__ = [
+    "GPU_PRESETS",
+    "MATH_TASK",
     "REPO",
     "add_reference_lines",
     "setup_plotting",
@@ -38,7 +40,12 @@ __all__ = [
     "committed_sweep",
     "publish_sweep",
     "repo_path",
+    "measured_cost",
+    "pick_gpu_preset",
+    "preset_table",
+    "preset_notes",
     "sweep_plan",
+    "training_config",
     "zoo_models_in",
 ]
 
@@ -122,10 +129,21 @@ def sweep_plan(sweep_dir: str | Path) -> dict[str, Any]:
     return {k: plan.get(k) for k in ("notebook", "grid", "fixed", "points")}
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def publish_sweep(sweep_dir: str | Path, dest: str | Path) -> Path:
     """Copy a finished sweep dir's plan and run files (``POINT_FILES``) to ``dest``, small enough to commit.
 
-    The notebook path in ``sweep.json`` is made relative to the repository; every point must be ``ok``.
+    Paths inside the repository are written relative to it; ``metrics.jsonl`` values are rounded to 6
+    significant digits (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``.
     ``dest`` is written to a temporary sibling and renamed into place, so it is never half-written.
     """
     src, dest = repo_path(sweep_dir), repo_path(dest)
@@ -143,7 +161,10 @@ def publish_sweep(sweep_dir: str | Path, dest: str | Path) -> Path:
         (tmp / pid).mkdir(parents=True)
         for name in POINT_FILES:
             if (src / pid / name).is_file():
-                shutil.copyfile(src / pid / name, tmp / pid / name)
+                text = (src / pid / name).read_text().replace(f"{REPO}/", "")  # paths relative to the repository
+                if name == "metrics.jsonl":  # 6 significant digits: a third of the size, far below seed noise
+                    text = "".join(json.dumps(_rounded(json.loads(line))) + "\n" for line in text.splitlines() if line)
+                (tmp / pid / name).write_text(text)
         info = json.loads((tmp / pid / "point.json").read_text())
         info["notebook"] = None  # the executed notebook is not published
         atomic_write_json(tmp / pid / "point.json", info)
@@ -156,6 +177,96 @@ def zoo_models_in(plan: dict[str, Any]) -> list[str]:
     """The zoo models a sweep plan names (``zoo:<name>`` in its fixed or grid values), in order of mention."""
     text = json.dumps([plan.get("fixed") or {}, plan.get("grid") or {}])
     return list(dict.fromkeys(re.findall(r"zoo:([A-Za-z0-9_.\-]+)", text)))
+
+
+# ----------------------------------------------------------------------------- GPU presets (notebook 04)
+GPU_PRESETS = {
+    "configs/gpu-0.5b.yaml": 24,
+    "configs/gpu-1.5b.yaml": 40,
+    "configs/gpu-1.7b.yaml": 80,
+}
+"""The GPU presets (``RunConfig`` YAML files) by the GPU memory in GiB each is sized for, smallest first."""
+MATH_TASK = "data/math/word_problems.jsonl"
+"""The math task the repository ships (``data/math/README.md``)."""
+
+
+def pick_gpu_preset(memory_gib: float) -> str:
+    """The largest preset of ``GPU_PRESETS`` whose memory fits ``memory_gib``."""
+    fitting = [p for p, need in GPU_PRESETS.items() if need <= memory_gib]
+    if not fitting:
+        smallest = min(GPU_PRESETS.values())
+        raise ValueError(
+            f"a {memory_gib:.0f} GiB GPU is below the smallest preset ({smallest} GiB): set preset = None and "
+            "pick smaller models, max_new_tokens or batch_size in the parameters cell"
+        )
+    return fitting[-1]
+
+
+def preset_notes(path: str | Path) -> str:
+    """The comment lines at the top of a preset file (what it trains, its expected memory and time per step)."""
+    lines = []
+    for line in repo_path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return "\n".join(lines)
+
+
+def preset_table() -> Any:
+    """One row per GPU preset: its file, the GPU memory it is sized for, whether it exists, its header notes."""
+    import pandas as pd
+
+    rows = [
+        {
+            "preset": name,
+            "GPU memory (GiB)": need,
+            "present": repo_path(name).is_file(),
+            "notes": preset_notes(name) if repo_path(name).is_file() else "",
+        }
+        for name, need in GPU_PRESETS.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def measured_cost(history: Any) -> dict[str, Any]:
+    """What a run cost, measured: mean seconds per step (``time_step`` of ``metrics.jsonl``, first step left out
+    when there are more) and, on CUDA, the peak GPU memory allocated in this process."""
+    import torch
+
+    times = history["time_step"]
+    cost: dict[str, Any] = {"seconds per step": float(times.iloc[1:].mean() if len(times) > 1 else times.mean())}
+    if torch.cuda.is_available():
+        cost["peak GPU memory (GiB)"] = torch.cuda.max_memory_allocated() / 2**30
+    return cost
+
+
+def training_config(preset: str | None, fallback: Any) -> tuple[Any, str]:
+    """The ``RunConfig`` notebook 04 trains and a line saying why.
+
+    ``preset = "auto"``: on a CUDA GPU the preset of :func:`pick_gpu_preset` for its memory, on a CPU
+    ``fallback`` (the zoo settings); a path: that preset; ``None``: ``fallback``. A preset keeps ``fallback``'s
+    ``out_dir``; its ``tasks``, when a relative ``.jsonl`` path, is read against the repository.
+    """
+    import torch
+
+    from .config import RunConfig
+
+    if preset == "auto":
+        if not torch.cuda.is_available():
+            return fallback, "no CUDA device: the embedded zoo on the CPU"
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+        preset, why = pick_gpu_preset(memory), f"{torch.cuda.get_device_name(0)} with {memory:.0f} GiB"
+    elif preset is None:
+        return fallback, "preset = None: the parameters cell"
+    else:
+        why = "preset named in the parameters cell"
+    path = repo_path(preset)
+    if not path.is_file():
+        raise FileNotFoundError(f"GPU preset {path} does not exist; presets: {sorted(GPU_PRESETS)} (or preset = None)")
+    cfg = RunConfig.load(path)
+    tasks = [repo_path(t) if t.endswith(".jsonl") and not Path(t).is_absolute() else t for t in cfg.task_names]
+    cfg = cfg.replace(tasks=",".join(str(t) for t in tasks), out_dir=fallback.out_dir)
+    return cfg, f"{preset} ({why})"
 
 
 # ----------------------------------------------------------------------------- exercises

@@ -10,6 +10,7 @@ sampling; ``E = −log U`` from a float32 uniform, which on CPU is about 4× che
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,13 +354,14 @@ def _decode(
     seq, mask = prompt_ids, prompt_mask
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens, cache, step_input = [], None, seq
+    cache_name = _cache_argument(model)
     for t in range(max_new_tokens):
         positions = position_ids_from_mask(mask)
         out = model(
             input_ids=step_input,
             attention_mask=mask,
             position_ids=positions[:, -step_input.shape[1] :],
-            past_key_values=cache,
+            **{cache_name: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -378,9 +380,18 @@ def _decode(
             done = done | (token == eos_token_id)
         if bool(done.all()):
             break
-        cache = getattr(out, "past_key_values", None)
+        cache = getattr(out, cache_name, None)
         step_input = token[:, None] if cache is not None else seq
     return torch.stack(new_tokens, dim=1), mask[:, prompt_ids.shape[1] :]
+
+
+def _cache_argument(model) -> str:
+    """The name under which ``model``'s forward takes and returns the KV cache: ``cache`` in transformers
+    releases that deprecate ``past_key_values`` (a FutureWarning per call otherwise), else ``past_key_values``."""
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
