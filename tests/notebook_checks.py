@@ -143,3 +143,21 @@ def assert_exercise_verdicts(executed: dict) -> int:
             assert text.startswith(meta["probe"]["expect"]), f"exercise {meta['probe']['id']}: {text!r}"
             probes += 1
     return probes
+
+
+MAX_EXECUTED_BYTES = 2_000_000
+
+
+def assert_light_and_quiet(path: Path) -> None:
+    """An executed notebook is under 2 MB (no plotly.js stored per figure or widget) and no library printed a
+    warning into it."""
+    size = path.stat().st_size
+    assert size < MAX_EXECUTED_BYTES, f"{path.name} weighs {size} bytes executed; is plotly.js stored in it?"
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "")
+            text = "".join(text) if isinstance(text, list) else text
+            assert not (out.get("name") == "stderr" and re.search(r"Warning|deprecated", text)), (
+                f"{path.name} cell {i} shows a warning: {text[:300]}"
+            )

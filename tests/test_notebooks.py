@@ -28,6 +28,7 @@ from notebook_checks import (
     assert_clean_notebook,
     assert_exercise_verdicts,
     assert_exercises_well_formed,
+    assert_light_and_quiet,
     exercises,
     with_exercise_probes,
 )
@@ -127,5 +128,6 @@ def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_availab
         log_output=False,
     )
     print(f"{path.name}: {time.perf_counter() - t0:.1f} s")
+    assert_light_and_quiet(tmp_path / path.name)
     probes = assert_exercise_verdicts(_read(tmp_path / path.name))
     assert probes == 2 * len(exercises(_read(path)))

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from notebook_checks import assert_clean_notebook, source
+from notebook_checks import assert_clean_notebook, assert_light_and_quiet, source
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -103,6 +103,7 @@ def _execute(stem: str, out: Path, kernel: str, zoo_models: set[str], cwd: Path 
         log_output=False,
     )
     print(f"{stem}: {time.perf_counter() - t0:.1f} s")
+    assert_light_and_quiet(executed)
     return executed
 
 
