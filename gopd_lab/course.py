@@ -58,12 +58,12 @@ POINT_FILES = ("params.json", "point.json", "config.json", "metrics.jsonl", "eva
 
 
 def setup_plotting() -> None:
-    """Show plotly figures in this kernel as plotly's JSON mimetype, without plotly.js in the notebook.
+    """Show plotly figures in this kernel as plotly's JSON mimetype plus a small CDN-loading HTML fallback.
 
-    JupyterLab renders ``application/vnd.plotly.v1+json`` with the plotly extension that ships inside the
-    ``plotly`` package (offline, plotly.js bundled once in the extension); other front ends get a small HTML
-    fallback that loads plotly.js from its CDN. The default renderer would store plotly.js (about 4.6 MB) in
-    every executed notebook.
+    JupyterLab renders ``application/vnd.plotly.v1+json`` offline with the extension shipped inside the
+    ``plotly`` package; nbconvert/nbviewer pages use the HTML fallback, which loads plotly.js from its CDN.
+    Pinning the renderer keeps plotly.js itself out of executed notebooks whatever plotly's default is (plotly
+    5's Jupyter default adds the ``notebook`` renderer, which writes plotly.js into the notebook).
     """
     import plotly.io as pio
 

@@ -38,7 +38,7 @@ class FigureOutput:
 
     ``fig`` is a plain ``go.Figure`` (update it, then call ``show()``). The Output widget holds the figure as
     plotly's JSON mimetype, which JupyterLab renders with the plotly extension shipped in the ``plotly``
-    package; a ``FigureWidget`` instead stores its JavaScript (plotly.js, about 4.6 MB) in the widget state of
+    package; a ``FigureWidget`` instead stores its JavaScript (plotly.js bundled, 4.96 MB with plotly 7.1) in the widget state of
     every executed notebook. Without ipywidgets ``widget`` is None and the figure is only kept up to date.
     """
 
