@@ -71,6 +71,7 @@ def lab(tmp_path_factory):
             sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
             "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}",
             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--ServerApp.allow_root=True", "--LabApp.extension_manager=readonly",
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -110,14 +111,15 @@ def test_figures_render_in_jupyterlab_offline(lab, tmp_path):
         page.goto(f"{url}/lab/tree/{path.name}")
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2", timeout=60_000)
-        titles = page.locator(".js-plotly-plot .gtitle").all_inner_texts()
+        page.wait_for_selector(".widget-output .js-plotly-plot", timeout=60_000)  # the Output widget's figure
+        shot = tmp_path / "lab.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("GOPD_LAB_SCREENSHOT_DIR"):
+            out = Path(os.environ["GOPD_LAB_SCREENSHOT_DIR"])
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, out / "jupyterlab_figures.png")
+        titles = page.eval_on_selector_all(".js-plotly-plot .gtitle", "els => els.map(e => e.textContent)")
         assert "mimetype figure" in titles
         live = page.locator(".jp-OutputArea-output .widget-output .js-plotly-plot")
         assert live.count() >= 1, "the live plot's Output widget shows its figure"
-        shot = tmp_path / "lab.png"
-        page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    if os.environ.get("GOPD_LAB_SCREENSHOT_DIR"):
-        out = Path(os.environ["GOPD_LAB_SCREENSHOT_DIR"])
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, out / "jupyterlab_figures.png")
