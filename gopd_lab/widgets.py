@@ -10,6 +10,7 @@ them directly); the ipywidgets controls only call those methods. Rendering comes
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import time
@@ -33,40 +34,33 @@ from gopd_lab.viz_tokens import (
 _NEEDS = "the notebook extras: pip install 'gopd-lab[notebooks]' anywidget"
 
 
-class FigureOutput:
-    """A plotly figure shown in an ipywidgets ``Output`` and redisplayed after each change.
+def bars_html(values: Sequence[float], tokens: Sequence[str], vmax: float, quantity: str) -> str:
+    """The explorer's per-position plot as inline-styled HTML: one bar per token, coloured like the token view,
+    up from a zero line for positive values and down for negative ones, the token and value on hover.
 
-    ``fig`` is a plain ``go.Figure`` (update it, then call ``show()``). The Output widget holds the figure as
-    plotly's JSON mimetype, which JupyterLab renders with the plotly extension shipped in the ``plotly``
-    package; a ``FigureWidget`` instead stores its JavaScript (plotly.js bundled, 4.96 MB with plotly 7.1) in the widget state of
-    every executed notebook. Without ipywidgets ``widget`` is None and the figure is only kept up to date.
+    Plain HTML in an ``ipywidgets.HTML``: no plotly.js in the widget state and no ``Output`` widget (whose
+    capture of display messages hung nbclient/papermill runs now and then).
     """
-
-    def __init__(self, fig: go.Figure):
-        self.fig = fig
-        try:
-            import ipywidgets as w
-        except ImportError:
-            self.widget = None
-        else:
-            self.widget = w.Output()
-        self.show()
-
-    def show(self) -> None:
-        """Redraw the figure in the Output widget (a no-op without ipywidgets)."""
-        if self.widget is None:
-            return
-        import plotly.io as pio
-        from IPython.display import clear_output
-
-        with self.widget:
-            clear_output(wait=True)
-            pio.show(self.fig, renderer="plotly_mimetype+notebook_connected")
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        if self.widget is None:
-            return self.fig._repr_mimebundle_(**kwargs)
-        return self.widget._repr_mimebundle_(**kwargs)
+    scale = vmax if vmax > 0 else 1.0
+    cols = []
+    for i, (v, tok) in enumerate(zip(values, tokens)):
+        finite = math.isfinite(v)
+        h = min(1.0, abs(v) / scale) * 60 if finite else 0.0
+        up = f"height:{h:.1f}px;align-self:flex-end" if finite and v >= 0 else "height:0"
+        down = f"height:{h:.1f}px" if finite and v < 0 else "height:0"
+        bar = f"width:14px;background:{color(v, scale)};border:1px solid #888;box-sizing:border-box"
+        label = html.escape(f"{i}: {tok} · {quantity} = {v:+.4f}")
+        cols.append(
+            f'<div title="{label}" style="display:flex;flex-direction:column;align-items:center;margin:0 1px">'
+            f'<div style="height:60px;display:flex"><div style="{bar};{up}"></div></div>'
+            f'<div style="height:60px;border-top:1px solid #444"><div style="{bar};{down}"></div></div>'
+            f'<div style="font-size:10px;color:#555">{i}</div></div>'
+        )
+    return (
+        f'<div class="gopd-bars" style="font-family:system-ui,sans-serif;font-size:11px;color:#333">'
+        f"<div>{html.escape(quantity)} per position (±{scale:.3g})</div>"
+        f'<div style="display:flex;align-items:flex-start;overflow-x:auto">{"".join(cols)}</div></div>'
+    )
 
 
 class LivePlot:
@@ -74,8 +68,9 @@ class LivePlot:
 
     ``on_step`` only appends to python lists; the figure is redrawn (one ``batch_update`` that
     replaces each trace's data) at most once per ``min_interval`` seconds, and once more at
-    ``on_end``. Display it with ``display(live.fig)`` (or just ``live`` as a cell's last line)
-    before calling ``train``. Outside a notebook ``fig`` is a plain ``go.Figure`` kept up to date.
+    ``on_end``. Show it (``live`` as a cell's last line, or ``display(live)``) before calling ``train``:
+    each redraw then replaces that cell output in place (a display id; no widget, so the notebook stores one
+    figure as plotly's JSON mimetype). Outside a notebook ``fig`` is a plain ``go.Figure`` kept up to date.
     """
 
     def __init__(self, metrics: Sequence[str] = ("loss", "reverse_kl", "adv_mean"), min_interval: float = 0.25):
@@ -93,8 +88,8 @@ class LivePlot:
             grid.update_yaxes(title_text=metric, row=row, col=1)
         grid.update_xaxes(title_text="step", row=len(self.metrics), col=1)
         grid.update_layout(height=200 * len(self.metrics) + 60, margin={"t": 40, "b": 40}, template="plotly_white")
-        self.output = FigureOutput(grid)
         self.fig = grid
+        self._handle = None  # the display handle once shown in a notebook; redraws update that output
 
     def on_step(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record one step's metrics; redraw if the last redraw is older than ``min_interval``."""
@@ -115,12 +110,17 @@ class LivePlot:
             for trace, m in zip(self.fig.data, self.metrics):
                 trace.x = list(self.steps)
                 trace.y = list(self.history[m])
-        self.output.show()
+        if self._handle is not None:
+            self._handle.update(self.fig)
         self._last_redraw = time.monotonic()
         self.redraws += 1
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        return self.output._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Show the figure as a cell output with a display id: every redraw replaces that output in place
+        (``update_display_data``), so the notebook keeps one figure, stored as plotly's JSON mimetype."""
+        from IPython.display import display
+
+        self._handle = display(self.fig, display_id=True)
 
 
 class TokenExplorer:
@@ -162,7 +162,6 @@ class TokenExplorer:
                 "yaxis": {"title": {"text": quantity}},
             },
         )
-        self.figure_output = FigureOutput(self.figure)
         self.set_sample(index)
         if lam is not None:
             self.set_lam(lam)
@@ -225,6 +224,14 @@ class TokenExplorer:
         return token_values(self.record, self.quantity, self.lam, self.reference)
 
     @property
+    def bars(self) -> str:
+        """The values per position as HTML bars (the widget's plot; ``figure`` is the same as a plotly figure)."""
+        values = self.current_values()
+        return bars_html(
+            values, [repr(t) for t in self.record["tokens"]], self.vmax or symmetric_range([values]), self.quantity
+        )
+
+    @property
     def html(self) -> str:
         """The token view HTML for the current state."""
         return token_view(self.record, self.quantity, self.lam, self.reference, self.vmax).html
@@ -250,8 +257,6 @@ class TokenExplorer:
             bar.marker.color = [color(v, vmax) for v in values]
             bar.marker.line = {"color": "#888", "width": 0.5}
             self.figure.layout.yaxis.title.text = self.quantity
-        if self._box is not None:
-            self.figure_output.show()
         if self._controls is not None:
             self._sync_controls()
 
@@ -268,6 +273,7 @@ class TokenExplorer:
             c["lam"].value = self.lam
             c["lam"].disabled = self.reference is None or self.quantity != "advantage"
             c["view"].value = self.html
+            c["bars"].value = self.bars
             c["summary"].value = self.summary()
         finally:
             self._syncing = False
@@ -301,6 +307,7 @@ class TokenExplorer:
             ),
             "reference": w.Dropdown(description="reference"),
             "view": w.HTML(),
+            "bars": w.HTML(),
             "summary": w.HTML(),
         }
         for name, setter in (
@@ -312,8 +319,7 @@ class TokenExplorer:
             c[name].observe(self._on(setter), names="value")
         self._sync_controls()
         row = w.HBox([c["sample"], c["quantity"], c["lam"], c["reference"]], layout={"flex_flow": "row wrap"})
-        self._box = w.VBox([row, c["view"], self.figure_output.widget, c["summary"]])
-        self.figure_output.show()
+        self._box = w.VBox([row, c["view"], c["bars"], c["summary"]])
         return self._box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
