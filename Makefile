@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,notebooks,lora,datasets,tensorboard,trackio
 BIN    := $(VENV)/bin
 
-.PHONY: setup lint demo test test-fast lab zoo clean
+.PHONY: setup lint demo test test-fast test-notebooks lab zoo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: setup lint                    ## lint, then the whole test suite (CPU, no 
 
 test-fast: setup                    ## skip the slow tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-notebooks: setup               ## every course notebook as a user opens it: nbval-lax, kernel in notebooks/, defaults
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=1800 notebooks/0[1-8]_*.ipynb
 
 lab: setup                          ## JupyterLab on notebooks/ with the gopd-lab kernel
 	$(BIN)/jupyter lab notebooks/

@@ -43,9 +43,18 @@ def char_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """Build the character tokenizer (104 tokens) as a ``PreTrainedTokenizerFast``."""
-    backend = Tokenizer(models.WordLevel(char_vocab(), unk_token=UNK))
+def build_char_tokenizer(swap: tuple[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """Build the character tokenizer (104 tokens) as a ``PreTrainedTokenizerFast``.
+
+    ``swap=("a", "b")`` exchanges the ids of two characters: a tokenizer whose shared ids mean other tokens,
+    as between unrelated model families (the teacher that tokenizer agreement must refuse)."""
+    vocab = char_vocab()
+    if swap is not None:
+        a, b = swap
+        if a not in vocab or b not in vocab:
+            raise ValueError(f"swap={swap!r}: both must be tokens of the character tokenizer")
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(list(SPECIAL_TOKENS))

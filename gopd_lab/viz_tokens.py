@@ -19,8 +19,9 @@ Quantities a token can be coloured by (``QUANTITIES``):
 - ``loss_kind``: which loss each token got (``reverse``, ``forward`` KL or ``gated`` out, ``docs/lineage.md``),
   a categorical colouring.
 
-Everything here computes or renders; nothing displays. The HTML is inline-styled only (no script,
-no stylesheet, no CDN), so it shows in JupyterLab, untrusted notebooks, nbconvert and offline.
+Everything here computes or renders; nothing displays. The HTML is inline-styled (no script, no CDN), so it
+shows in JupyterLab, untrusted notebooks, nbconvert and offline; one ``<style>`` rule shows a token's hover card
+(every number of the token, styled), and where a front end strips it the colours still show.
 """
 
 from __future__ import annotations
@@ -204,17 +205,54 @@ def _fmt(value: float | None) -> str:
     return f"{value:+.4f}" if math.isfinite(value) else str(value)
 
 
-def _hover(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> str:
-    lines = [f"#{i} {record['tokens'][i]!r}", f"{quantity} (shown) = {_fmt(shown)}"]
-    lines.append(f"A_t (stored) = {_fmt(record['advantage'][i])}")
-    lines += [f"{k} = {_fmt(record[k][i])}" for k in ("lp_student", "lp_teacher") if record.get(k) is not None]
+def _hover_rows(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> list[tuple]:
+    """(name, value) rows of a token's hover card."""
+    rows = [(f"{quantity} (shown)", _fmt(shown)), ("A_t (stored)", _fmt(record["advantage"][i]))]
+    rows += [(k, _fmt(record[k][i])) for k in ("lp_student", "lp_teacher") if record.get(k) is not None]
     if lp_ref is not None and record.get("lp_teacher") is not None and lp_ref[i] is not None:
-        lines.append(f"lp_reference = {_fmt(lp_ref[i])}")
-        lines.append(f"reward = {_fmt(float(record['lp_teacher'][i]) - float(lp_ref[i]))}")
-    lines += [f"lp_reference[{n}] = {_fmt(v[i])}" for n, v in (record.get("lp_references") or {}).items()]
+        rows.append(("lp_reference", _fmt(lp_ref[i])))
+        rows.append(("reward", _fmt(float(record["lp_teacher"][i]) - float(lp_ref[i]))))
+    rows += [(f"lp_reference[{n}]", _fmt(v[i])) for n, v in (record.get("lp_references") or {}).items()]
     if record.get("teacher_rank") is not None:
-        lines.append(f"teacher_rank = {int(record['teacher_rank'][i])}")
-    return html.escape("\n".join(lines))
+        rows.append(("teacher_rank", str(int(record["teacher_rank"][i]))))
+    return rows
+
+
+_CARD_CSS = (
+    ".gopd-tokens .tok{position:relative}"
+    ".gopd-tokens .tok:hover{outline:2px solid #222;outline-offset:0;z-index:3}"
+    ".gopd-tokens .tok:hover>.gopd-card{display:block!important}"
+)
+"""The rules the hover card needs (one ``<style>`` per view); where a front end strips ``<style>`` (an
+untrusted notebook), the cards stay hidden and the colours still show."""
+_CARD_STYLE = (
+    "display:none;position:absolute;left:0;top:calc(100% + 4px);z-index:20;min-width:190px;padding:6px 8px;"
+    "background:#fff;color:#111;border:1px solid #bbb;border-radius:6px;box-shadow:0 4px 14px rgba(0,0,0,.18);"
+    f"font-size:11px;line-height:1.45;white-space:nowrap;text-align:left;font-weight:normal;{_FONT}"
+)
+
+
+def _hover_card(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None, vmax: float) -> str:
+    """A styled card shown while the pointer is on token ``i``: the token, then every number, one per row."""
+    token = html.escape(repr(record["tokens"][i]))
+    swatch = f"display:inline-block;width:10px;height:10px;margin-right:6px;border:1px solid #999;background:{color(shown, vmax)}"
+    head = (
+        f'<div style="font-weight:600;margin-bottom:3px;{_SANS}"><span style="{swatch}"></span>'
+        f'#{i} <span style="{_FONT}">{token}</span></div>'
+    )
+    rows = "".join(
+        f'<tr><td style="padding:0 10px 0 0;color:#555;border:none;background:none">{html.escape(name)}</td>'
+        f'<td style="padding:0;text-align:right;border:none;background:none">{html.escape(value)}</td></tr>'
+        for name, value in _hover_rows(record, i, quantity, shown, lp_ref)
+    )
+    table = f'<table style="border-collapse:collapse;margin:0;font-size:11px">{rows}</table>'
+    return f'<span class="gopd-card" role="tooltip" style="{_CARD_STYLE}">{head}{table}</span>'
+
+
+def _hover(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> str:
+    """The card's numbers as one line of text (the token's ``aria-label``)."""
+    rows = _hover_rows(record, i, quantity, shown, lp_ref)
+    return html.escape(f"#{i} {record['tokens'][i]!r}; " + "; ".join(f"{k} = {v}" for k, v in rows))
 
 
 def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str, lp_ref: list[float] | None) -> str:
@@ -223,10 +261,11 @@ def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str
         text, special = display_token(token)
         box = "outline:1px solid #777;outline-offset:-1px;font-size:0.85em;" if special else ""
         parts.append(
-            f'<span class="tok" data-i="{i}" title="{_hover(record, i, quantity, value, lp_ref)}" '
+            f'<span class="tok" data-i="{i}" aria-label="{_hover(record, i, quantity, value, lp_ref)}" '
             f'style="background-color:{quantity_color(quantity, value, vmax)};'
             f"color:{_text_color(value - CENTRE.get(quantity, 0.0), vmax) if quantity != 'loss_kind' else '#111'};{box}"
-            f'padding:1px 1px;margin:0 0.5px;border-radius:2px;white-space:pre">{text}</span>'
+            f'padding:1px 1px;margin:0 0.5px;border-radius:2px;white-space:pre">{text}'
+            f"{_hover_card(record, i, quantity, value, lp_ref, vmax)}</span>"
         )
         parts.append("<br>" if "\n" in token else "<wbr>")
     return "".join(parts)
@@ -347,7 +386,7 @@ def token_views(
     ]
     flow = "display:flex;flex-wrap:wrap;gap:8px 24px" if side_by_side else "display:block"
     style = f"{flow};color:#111;background:#fff;padding:4px;{_SANS}"
-    body = f'<div class="gopd-tokens" style="{style}">{"".join(panels)}</div>'
+    body = f'<div class="gopd-tokens" style="{style}">{"".join(panels)}<style>{_CARD_CSS}</style></div>'
     return TokenView(body, values, [scale[q] for q in quantities])
 
 

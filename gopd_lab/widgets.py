@@ -1,7 +1,7 @@
 """Notebook wiring: a live training plot and the token explorer.
 
-``LivePlot`` is a training callback (``train(cfg, callbacks=[live])``) that draws metrics into a
-plotly ``FigureWidget`` while the loop runs. ``explore(records)`` opens a ``TokenExplorer``: pick a
+``LivePlot`` is a training callback (``train(cfg, callbacks=[live])``) that redraws a plotly figure
+with the metrics while the loop runs. ``explore(records)`` opens a ``TokenExplorer``: pick a
 sample, a quantity, λ and the reference, and see A_t recomputed from the stored log-probs.
 
 The state lives in plain classes whose methods work without a browser or kernel (tests drive
@@ -10,6 +10,7 @@ them directly); the ipywidgets controls only call those methods. Rendering comes
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import time
@@ -20,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gopd_lab.viz_tokens import (
+    CENTRE,
     Record,
     available_quantities,
     load_samples,
@@ -33,15 +35,35 @@ from gopd_lab.viz_tokens import (
 _NEEDS = "the notebook extras: pip install 'gopd-lab[notebooks]' anywidget"
 
 
-def _figure_widget(fig: go.Figure) -> go.Figure:
-    """``fig`` as a ``FigureWidget`` when ipywidgets/anywidget are installed, else the plain figure.
+def bars_html(values: Sequence[float], tokens: Sequence[str], vmax: float, quantity: str) -> str:
+    """The explorer's per-position plot as inline-styled HTML: one bar per token, coloured like the token view,
+    up from a zero line for positive values and down for negative ones, the token and value on hover.
 
-    Both take the same updates, so callers work the same inside and outside a notebook.
+    Plain HTML in an ``ipywidgets.HTML``: no plotly.js in the widget state and no ``Output`` widget (whose
+    capture of display messages hung nbclient/papermill runs now and then).
     """
-    try:
-        return go.FigureWidget(fig)
-    except ImportError:
-        return fig
+    scale = vmax if vmax > 0 else 1.0
+    centre = 0.0 if quantity == "loss_kind" else CENTRE.get(quantity, 0.0)  # λ_t: bars up/down from 1
+    cols = []
+    for i, (v, tok) in enumerate(zip(values, tokens)):
+        finite = math.isfinite(v)
+        d = 1.0 if quantity == "loss_kind" else v - centre
+        h = min(1.0, abs(d) / scale) * 60 if finite else 0.0
+        up = f"height:{h:.1f}px;align-self:flex-end" if finite and d >= 0 else "height:0"
+        down = f"height:{h:.1f}px" if finite and d < 0 else "height:0"
+        bar = f"width:14px;background:{quantity_color(quantity, v, scale)};border:1px solid #888;box-sizing:border-box"
+        label = html.escape(f"{i}: {tok} · {quantity} = {v:+.4f}")
+        cols.append(
+            f'<div title="{label}" style="display:flex;flex-direction:column;align-items:center;margin:0 1px">'
+            f'<div style="height:60px;display:flex"><div style="{bar};{up}"></div></div>'
+            f'<div style="height:60px;border-top:1px solid #444"><div style="{bar};{down}"></div></div>'
+            f'<div style="font-size:10px;color:#555">{i}</div></div>'
+        )
+    return (
+        f'<div class="gopd-bars" style="font-family:system-ui,sans-serif;font-size:11px;color:#333">'
+        f"<div>{html.escape(quantity)} per position (±{scale:.3g})</div>"
+        f'<div style="display:flex;align-items:flex-start;overflow-x:auto">{"".join(cols)}</div></div>'
+    )
 
 
 class LivePlot:
@@ -49,8 +71,9 @@ class LivePlot:
 
     ``on_step`` only appends to python lists; the figure is redrawn (one ``batch_update`` that
     replaces each trace's data) at most once per ``min_interval`` seconds, and once more at
-    ``on_end``. Display it with ``display(live.fig)`` (or just ``live`` as a cell's last line)
-    before calling ``train``. Outside a notebook ``fig`` is a plain ``go.Figure`` kept up to date.
+    ``on_end``. Show it (``live`` as a cell's last line, or ``display(live)``) before calling ``train``:
+    each redraw then replaces that cell output in place (a display id; no widget, so the notebook stores one
+    figure as plotly's JSON mimetype). Outside a notebook ``fig`` is a plain ``go.Figure`` kept up to date.
     """
 
     def __init__(self, metrics: Sequence[str] = ("loss", "reverse_kl", "adv_mean"), min_interval: float = 0.25):
@@ -68,7 +91,8 @@ class LivePlot:
             grid.update_yaxes(title_text=metric, row=row, col=1)
         grid.update_xaxes(title_text="step", row=len(self.metrics), col=1)
         grid.update_layout(height=200 * len(self.metrics) + 60, margin={"t": 40, "b": 40}, template="plotly_white")
-        self.fig = _figure_widget(grid)
+        self.fig = grid
+        self._handle = None  # the display handle once shown in a notebook; redraws update that output
 
     def on_step(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record one step's metrics; redraw if the last redraw is older than ``min_interval``."""
@@ -89,11 +113,17 @@ class LivePlot:
             for trace, m in zip(self.fig.data, self.metrics):
                 trace.x = list(self.steps)
                 trace.y = list(self.history[m])
+        if self._handle is not None:
+            self._handle.update(self.fig)
         self._last_redraw = time.monotonic()
         self.redraws += 1
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        return self.fig._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Show the figure as a cell output with a display id: every redraw replaces that output in place
+        (``update_display_data``), so the notebook keeps one figure, stored as plotly's JSON mimetype."""
+        from IPython.display import display
+
+        self._handle = display(self.fig, display_id=True)
 
 
 class TokenExplorer:
@@ -125,22 +155,20 @@ class TokenExplorer:
         self._controls: dict[str, Any] | None = None
         self._box = None
         self._syncing = False
-        self.figure = _figure_widget(
-            go.Figure(
-                [
-                    go.Bar(x=[], y=[], name="shown"),
-                    go.Scatter(x=[], y=[], name="λ_t", yaxis="y2", mode="lines+markers"),
-                ],
-                layout={
-                    "height": 240,
-                    "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
-                    "template": "plotly_white",
-                    "xaxis": {"title": {"text": "position"}},
-                    "yaxis": {"title": {"text": quantity}},
-                    "yaxis2": {"title": {"text": "λ_t"}, "overlaying": "y", "side": "right", "showgrid": False},
-                    "showlegend": False,
-                },
-            )
+        self.figure = go.Figure(
+            [
+                go.Bar(x=[], y=[], name="shown"),
+                go.Scatter(x=[], y=[], name="λ_t", yaxis="y2", mode="lines+markers"),
+            ],
+            layout={
+                "height": 240,
+                "margin": {"t": 10, "b": 40, "l": 60, "r": 10},
+                "template": "plotly_white",
+                "xaxis": {"title": {"text": "position"}},
+                "yaxis": {"title": {"text": quantity}},
+                "yaxis2": {"title": {"text": "λ_t"}, "overlaying": "y", "side": "right", "showgrid": False},
+                "showlegend": False,
+            },
         )
         self.set_sample(index)
         if lam is not None:
@@ -204,6 +232,17 @@ class TokenExplorer:
         return token_values(self.record, self.quantity, self.lam, self.reference)
 
     @property
+    def bars(self) -> str:
+        """The values per position as HTML bars (the widget's plot; ``figure`` is the same as a plotly figure)."""
+        values = self.current_values()
+        return bars_html(
+            values,
+            [repr(t) for t in self.record["tokens"]],
+            self.vmax or quantity_range(self.quantity, [values]),
+            self.quantity,
+        )
+
+    @property
     def html(self) -> str:
         """The token view HTML for the current state."""
         return token_view(self.record, self.quantity, self.lam, self.reference, self.vmax).html
@@ -248,6 +287,7 @@ class TokenExplorer:
             c["lam"].value = self.lam
             c["lam"].disabled = self.reference is None or self.quantity != "advantage"
             c["view"].value = self.html
+            c["bars"].value = self.bars
             c["summary"].value = self.summary()
         finally:
             self._syncing = False
@@ -268,8 +308,6 @@ class TokenExplorer:
             import ipywidgets as w
         except ImportError as e:
             raise ImportError(f"the explorer widget needs {_NEEDS}") from e
-        if not isinstance(self.figure, w.DOMWidget):
-            raise ImportError(f"the explorer's plot needs plotly's FigureWidget: install {_NEEDS}")
         labels = [
             (f"{i}: step {r.get('step')} · {r.get('domain')} · {r.get('completion', '')!r}"[:80], i)
             for i, r in enumerate(self.records)
@@ -283,6 +321,7 @@ class TokenExplorer:
             ),
             "reference": w.Dropdown(description="reference"),
             "view": w.HTML(),
+            "bars": w.HTML(),
             "summary": w.HTML(),
         }
         for name, setter in (
@@ -294,7 +333,7 @@ class TokenExplorer:
             c[name].observe(self._on(setter), names="value")
         self._sync_controls()
         row = w.HBox([c["sample"], c["quantity"], c["lam"], c["reference"]], layout={"flex_flow": "row wrap"})
-        self._box = w.VBox([row, c["view"], self.figure, c["summary"]])
+        self._box = w.VBox([row, c["view"], c["bars"], c["summary"]])
         return self._box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:

@@ -93,7 +93,14 @@ def test_token_view_renders_coloured_spans(page, tmp_path):
     assert background(page, f'{first}[data-i="2"]') == WHITE  # A = 0
     assert page.inner_text(f'{first}[data-i="10"]') == "<"
     assert page.inner_text(f'{first}[data-i="15"]') == "<eos>"
-    assert "lp_teacher" in page.get_attribute(f'{first}[data-i="0"]', "title")
+    card = f'{first}[data-i="0"] .gopd-card'
+    assert not page.locator(card).is_visible(), "the hover card is hidden until the pointer is on the token"
+    page.hover(f'{first}[data-i="0"]')
+    assert page.locator(card).is_visible() and "lp_teacher" in page.inner_text(card)
+    assert page.eval_on_selector(card, "e => getComputedStyle(e).backgroundColor") == WHITE
+    assert page.eval_on_selector(card, "e => getComputedStyle(e).boxShadow") != "none"
+    page.mouse.move(0, 0)
+    assert not page.locator(card).is_visible()
     box = page.locator(f'{first}[data-i="0"]').bounding_box()
     assert box is not None and box["width"] > 3 and box["height"] > 8
 

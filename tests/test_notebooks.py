@@ -5,6 +5,10 @@ needs, exactly one cell tagged ``parameters`` (papermill) holding every knob, no
 cells (algorithms live in the package), imports from ``gopd_lab`` (plus ``torch`` for threads and seeds,
 ``time``, and plotly for a figure the package does not draw), and under 100 kB.
 
+Exercises (cells tagged ``exercise``, ``check``, ``solution``) are well formed, at least
+``MIN_EXERCISE_NOTEBOOKS`` notebooks have them, and in the run each check cell says "not answered yet" as
+shipped, "right" after its solution and "wrong" after a wrong answer (probe cells added after it).
+
 The run uses each notebook's CI parameters below (every one must be a name its parameters cell defines),
 writes the executed notebook and its runs under ``tmp_path``, and runs on a kernel registered for this
 interpreter in a temporary Jupyter path, so it needs no ``ipykernel install``. The asserts inside each
@@ -20,11 +24,19 @@ import time
 from pathlib import Path
 
 import pytest
-from notebook_checks import assert_clean_notebook
+from notebook_checks import (
+    assert_clean_notebook,
+    assert_exercise_verdicts,
+    assert_exercises_well_formed,
+    assert_light_and_quiet,
+    exercises,
+    with_exercise_probes,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "gopd-lab-notebook-tests"
 ALLOWED_IMPORTS = {"gopd_lab", "torch", "time", "plotly"}
+MIN_EXERCISE_NOTEBOOKS = 5
 
 # Tiny settings: a few steps, a handful of test prompts, one sample per prompt; every notebook's asserts
 # must hold here too (claims that need real training are guarded by ``if steps >= ...`` inside).
@@ -54,6 +66,16 @@ def test_notebook_exists(path):
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
 def test_committed_notebook_is_clean(path):
     assert_clean_notebook(path, set(CI_PARAMETERS[path.stem]), ALLOWED_IMPORTS)
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_exercises_are_well_formed(path):
+    assert_exercises_well_formed(_read(path))
+
+
+def test_the_course_has_exercises_in_enough_notebooks():
+    with_exercises = [p.stem for p in _notebooks() if exercises(_read(p))]
+    assert len(with_exercises) >= MIN_EXERCISE_NOTEBOOKS, with_exercises
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +115,11 @@ def zoo_available():
 def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_available):
     papermill = pytest.importorskip("papermill")
     params = {**CI_PARAMETERS[path.stem], "out_dir": str(tmp_path / "runs")}
+    probed = tmp_path / f"probed-{path.name}"  # each check also run after its solution and after a wrong answer
+    probed.write_text(json.dumps(with_exercise_probes(_read(path))), encoding="utf-8")
     t0 = time.perf_counter()
     papermill.execute_notebook(
-        str(path),
+        str(probed),
         str(tmp_path / path.name),
         parameters=params,
         kernel_name=kernel_name,
@@ -104,3 +128,6 @@ def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_availab
         log_output=False,
     )
     print(f"{path.name}: {time.perf_counter() - t0:.1f} s")
+    assert_light_and_quiet(tmp_path / path.name)
+    probes = assert_exercise_verdicts(_read(tmp_path / path.name))
+    assert probes == 2 * len(exercises(_read(path)))

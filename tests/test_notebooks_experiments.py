@@ -6,8 +6,9 @@ exactly one code cell tagged ``parameters`` (which every CI parameter below must
 in code cells, imports from ``gopd_lab`` (plus ``torch`` and ``plotly``), under 100 kB.
 
 The runs use a kernel for this interpreter made by ``gopd_lab.sweep``'s private kernelspec helper (the one a
-sweep gives its points), the repository root as working directory (07 finds its sweep spec and point
-notebook relative to it) and write only under ``tmp_path``. The asserts inside each notebook are the test.
+sweep gives its points) and write only under ``tmp_path``. 07 runs twice from the repository root (a tiny
+sweep, then the same sweep dir viewed without running) and once as JupyterLab opens it, from ``notebooks/``
+with its defaults (the committed results of ``sweeps/lam_single_teacher.yaml``). The asserts inside each notebook are the test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from notebook_checks import assert_clean_notebook, source
+from notebook_checks import assert_clean_notebook, assert_light_and_quiet, source
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -84,7 +85,7 @@ def zoo_models() -> set[str]:
         pytest.skip(f"the experiment notebooks run on the embedded zoo: {err}")
 
 
-def _execute(stem: str, out: Path, kernel: str, zoo_models: set[str], **params) -> Path:
+def _execute(stem: str, out: Path, kernel: str, zoo_models: set[str], cwd: Path = ROOT, **params) -> Path:
     import papermill
 
     if not ZOO_MODELS[stem] <= zoo_models:
@@ -97,18 +98,27 @@ def _execute(stem: str, out: Path, kernel: str, zoo_models: set[str], **params) 
         str(executed),
         parameters={**CI_PARAMETERS[stem], **params},
         kernel_name=kernel,
-        cwd=str(ROOT),
+        cwd=str(cwd),
         progress_bar=False,
         log_output=False,
     )
     print(f"{stem}: {time.perf_counter() - t0:.1f} s")
+    assert_light_and_quiet(executed)
     return executed
 
 
 @pytest.mark.slow
 def test_07_sweep_runs_then_loads_without_running(tmp_path, kernel_name, zoo_models):
     sweep_dir = tmp_path / "sweep"
-    _execute("07_sweeps", tmp_path, kernel_name, zoo_models, sweep_dir=str(sweep_dir), out_dir=str(tmp_path / "runs"))
+    _execute(
+        "07_sweeps",
+        tmp_path,
+        kernel_name,
+        zoo_models,
+        run=True,
+        sweep_dir=str(sweep_dir),
+        out_dir=str(tmp_path / "runs"),
+    )
     points = [f"lam={lam},seed={seed}" for lam in (1.0, 1.25) for seed in (0, 1)]
     assert all(json.loads((sweep_dir / p / "point.json").read_text())["status"] == "ok" for p in points)
     assert {"accuracy_vs_lam.html", "training_curves.html", "lam_table.csv"} <= {
@@ -122,6 +132,22 @@ def test_07_sweep_runs_then_loads_without_running(tmp_path, kernel_name, zoo_mod
         "07_sweeps", loaded, kernel_name, zoo_models, run=False, sweep_dir=str(sweep_dir), out_dir=str(loaded / "runs")
     )
     assert (sweep_dir / "executions.jsonl").read_text() == executions, "run=False executes no point"
+
+
+@pytest.mark.slow
+def test_07_opens_the_committed_results_from_the_notebooks_folder(tmp_path, kernel_name, zoo_models):
+    """As JupyterLab opens it: kernel in notebooks/, default parameters (view mode, nothing trains)."""
+    from gopd_lab.course import committed_sweep, sweep_plan
+
+    out = tmp_path / "runs"
+    executed = _execute("07_sweeps", tmp_path, kernel_name, zoo_models, cwd=NOTEBOOKS, out_dir=str(out))
+    assert {"accuracy_vs_lam.html", "training_curves.html", "lam_table.csv"} <= {p.name for p in out.iterdir()}
+    cells = json.loads(executed.read_text())["cells"]
+    plan_cell = next(c for c in cells if source(c).startswith("if run:"))
+    shown = "".join(plan_cell["outputs"][0]["data"]["text/plain"])
+    plan = sweep_plan(committed_sweep("lam_single_teacher"))
+    assert str(committed_sweep("lam_single_teacher")) in shown, "the committed results are shown"
+    assert f"'points': {len(plan['points'])}" in shown, "the plan is the shown sweep's sweep.json"
 
 
 @pytest.mark.slow

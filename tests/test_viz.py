@@ -58,7 +58,7 @@ def test_token_view_html_has_every_token_escaped_with_colours_and_hover():
     html = token_view(make_record(), vmax=1.0).html
     toks = spans(html)
     assert len(toks) == 5
-    assert ">4</span>" in toks[0] and "&lt;</span>" in toks[1]
+    assert '>4<span class="gopd-card"' in toks[0] and '>&lt;<span class="gopd-card"' in toks[1]
     assert "·" in toks[2] and "↵" in toks[3] and "&lt;eos&gt;" in toks[4]
     assert "<eos>" not in html and "outline:1px solid" in toks[4]  # special token boxed
     assert html.count("<br>") == 1  # the newline token breaks the line
@@ -67,6 +67,9 @@ def test_token_view_html_has_every_token_escaped_with_colours_and_hover():
     assert f"background-color:{WHITE}" in toks[2]  # A = 0
     assert "lp_teacher = -3.0000" in toks[1] and "A_t (stored) = -1.0000" in toks[1]
     assert "teacher_rank = 3" in toks[1] and "lp_reference[big-base] = -1.0000" in toks[1]
+    card = re.search(r'<span class="gopd-card"[^>]*>(.*)</span>', toks[1]).group(0)  # the styled hover card
+    assert "display:none" in card and ">lp_teacher</td>" in card and ">-3.0000</td>" in card
+    assert ".tok:hover>.gopd-card{display:block!important}" in html, "the card shows on hover"
     assert "<script" not in html and 'class="legend"' in html
 
 
@@ -232,7 +235,7 @@ def test_token_view_of_a_teacher_free_sample_renders():
         "score": 1.0,
     }
     html = token_view(record)._repr_html_()
-    assert html.count("title=") >= 3 and "lp_teacher" not in html
+    assert html.count('class="gopd-card"') == 3 and "lp_teacher" not in html
     assert available_quantities(record) == ["advantage", "lp_student"]
 
 

@@ -90,7 +90,7 @@ def test_widget_controls_drive_the_state(tmp_path):
     assert controls["lam"].disabled
     ex.set_sample(1)  # a programmatic change updates the controls
     assert controls["sample"].value == 1 and controls["summary"].value == ex.summary()
-    assert ex.figure in box.children
+    assert controls["bars"] in box.children and controls["bars"].value == ex.bars and "gopd-bars" in ex.bars
     assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
 
 

@@ -1,0 +1,124 @@
+"""gopd_lab.course: the exercise checker, repository paths, committed sweep results, the shipped math task and
+the GPU preset choice of notebook 04."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from gopd_lab import course
+from gopd_lab.sweep import load_sweep
+from gopd_lab.tasks import load_tasks
+from gopd_lab.tasks.mathjsonl import math_verifier
+
+
+def test_check_says_right_wrong_or_unanswered_and_never_raises():
+    assert course.check(None, 1.0, why="w").status == "unanswered"
+    right = course.check(0.30000001, 0.3, why="because")
+    assert right.right and str(right) == "right: because"
+    wrong = course.check(0.4, 0.3, why="because", hint="look again")
+    assert wrong.status == "wrong" and "0.4" in str(wrong) and "look again" in str(wrong)
+    assert course.check(torch.tensor([0.2, 0.8]), [0.2, 0.8], why="w").right
+    assert "position 1" in str(course.check([0.2, 0.7], torch.tensor([0.2, 0.8]), why="w"))
+    assert "2 number(s)" in str(course.check([0.2], [0.2, 0.8], why="w"))
+    assert course.check("abc", 1.0, why="w").status == "wrong"  # a string where a number is due: wrong, no error
+    assert course.check(float("nan"), 1.0, why="w").status == "wrong"
+    assert course.check("teacher", "teacher", why="w").right and not course.check("student", "teacher", why="w").right
+    assert "right" in course.check(1.0, 1.0, why="w")._repr_html_()
+
+
+def test_repo_path_reads_relative_paths_against_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert course.repo_path("sweeps/lam_single_teacher.yaml").is_file()
+    assert course.repo_path(tmp_path / "x") == tmp_path / "x"
+
+
+@pytest.mark.parametrize("name", ["lam_single_teacher", "multi_teacher_merge"])
+def test_committed_sweeps_load_and_match_their_spec(name):
+    import yaml
+
+    root = course.committed_sweep(name)
+    plan, spec = course.sweep_plan(root), yaml.safe_load(course.repo_path(f"sweeps/{name}.yaml").read_text())
+    assert plan["grid"] == spec["grid"] and plan["fixed"] == spec["fixed"]
+    results = load_sweep(root)
+    assert list(results.point_id) == plan["points"] and (results.status == "ok").all()
+    assert results.filter(like="_greedy_acc").notna().all().all()
+    published = "".join(p.read_text() for p in root.rglob("*.json"))
+    assert not any(d in published for d in ("/work/", "/home/", "/tmp/")), "no machine paths are published"
+
+
+def test_committed_sweep_names_the_fix_when_missing():
+    with pytest.raises(FileNotFoundError, match="gopd-lab sweep --spec sweeps/nope.yaml"):
+        course.committed_sweep("nope")
+
+
+def test_zoo_models_in_a_plan():
+    plan = course.sweep_plan(course.committed_sweep("multi_teacher_merge"))
+    assert course.zoo_models_in(plan) == ["student-base", "teacher-add", "teacher-mul"]
+
+
+def test_publish_sweep_keeps_the_run_files_only(tmp_path):
+    src = tmp_path / "sweep"
+    (src / "lam=1,seed=0").mkdir(parents=True)
+    (src / "sweep.json").write_text(
+        json.dumps({"notebook": "nb.ipynb", "grid": {}, "fixed": {}, "points": ["lam=1,seed=0"]})
+    )
+    point = src / "lam=1,seed=0"
+    (point / "point.json").write_text(json.dumps({"status": "ok", "notebook": str(point / "nb.ipynb")}))
+    (point / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.123456789}) + "\n")
+    (point / "nb.ipynb").write_text("{}")
+    dest = course.publish_sweep(src, tmp_path / "published")
+    assert sorted(p.name for p in (dest / "lam=1,seed=0").iterdir()) == ["metrics.jsonl", "point.json"]
+    assert json.loads((dest / "lam=1,seed=0" / "metrics.jsonl").read_text())["loss"] == 0.123457
+    assert json.loads((dest / "lam=1,seed=0" / "point.json").read_text())["notebook"] is None
+    (point / "point.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(ValueError, match="did not finish ok"):
+        course.publish_sweep(src, tmp_path / "published")
+
+
+def test_shipped_math_task_is_reproducible_and_its_answers_verify():
+    path = course.repo_path(course.MATH_TASK)
+    spec = importlib.util.spec_from_file_location("make_word_problems", path.with_name("make_word_problems.py"))
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == maker.make_rows(), "data/math/word_problems.jsonl is what make_word_problems.py writes"
+    task = load_tasks([str(path)])["word_problems"]
+    assert len(task.train) == 900 and len(task.test) == 100
+    for example in task.test:
+        final = example.answer.rsplit("####", 1)[1].strip()
+        assert math_verifier(f"so the answer is \\boxed{{{final}}}", example.answer)
+        assert not math_verifier(f"\\boxed{{{int(final) + 1}}}", example.answer)
+    assert "Apache-2.0" in path.with_name("README.md").read_text()
+
+
+def test_gpu_preset_follows_the_gpu_memory():
+    assert course.pick_gpu_preset(24) == "configs/gpu-0.5b.yaml"
+    assert course.pick_gpu_preset(48) == "configs/gpu-1.5b.yaml"
+    assert course.pick_gpu_preset(141) == "configs/gpu-1.7b.yaml"
+    with pytest.raises(ValueError, match="preset = None"):
+        course.pick_gpu_preset(8)
+
+
+def test_training_config_falls_back_to_the_zoo_without_cuda(tmp_path):
+    from gopd_lab import RunConfig
+
+    fallback = RunConfig(student="zoo:student-base", teacher="zoo:teacher-add", out_dir=str(tmp_path))
+    if not torch.cuda.is_available():
+        cfg, why = course.training_config("auto", fallback)
+        assert cfg is fallback and "CPU" in why
+    assert course.training_config(None, fallback)[0] is fallback
+    with pytest.raises(FileNotFoundError, match="preset = None"):
+        course.training_config("configs/missing.yaml", fallback)
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        f"# a test preset\nstudent: zoo:student-base\nteacher: zoo:teacher-add\ntasks: {course.MATH_TASK}\n"
+    )
+    cfg, why = course.training_config(str(preset), fallback)
+    assert cfg.task_names == [str(course.repo_path(course.MATH_TASK))] and cfg.out_dir == fallback.out_dir
+    assert course.preset_notes(preset) == "a test preset"
+    assert os.path.isabs(cfg.task_names[0])
