@@ -134,11 +134,14 @@ class Collector:
         if cfg.method in ("sft", "offpolicy"):
             return self.expert_batch(index)
         if self.engine is not None:
+            if row_seeds is None:
+                raise ValueError("rollout_backend='vllm' samples every row with its own seed: pass row_seeds")
             r = self.engine.sample(
                 self.prompts.select(index),
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
+                row_seeds=row_seeds,
             )
             r.prompt_index = list(index)
             return r
@@ -148,7 +151,7 @@ class Collector:
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            eos_token_id=m.eos_token_id,
+            eos_token_id=m.stop_token_ids,  # the ids the vLLM backend stops at too
             pad_token_id=m.pad_token_id,
             tokenizer=m.tokenizer,
             generator=self.gen,

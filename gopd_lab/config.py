@@ -306,10 +306,9 @@ class RunConfig:
             raise ConfigError(f"rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
-        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu" or self.row_seeded_sampling):
+        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu"):
             raise ConfigError(
-                "rollout_backend='vllm' needs a full-weight student on CUDA without row_seeded_sampling; "
-                "use rollout_backend='hf' for LoRA, CPU or row-seeded runs"
+                "rollout_backend='vllm' needs a full-weight student on CUDA; use rollout_backend='hf' for LoRA or CPU"
             )
         if self.rollout_backend == "vllm" and self.method in ("sft", "offpolicy"):
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")

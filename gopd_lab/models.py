@@ -118,6 +118,17 @@ class Models:
     def eos_token_id(self) -> int | None:
         return None if self.tokenizer is None else self.tokenizer.eos_token_id
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The ids a sampled completion ends at, for both rollout backends: the tokenizer's EOS plus the student's
+        ``generation_config.eos_token_id`` (one id or a list, e.g. ``<|im_end|>`` and ``<|endoftext|>`` for Qwen
+        chat models), which vLLM adds to its stop ids on its own."""
+        ids = [] if self.eos_token_id is None else [int(self.eos_token_id)]
+        gen = getattr(self.student, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+        return ids + [int(t) for t in extra if int(t) not in ids]
+
 
 def _route(table: dict[str, nn.Module], domain: str, role: str) -> nn.Module:
     if domain in table:

@@ -163,7 +163,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
-    row_seeded = cfg.row_seeded_sampling or dist.world > 1
+    # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
+    row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
