@@ -183,9 +183,10 @@ class RunConfig:
     """Recompute the student's decoder activations in backward (Hugging Face students): activation memory of one
     layer instead of all, for about one more forward pass of compute. The step is unchanged."""
     mixed_precision: bool = True
-    """With a bfloat16/float16 ``dtype`` (``auto`` on CUDA): the student keeps float32 weights, gradients and
+    """With a bfloat16 ``dtype`` (``auto`` on CUDA): the student keeps float32 weights, gradients and
     optimizer state and computes under ``torch.autocast`` in ``dtype``; teachers and references are stored in
-    ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates)."""
+    ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates). float16 is
+    refused here: its autocast would need a ``GradScaler`` (loss scaling), which the update does not have."""
     rollout_backend: str = "hf"
     """``hf`` (the built-in KV-cached sampling loop) or ``vllm`` (needs CUDA and ``pip install 'gopd-lab[vllm]'``;
     the student's weights are copied into vLLM after every update)."""
@@ -299,6 +300,11 @@ class RunConfig:
             raise ConfigError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype == "float16" and self.mixed_precision:  # float16 autocast needs a GradScaler, which there is not
+            raise ConfigError(
+                "dtype='float16' with mixed_precision=True would train without loss scaling (small float16 gradients "
+                "underflow to 0); use dtype='bfloat16', or mixed_precision=False (the student stored in float16)"
+            )
         # GPU path (issue 14)
         if self.micro_batch_size < 0:
             raise ConfigError(f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")

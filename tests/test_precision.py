@@ -82,3 +82,17 @@ def test_load_models_keeps_a_float32_student_under_bf16_autocast(tiny_dirs):
     assert next(models.reference_for("x").parameters()).dtype == torch.bfloat16  # the student's copy, stored in bf16
     naive = load_models(cfg.replace(mixed_precision=False))
     assert naive.autocast_dtype is None and next(naive.student.parameters()).dtype == torch.bfloat16
+
+
+def test_float16_autocast_without_a_grad_scaler_is_refused():
+    """fp16 autocast needs loss scaling (small gradients underflow); there is none, so the config refuses it."""
+    from gopd_lab.config import ConfigError, RunConfig
+    from gopd_lab.precision import student_dtypes
+
+    with pytest.raises(ConfigError, match="bfloat16.*mixed_precision=False"):
+        RunConfig(dtype="float16")
+    assert RunConfig(dtype="float16", mixed_precision=False).dtype == "float16"
+    with pytest.raises(ConfigError, match="loss scaling"):
+        student_dtypes(torch.float16, True)
+    assert student_dtypes(torch.float16, False) == (torch.float16, None)
+    assert student_dtypes(torch.bfloat16, True) == (torch.float32, torch.bfloat16)
