@@ -96,3 +96,44 @@ def test_float16_autocast_without_a_grad_scaler_is_refused():
         student_dtypes(torch.float16, True)
     assert student_dtypes(torch.float16, False) == (torch.float16, None)
     assert student_dtypes(torch.bfloat16, True) == (torch.float32, torch.bfloat16)
+
+
+def test_final_model_is_saved_in_the_run_dtype_under_mixed_precision(tiny_dirs, tmp_path):
+    """The float32 master weights are for training: ``model/`` holds them in the run's dtype (bf16) and loads as
+    such; the checkpoint keeps float32 (the optimizer's state refers to those)."""
+    import json
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from gopd_lab.train import train
+
+    out = tmp_path / "run"
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        lam=1.25,
+        device="cpu",
+        dtype="bfloat16",
+        prompts=["12+7=", "3*4="],
+        batch_size=2,
+        max_new_tokens=3,
+        steps=1,
+        lr=1e-2,
+        log_samples=0,
+        out_dir=str(out),
+    )
+    train(cfg, progress=False)
+    with safe_open(str(out / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    (ckpt,) = (out / "checkpoints").iterdir()
+    with safe_open(str(ckpt / "student.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+        master = {k: f.get_tensor(k) for k in f.keys()}
+    loaded = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    for name, p in loaded.state_dict().items():
+        tied = ("lm_head.weight", "model.embed_tokens.weight")  # stored once by whichever name
+        key = name if name in master else next(k for k in tied if k in master)
+        assert torch.equal(p, master[key].to(torch.bfloat16)), name
