@@ -320,7 +320,7 @@ def load_models(cfg: RunConfig) -> Models:
     others = {p: (cache[p], checked[p]) for p in checked if p in cache}
     if "student" in _by_domain(cfg.reference).values() and isinstance(initial_student, nn.Module):
         others["reference 'student'"] = (initial_student, Agreement())
-    vocab = align_vocabularies(student, tokenizer.get_vocab(), others) if checked else None
+    vocab = align_vocabularies(student, tokenizer.get_vocab(), others) if tokenizer is not None else None
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
     return Models(
