@@ -17,6 +17,7 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .models import DEFAULT_DOMAIN, Models
+from .precision import autocast
 from .rollout import Prompts, Rollout, check_known_text, encode_prompts, read_prompt_rows, sample, teacher_forced
 from .runio import append_jsonl, read_jsonl
 from .score import Scored, reference_logprobs, score_rollout
@@ -167,6 +168,12 @@ class Collector:
             self.engine.sync(student)
 
     def score(self, rollout: Rollout) -> Scored:
+        """Teacher / reference scores of ``rollout``, under the student's autocast (mixed precision), so that
+        ``reference: student`` scores exactly as the student's own forward does (its reward term is 0 at step 0)."""
+        with autocast(self.models.autocast_dtype, self.models.device):
+            return self._score(rollout)
+
+    def _score(self, rollout: Rollout) -> Scored:
         cfg, m = self.cfg, self.models
         rewards = rewards_of(self.tasks, rollout) if self.tasks and cfg.method not in ("sft", "offpolicy") else None
         if cfg.method in ("gopd", "sdpo"):

@@ -284,10 +284,9 @@ def load_models(cfg: RunConfig) -> Models:
         if path == "student":
             if role != "reference":
                 raise ConfigError("only the reference may be 'student' (the student's initial weights)")
-            if initial_student is None:
-                initial_student = (
-                    AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student).to(dtype))
-                )
+            if initial_student is None:  # in the student's own storage dtype (float32 under mixed precision) and,
+                # like every scorer, run under the student's autocast: at step 0 it scores exactly as the student
+                initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
             return initial_student
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.teacher_server`: no weights here
             if path not in cache:

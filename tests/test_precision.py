@@ -79,7 +79,7 @@ def test_load_models_keeps_a_float32_student_under_bf16_autocast(tiny_dirs):
     assert models.autocast_dtype == torch.bfloat16
     assert next(models.student.parameters()).dtype == torch.float32
     assert next(models.teacher_for("x").parameters()).dtype == torch.bfloat16
-    assert next(models.reference_for("x").parameters()).dtype == torch.bfloat16  # the student's copy, stored in bf16
+    assert next(models.reference_for("x").parameters()).dtype == torch.float32  # the student copy: its storage dtype
     naive = load_models(cfg.replace(mixed_precision=False))
     assert naive.autocast_dtype is None and next(naive.student.parameters()).dtype == torch.bfloat16
 
@@ -137,3 +137,36 @@ def test_final_model_is_saved_in_the_run_dtype_under_mixed_precision(tiny_dirs, 
         tied = ("lm_head.weight", "model.embed_tokens.weight")  # stored once by whichever name
         key = name if name in master else next(k for k in tied if k in master)
         assert torch.equal(p, master[key].to(torch.bfloat16)), name
+
+
+def test_reference_student_scores_like_the_student_at_step_0_under_bf16(tiny_dirs, tmp_path):
+    """G-OPD's reward term ``lp_student − lp_reference`` is 0 at step 0 when the reference is the student: the copy
+    keeps the student's float32 storage and the collector scores under the student's autocast. (Stored in bf16 and
+    scored without autocast, as before: up to 1.6e-3 nats per token on this tiny model; now 4.8e-7.)"""
+    from gopd_lab.collect import Collector
+    from gopd_lab.update import _rollout_logprobs
+
+    cfg = RunConfig(
+        student=tiny_dirs["student"],
+        teacher=tiny_dirs["teacher"],
+        reference="student",
+        lam=2.0,
+        device="cpu",
+        dtype="bfloat16",
+    )
+    models = load_models(cfg)
+    assert next(models.reference_for("x").parameters()).dtype == torch.float32
+    prompts = encode_prompts(models.tokenizer, ["12+7=", "ab", "x", "9-2="])
+    collector = Collector(cfg, models, {}, prompts, torch.Generator().manual_seed(0), tmp_path)
+    rollout = collector.rollout([0, 1, 2, 3])
+    scored = collector.score(rollout)
+    settings = UpdateSettings.from_config(cfg, models.autocast_dtype)
+    lp_student = _rollout_logprobs(models.student, scored, [(0, len(rollout))], settings)
+    mask = rollout.completion_mask.bool()
+    gap = (lp_student - scored.lp_reference)[mask].abs().max()
+    assert gap < 1e-5, gap
+    bf16_copy = copy.deepcopy(models.student).to(torch.bfloat16)  # the old reference: bf16 storage, no autocast
+    from gopd_lab.scoring import token_logprobs
+
+    old_gap = (lp_student - token_logprobs(bf16_copy, rollout))[mask].abs().max()
+    assert old_gap > 1e-3, old_gap  # the bug this guards against: visible at bf16 resolution
