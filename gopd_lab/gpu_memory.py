@@ -31,7 +31,7 @@ class Dims:
 
     L: int
     H: int
-    I: int
+    inter: int  # the MLP width ("I" in the presets)
     heads: int
     kv: int
     hd: int
@@ -41,13 +41,14 @@ class Dims:
     @property
     def params(self) -> int:
         attn = self.H * self.heads * self.hd * 2 + self.H * self.kv * self.hd * 2  # q, o; k, v
-        return self.V * self.H * (1 if self.tied else 2) + self.L * (attn + 3 * self.H * self.I)
+        return self.V * self.H * (1 if self.tied else 2) + self.L * (attn + 3 * self.H * self.inter)
 
     @classmethod
     def parse(cls, text: str) -> Dims:
         """``"L=24 H=896 I=4864 heads=14 kv=2 hd=64 V=151936 tied=1"`` → :class:`Dims`."""
         kv = dict(re.findall(r"(\w+)=(\d+)", text))
-        return cls(**{k: int(kv[k]) for k in ("L", "H", "I", "heads", "kv", "hd", "V")}, tied=kv["tied"] == "1")
+        ints = {k: int(kv[k]) for k in ("L", "H", "heads", "kv", "hd", "V")}
+        return cls(**ints, inter=int(kv["I"]), tied=kv["tied"] == "1")
 
 
 def estimate(student: Dims, teacher: Dims, *, rows: int, positions: int, micro_rows: int) -> dict[str, float]:
@@ -59,8 +60,9 @@ def estimate(student: Dims, teacher: Dims, *, rows: int, positions: int, micro_r
     out = {
         "static": (16 * p + 2 * p + 4 * p + 2 * pt) / GIB,
         "rollout": rows * positions * s.L * 2 * s.kv * s.hd * 2 / GIB,
-        "scoring": (tokens * (3 * t.I + 4 * t.H) * 2 + CUDA_CHUNK_BYTES) / GIB,
-        "update": (micro * s.H * 4 * s.L + micro * (8 * s.H + 3 * s.I) * 2 + CUDA_CHUNK_BYTES + 6 * s.V * s.H) / GIB,
+        "scoring": (tokens * (3 * t.inter + 4 * t.H) * 2 + CUDA_CHUNK_BYTES) / GIB,
+        "update": (micro * s.H * 4 * s.L + micro * (8 * s.H + 3 * s.inter) * 2 + CUDA_CHUNK_BYTES + 6 * s.V * s.H)
+        / GIB,
     }
     out["peak"] = out["static"] + max(out["rollout"], out["scoring"], out["update"])
     return out
