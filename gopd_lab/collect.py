@@ -17,6 +17,7 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .models import DEFAULT_DOMAIN, Models
+from .precision import autocast
 from .rollout import Prompts, Rollout, check_known_text, encode_prompts, read_prompt_rows, sample, teacher_forced
 from .runio import append_jsonl, read_jsonl
 from .score import Scored, reference_logprobs, score_rollout
@@ -134,11 +135,14 @@ class Collector:
         if cfg.method in ("sft", "offpolicy"):
             return self.expert_batch(index)
         if self.engine is not None:
+            if row_seeds is None:
+                raise ValueError("rollout_backend='vllm' samples every row with its own seed: pass row_seeds")
             r = self.engine.sample(
                 self.prompts.select(index),
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
+                row_seeds=row_seeds,
             )
             r.prompt_index = list(index)
             return r
@@ -148,7 +152,7 @@ class Collector:
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            eos_token_id=m.eos_token_id,
+            eos_token_id=m.stop_token_ids,  # the ids the vLLM backend stops at too
             pad_token_id=m.pad_token_id,
             tokenizer=m.tokenizer,
             generator=self.gen,
@@ -164,6 +168,12 @@ class Collector:
             self.engine.sync(student)
 
     def score(self, rollout: Rollout) -> Scored:
+        """Teacher / reference scores of ``rollout``, under the student's autocast (mixed precision), so that
+        ``reference: student`` scores exactly as the student's own forward does (its reward term is 0 at step 0)."""
+        with autocast(self.models.autocast_dtype, self.models.device):
+            return self._score(rollout)
+
+    def _score(self, rollout: Rollout) -> Scored:
         cfg, m = self.cfg, self.models
         rewards = rewards_of(self.tasks, rollout) if self.tasks and cfg.method not in ("sft", "offpolicy") else None
         if cfg.method in ("gopd", "sdpo"):

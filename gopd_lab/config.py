@@ -183,9 +183,10 @@ class RunConfig:
     """Recompute the student's decoder activations in backward (Hugging Face students): activation memory of one
     layer instead of all, for about one more forward pass of compute. The step is unchanged."""
     mixed_precision: bool = True
-    """With a bfloat16/float16 ``dtype`` (``auto`` on CUDA): the student keeps float32 weights, gradients and
+    """With a bfloat16 ``dtype`` (``auto`` on CUDA): the student keeps float32 weights, gradients and
     optimizer state and computes under ``torch.autocast`` in ``dtype``; teachers and references are stored in
-    ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates)."""
+    ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates). float16 is
+    refused here: its autocast would need a ``GradScaler`` (loss scaling), which the update does not have."""
     rollout_backend: str = "hf"
     """``hf`` (the built-in KV-cached sampling loop) or ``vllm`` (needs CUDA and ``pip install 'gopd-lab[vllm]'``;
     the student's weights are copied into vLLM after every update)."""
@@ -299,6 +300,11 @@ class RunConfig:
             raise ConfigError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype == "float16" and self.mixed_precision:  # float16 autocast needs a GradScaler, which there is not
+            raise ConfigError(
+                "dtype='float16' with mixed_precision=True would train without loss scaling (small float16 gradients "
+                "underflow to 0); use dtype='bfloat16', or mixed_precision=False (the student stored in float16)"
+            )
         # GPU path (issue 14)
         if self.micro_batch_size < 0:
             raise ConfigError(f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
@@ -306,10 +312,9 @@ class RunConfig:
             raise ConfigError(f"rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
-        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu" or self.row_seeded_sampling):
+        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu"):
             raise ConfigError(
-                "rollout_backend='vllm' needs a full-weight student on CUDA without row_seeded_sampling; "
-                "use rollout_backend='hf' for LoRA, CPU or row-seeded runs"
+                "rollout_backend='vllm' needs a full-weight student on CUDA; use rollout_backend='hf' for LoRA or CPU"
             )
         if self.rollout_backend == "vllm" and self.method in ("sft", "offpolicy"):
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")

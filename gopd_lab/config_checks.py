@@ -122,9 +122,15 @@ def check_tasks(cfg) -> None:
 
 
 def check_world(cfg) -> None:
-    """Under ``accelerate launch`` (``WORLD_SIZE`` set) the global batch must divide over the processes."""
+    """Under ``accelerate launch`` (``WORLD_SIZE`` set) the global batch must divide over the processes, and the
+    vLLM backend (one engine, whole weights) is refused."""
     world = os.environ.get("WORLD_SIZE", "1")
     world = int(world) if world.isdigit() else 1
+    if world > 1 and cfg.rollout_backend == "vllm":  # also checked where the engine starts (gopd_lab.vllm_rollout)
+        raise ConfigError(
+            f"rollout_backend='vllm' runs in one process, but {world} were launched (WORLD_SIZE={world}); "
+            "launch one process, or use rollout_backend='hf' for data-parallel or FSDP runs"
+        )
     if world > 1 and cfg.batch_size % world:
         raise ConfigError(
             f"batch_size={cfg.batch_size} must be divisible by the {world} launched processes "

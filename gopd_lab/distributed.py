@@ -63,6 +63,14 @@ def _check_fsdp(world: int, cfg) -> None:
         )
 
 
+def reduce_device() -> torch.device:
+    """Where a collective's tensor must live: the process's CUDA device under NCCL (it reduces CUDA tensors only),
+    else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class Distributed:
     """The process group of an ``accelerate launch`` (a no-op single process otherwise).
 
@@ -98,7 +106,7 @@ class Distributed:
         """Sum of a number over processes."""
         if self.world == 1:
             return value
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=reduce_device())
         dist.all_reduce(t)
         return float(t)
 
@@ -106,9 +114,7 @@ class Distributed:
         """Sum a 1-D tensor of batch statistics over processes (``lineage.Reduce``: REOPD's γ_b, A-G-OPD's λ)."""
         if self.world == 1:
             return stats
-        t = stats.detach().to(torch.float64).clone()
-        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
-            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        t = stats.detach().to(device=reduce_device(), dtype=torch.float64).clone()
         dist.all_reduce(t)
         return t.cpu()
 
@@ -127,7 +133,7 @@ class Distributed:
         if self.world == 1:
             return metrics
         keys = [k for k, v in metrics.items() if isinstance(v, (int, float))]
-        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=reduce_device())
         dist.all_reduce(t)
         out = dict(metrics)
         for k, v in zip(keys, t.tolist()):

@@ -118,6 +118,17 @@ class Models:
     def eos_token_id(self) -> int | None:
         return None if self.tokenizer is None else self.tokenizer.eos_token_id
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The ids a sampled completion ends at, for both rollout backends: the tokenizer's EOS plus the student's
+        ``generation_config.eos_token_id`` (one id or a list, e.g. ``<|im_end|>`` and ``<|endoftext|>`` for Qwen
+        chat models), which vLLM adds to its stop ids on its own."""
+        ids = [] if self.eos_token_id is None else [int(self.eos_token_id)]
+        gen = getattr(self.student, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        extra = [] if extra is None else [extra] if isinstance(extra, int) else list(extra)
+        return ids + [int(t) for t in extra if int(t) not in ids]
+
 
 def _route(table: dict[str, nn.Module], domain: str, role: str) -> nn.Module:
     if domain in table:
@@ -273,10 +284,9 @@ def load_models(cfg: RunConfig) -> Models:
         if path == "student":
             if role != "reference":
                 raise ConfigError("only the reference may be 'student' (the student's initial weights)")
-            if initial_student is None:
-                initial_student = (
-                    AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student).to(dtype))
-                )
+            if initial_student is None:  # in the student's own storage dtype (float32 under mixed precision) and,
+                # like every scorer, run under the student's autocast: at step 0 it scores exactly as the student
+                initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
             return initial_student
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.teacher_server`: no weights here
             if path not in cache:
@@ -309,7 +319,7 @@ def load_models(cfg: RunConfig) -> Models:
     others = {p: (cache[p], checked[p]) for p in checked if p in cache}
     if "student" in _by_domain(cfg.reference).values() and isinstance(initial_student, nn.Module):
         others["reference 'student'"] = (initial_student, Agreement())
-    vocab = align_vocabularies(student, tokenizer.get_vocab(), others) if checked else None
+    vocab = align_vocabularies(student, tokenizer.get_vocab(), others) if tokenizer is not None else None
     names = {f"teacher/{d}": p for d, p in _by_domain(cfg.teacher).items()}
     names.update({f"reference/{d}": p for d, p in _by_domain(cfg.reference).items()})
     return Models(

@@ -33,7 +33,17 @@ def compute_dtype(weights: torch.Tensor) -> torch.dtype:
 
 def student_dtypes(dtype: torch.dtype, mixed_precision: bool) -> tuple[torch.dtype, torch.dtype | None]:
     """``(storage dtype of the student, autocast dtype)`` for a run in ``dtype``: float32 storage under autocast
-    for a low-precision ``dtype`` when ``mixed_precision`` is on, else the student stored in ``dtype``."""
-    if mixed_precision and dtype in (torch.bfloat16, torch.float16):
+    for a low-precision ``dtype`` when ``mixed_precision`` is on, else the student stored in ``dtype``.
+
+    float16 under autocast is refused: without loss scaling (``torch.amp.GradScaler``) small float16 gradients
+    underflow to zero, and bfloat16 (float32's exponent range) needs none."""
+    if mixed_precision and dtype == torch.float16:
+        from .config import ConfigError
+
+        raise ConfigError(
+            "float16 mixed precision needs loss scaling, which gopd_lab does not do; "
+            "use dtype='bfloat16', or mixed_precision=False"
+        )
+    if mixed_precision and dtype == torch.bfloat16:
         return torch.float32, dtype
     return dtype, None

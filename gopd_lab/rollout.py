@@ -315,7 +315,7 @@ def sample(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     tokenizer=None,
     generator: torch.Generator | None = None,
@@ -323,7 +323,8 @@ def sample(
     max_context: int | None = None,
     row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
-    """Sample one completion per prompt from ``model`` (``greedy=True`` takes the argmax instead).
+    """Sample one completion per prompt from ``model`` (``greedy=True`` takes the argmax instead); a row ends at
+    the first of its ``eos_token_id`` (one id or several, e.g. :attr:`~gopd_lab.models.Models.stop_token_ids`).
 
     ``row_seeds`` (one int per prompt) make each row's draws a function of its own seed only (used for
     data-parallel runs, whose samples then do not depend on the number of processes)."""
@@ -364,6 +365,15 @@ def sample(
         decode_completions(tokenizer, completion_ids, completion_mask),
         list(prompts.domains),
     )
+
+
+def stop_ids(eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """The ids a completion ends at, as a list: ``eos_token_id`` may be one id, several, or None (none)."""
+    if eos_token_id is None:
+        return []
+    if isinstance(eos_token_id, int) or (isinstance(eos_token_id, Tensor) and eos_token_id.ndim == 0):
+        return [int(eos_token_id)]
+    return [int(t) for t in eos_token_id]
 
 
 SYNC_EVERY = {"cpu": 1}
@@ -418,6 +428,8 @@ def _decode(
     key = cache_argument(model)
     cache = new_cache(model) if key is not None else None
     step_input, step_pos = prompt_ids, position_ids_from_mask(prompt_mask)
+    stops = torch.tensor(stop_ids(eos_token_id), dtype=torch.long, device=device)
+    eos_token_id = eos_token_id if len(stops) else None
     every = SYNC_EVERY.get(device.type, 16)
     steps = 0
     for t in range(max_new_tokens):
@@ -443,7 +455,7 @@ def _decode(
         count += alive
         steps = t + 1
         if eos_token_id is not None:
-            done = done | (token == eos_token_id)
+            done = done | torch.isin(token, stops)
             if steps % every == 0 and bool(done.all()):
                 break
         if key is not None:

@@ -163,7 +163,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
-    row_seeded = cfg.row_seeded_sampling or dist.world > 1
+    # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
+    row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
@@ -290,19 +291,48 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     return history
 
 
+def _in_dtype(student: torch.nn.Module, state_dict: dict | None, dtype: torch.dtype) -> dict:
+    """The weights cast to ``dtype``, each tied weight once (under its first name, as ``save_pretrained`` keeps it):
+    the casts are separate tensors, so tying can no longer be seen from shared storage."""
+    if state_dict is None:
+        tied = set(dict(student.named_parameters(remove_duplicate=False))) - set(dict(student.named_parameters()))
+        state_dict = {k: v for k, v in student.state_dict().items() if k not in tied}
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    """Record the saved weights' dtype in ``config.json`` (``save_pretrained`` wrote the float32 student's)."""
+    import json
+
+    config = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = name
+    config.setdefault("dtype", name)
+    atomic_write_json(path, config)
+
+
 def save_final_model(models: Models, path: Path, state_dict: dict | None = None) -> None:
     """``save_pretrained`` the student (and its tokenizer) so it loads like any checkpoint; ``state_dict``: the
-    gathered full weights of a sharded (FSDP) student."""
+    gathered full weights of a sharded (FSDP) student. Under mixed precision the float32 master weights are
+    saved in the run's dtype (half the size, what the model computed in; ``checkpoints/`` keep float32); a
+    LoRA adapter stays float32."""
     import shutil
 
     student = models.student
     if not hasattr(student, "save_pretrained"):
         return
     check_finite(student.state_dict() if state_dict is None else state_dict, path)
+    dtype = models.autocast_dtype
+    if dtype is not None and not hasattr(student, "get_base_model"):
+        state_dict = _in_dtype(student, state_dict, dtype)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)  # a save cut short earlier
     with writing(tmp):
         student.save_pretrained(tmp, state_dict=state_dict)
+        if dtype is not None and (tmp / "config.json").is_file():
+            _set_config_dtype(tmp / "config.json", dtype)
         if models.tokenizer is not None:
             models.tokenizer.save_pretrained(tmp)
     if path.exists():  # never a moment without a complete model: the old one moves aside, then goes

@@ -8,10 +8,11 @@ token (or a token has another id) is refused, naming the first conflict.
 When the vocabularies or the output widths differ, every model's logits are brought onto the student's output
 width ``W`` and one set of *allowed* ids: those in the student's tokenizer, in every teacher's / reference's
 tokenizer and below every output width. Ids on one side only and the rows an output layer is padded with beyond
-its tokenizer (151,936 vs 152,064 between Qwen2.5 sizes) get the logit :data:`~gopd_lab.scoring.MASKED_LOGIT`:
+its tokenizer (151,936 vs 152,064 between Qwen2.5 sizes; Qwen3's 151,936 rows over ~151,669 tokens, even with
+a teacher of the same tokenizer and width) get the logit :data:`~gopd_lab.scoring.MASKED_LOGIT`:
 the student never samples them, and each distribution (teacher, reference, target, student) is renormalised
 over the allowed ids, so every estimator compares distributions of the same support and width. Models whose
-tokenizers and widths agree exactly are left untouched.
+tokenizers and widths agree exactly, with no padded row, are left untouched.
 """
 
 from __future__ import annotations
@@ -98,17 +99,19 @@ def align_vocabularies(
     student: nn.Module, student_vocab: dict[str, int], others: dict[str, tuple[nn.Module, Agreement]]
 ) -> VocabAlignment | None:
     """Build the alignment of ``others`` (``{name: (model, agreement)}``, teachers and references) with the
-    student and install it as forward hooks on every output layer; None (nothing installed) when all agree."""
+    student and install it as forward hooks on every output layer; None (nothing installed) when all agree and the
+    student's output layer has no row beyond its tokenizer (padded rows are masked even with no other model)."""
     width = output_width(student)
     if width is None:
         return None
     widths = {name: output_width(model) for name, (model, _) in others.items()}
-    if all(agr.identical for _, agr in others.values()) and all(w in (None, width) for w in widths.values()):
-        return None
     allowed = torch.zeros(width, dtype=torch.bool)
     ids = torch.as_tensor([i for i in student_vocab.values() if i < width], dtype=torch.long)
     allowed[ids] = True
-    padded = width - int(allowed.sum())
+    padded = width - int(allowed.sum())  # rows beyond the tokenizer (Qwen3: 151,936 rows, ~151,669 tokens)
+    agree = all(agr.identical for _, agr in others.values()) and all(w in (None, width) for w in widths.values())
+    if agree and not padded:
+        return None
     for name, (_, agr) in others.items():
         if agr.student_only:
             allowed[torch.as_tensor([i for i in agr.student_only if i < width], dtype=torch.long)] = False

@@ -158,3 +158,26 @@ def test_fsdp_refuses_what_it_cannot_run(monkeypatch):
     monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
     with pytest.raises(ConfigError, match="--fsdp_offload_params"):
         Distributed(RunConfig())
+
+
+def test_nccl_collectives_get_tensors_on_the_process_device_not_the_cpu(monkeypatch):
+    """NCCL reduces CUDA tensors only: the token count of the update (``_global_tokens``), the metrics, and the
+    lineage statistics all go through ``reduce_device`` (the CUDA device under NCCL, the CPU under gloo)."""
+    from gopd_lab import distributed as D
+    from gopd_lab.update import _global_tokens
+
+    monkeypatch.setattr(D.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert D.reduce_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(D.dist, "get_backend", lambda: "gloo")
+    assert D.reduce_device() == torch.device("cpu")
+
+    asked, reduced = [], []
+    monkeypatch.setattr(D, "reduce_device", lambda: asked.append(1) or torch.device("cpu"))
+    monkeypatch.setattr(D.dist, "all_reduce", lambda t: reduced.append(t.device) or t.mul_(2))
+    d = Distributed.__new__(Distributed)
+    d.world, d.rank, d.fsdp = 2, 0, False
+    assert _global_tokens(torch.ones(2, 3), d) == 12.0  # both processes' 6 tokens
+    assert d.mean_metrics({"loss": 1.5, "kl": 0.25, "name": "x"}) == {"loss": 3.0, "kl": 0.25, "name": "x"}
+    assert torch.equal(d.sum_stats(torch.tensor([1.0, 2.0])), torch.tensor([2.0, 4.0], dtype=torch.float64))
+    assert len(asked) == len(reduced) == 3

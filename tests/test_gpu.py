@@ -93,17 +93,17 @@ def test_vllm_backend_samples_and_follows_weight_updates(tmp_path):
             prompts,
             max_new_tokens=8,
             greedy=True,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=models.stop_token_ids,
             pad_token_id=tok.pad_token_id,
         )
 
-    got = engine.sample(prompts, max_new_tokens=8, temperature=1e-4, top_p=1.0)
+    got = engine.sample(prompts, max_new_tokens=8, temperature=1e-4, top_p=1.0, row_seeds=[1, 2])
     want = greedy_hf()
     assert torch.equal(got.completion_ids[:, :4], want.completion_ids[:, :4])
     with torch.no_grad():
         for p in models.student.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     engine.sync(models.student)
-    got = engine.sample(prompts, max_new_tokens=8, temperature=1e-4, top_p=1.0)
+    got = engine.sample(prompts, max_new_tokens=8, temperature=1e-4, top_p=1.0, row_seeds=[1, 2])
     want = greedy_hf()
     assert torch.equal(got.completion_ids[:, :4], want.completion_ids[:, :4])  # vLLM samples from the new weights

@@ -165,10 +165,14 @@ LINEAGE_KNOBS = dict(
 )
 
 
-@pytest.mark.parametrize("lam_mode", ["fixed", "reopd", "agopd", "entropy", "gated"])
-def test_micro_batches_leave_every_lam_mode_unchanged(world, lam_mode):
+@pytest.mark.parametrize(
+    "lam_mode, epochs",
+    [("fixed", 1), ("reopd", 1), ("agopd", 1), ("entropy", 1), ("gated", 1), ("reopd", 2), ("agopd", 2)],
+)
+def test_micro_batches_leave_every_lam_mode_unchanged(world, lam_mode, epochs):
     """λ rules that read the whole batch (REOPD's budget, A-G-OPD's RMS ratio, the reward gate) see the whole
-    batch under micro-batching too, and the entropy split's forward-KL states follow their rows."""
+    batch under micro-batching too, and the entropy split's forward-KL states follow their rows; with two epochs
+    over the batch (PPO-style, clipped) as well. Every metric, ``loss`` and ``grad_norm`` included, is unchanged."""
     models, rollout, _ = world
     lam = 1.0 if lam_mode in ("reopd", "agopd") else 1.25
     threshold = None
@@ -184,7 +188,15 @@ def test_micro_batches_leave_every_lam_mode_unchanged(world, lam_mode):
     def step(micro):
         student = copy.deepcopy(models.student)
         optimizer = torch.optim.SGD(student.parameters(), lr=1.0)
-        s = UpdateSettings(method="gopd", estimator="sampled", micro_batch_size=micro, lam_mode=lam_mode, lineage=knobs)
+        s = UpdateSettings(
+            method="gopd",
+            estimator="sampled",
+            micro_batch_size=micro,
+            lam_mode=lam_mode,
+            lineage=knobs,
+            epochs=epochs,
+            clip_eps=0.2 if epochs > 1 else None,
+        )
         return student, update(student, optimizer, scored, s)
 
     whole, r0 = step(0)
@@ -192,6 +204,7 @@ def test_micro_batches_leave_every_lam_mode_unchanged(world, lam_mode):
         student, r = step(micro)
         for (name, p), q in zip(student.named_parameters(), whole.parameters()):
             assert torch.allclose(p, q, atol=1e-5, rtol=0), (lam_mode, micro, name, float((p - q).abs().max()))
-        for key in set(r0.metrics) - {"loss", "grad_norm"}:
+        assert {"loss", "grad_norm"} <= set(r0.metrics)
+        for key in r0.metrics:
             assert r.metrics[key] == pytest.approx(r0.metrics[key], rel=1e-4, abs=1e-6), (lam_mode, key)
         assert torch.equal(r.loss_kind, r0.loss_kind) and torch.allclose(r.lam_t, r0.lam_t, atol=1e-6)

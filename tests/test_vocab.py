@@ -166,3 +166,19 @@ def test_every_estimator_runs_with_padded_and_extended_vocabularies(models, esti
     assert all(torch.isfinite(torch.tensor(float(v))) for v in result.metrics.values())
     assert any(not torch.equal(p, q) for p, q in zip(student.parameters(), before))
     assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_padded_rows_are_masked_when_tokenizers_and_widths_agree(tmp_path, with_teacher):
+    """Qwen3's case: student and teacher share the tokenizer and the width (151,936 rows over ~151,669 tokens). No
+    tokenizer differs, yet the padded rows must still never be sampled (with a teacher, or with none at all)."""
+    student = _save(tmp_path / "student", build_char_tokenizer(), N_CHAR + 4, 0)
+    teacher = _save(tmp_path / "teacher", build_char_tokenizer(), N_CHAR + 4, 1)
+    cfg = RunConfig(student=student, teacher=teacher if with_teacher else "", lam=1.25, device="cpu")
+    if not with_teacher:
+        cfg = cfg.replace(method="grpo", tasks=["add"], teacher="")
+    m = load_models(cfg)
+    assert m.vocab is not None and m.vocab.width == N_CHAR + 4
+    assert m.vocab.allowed[:N_CHAR].all() and not m.vocab.allowed[N_CHAR:].any()
+    ro = _rollout(m, n=16, tokens=24)
+    assert int(ro.completion_ids.max()) < N_CHAR  # test_unmasked_...: the same padded student samples them unmasked
