@@ -127,7 +127,7 @@ def train(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             limit=cfg.eval_limit,
-            seed=cfg.seed,
+            seed=cfg.eval_seed,
         )
     cbs = _Callbacks(callbacks)
     main = dist.is_main

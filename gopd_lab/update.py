@@ -46,6 +46,8 @@ class UpdateSettings:
     mu: float = 0.0
     """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
     phi_weighting: bool = True
+    loss_agg: str = "token-mean"
+    """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
 
     @classmethod
     def from_config(cls, cfg) -> UpdateSettings:
@@ -63,6 +65,7 @@ class UpdateSettings:
             cfg.grpo_scale_std,
             cfg.mu,
             cfg.phi_weighting,
+            cfg.loss_agg,
         )
 
     @property
@@ -77,6 +80,19 @@ class UpdateResult:
     metrics: dict[str, float]
     lp_student: Tensor
     advantages: Tensor
+
+
+def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
+    """Per-token weights ``(B, C)`` whose weighted mean (:func:`~gopd_lab.objectives.masked_mean`) is the loss.
+
+    ``token-mean``: the mask itself, ``L = Σ_bt m·ℓ / Σ_bt m``. ``seq-mean-token-mean``: ``m_bt / Σ_t m_bt``
+    (0 on empty rows), whose sum is the number ``B'`` of non-empty rows, so ``L = (1/B') Σ_b mean_t ℓ_bt``."""
+    mask = mask.float()
+    if loss_agg == "token-mean":
+        return mask
+    if loss_agg == "seq-mean-token-mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    raise ValueError(f"loss_agg must be token-mean or seq-mean-token-mean, got {loss_agg!r}")
 
 
 def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
@@ -95,8 +111,9 @@ def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Ten
 def compute_loss(
     scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
 ) -> tuple[Tensor, dict]:
-    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
-    mask = scored.rollout.completion_mask.float()  # (B, C)
+    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`), its
+    per-token terms aggregated by ``s.loss_agg``."""
+    mask = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
     if s.method == "sft":
         return sft_loss(out.lp, mask)
     if s.method == "grpo":
@@ -110,7 +127,7 @@ def compute_loss(
         return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
     if out.kl_loss is not None:  # the fused full estimator (student_kl_forward): the same mean KL as full_loss
         return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
-    states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
+    states = mask[out.positions.b, out.positions.c]  # (N,) the weight of every kept state
     if s.estimator == "full":
         return full_loss(out.logp, scored.target, states)
     if s.estimator == "topk":
@@ -124,7 +141,8 @@ def compute_loss(
 def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
     log-probs (with full distributions for ``topk``/``jsd``)."""
-    if s.method == "gopd" and s.estimator == "full" and scored.target is not None:
+    fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
+    if s.method == "gopd" and s.estimator == "full" and scored.target is not None and fused_ok:
         out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
         if out is not None:
             return out
@@ -151,11 +169,10 @@ def update(
             lp_old = lp_now
         advantages = advantages_for(scored, lp_old, s)  # (B, C), detached
         loss, extra = compute_loss(scored, out, advantages, s, lp_old if epoch > 0 else None)
-        loss = loss * _global_scale(mask, dist)
+        loss = loss * _global_scale(loss_weights(mask, s.loss_agg), dist)
         if scored.expert is not None and s.mu > 0:
-            loss, sft_extra = mix_expert_sft(
-                student, loss, scored.expert, s, _global_scale(scored.expert.completion_mask, dist)
-            )
+            expert_weights = loss_weights(scored.expert.completion_mask, s.loss_agg)
+            loss, sft_extra = mix_expert_sft(student, loss, scored.expert, s, _global_scale(expert_weights, dist))
             extra.update(sft_extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,7 +192,7 @@ def update(
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
     """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
     out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
-    mask = expert.completion_mask.float()
+    mask = loss_weights(expert.completion_mask, s.loss_agg)
     weights = chord_phi(out.lp) if s.phi_weighting else None
     return sft_loss(out.lp, mask, weights)
 
@@ -193,8 +210,9 @@ def mix_expert_sft(
 
 
 def _global_scale(mask: Tensor, dist) -> float:
-    """``n_local / n_global``: turns a local token mean into this process's share of the global one, so the
-    gradients summed over processes are those of the global token mean."""
+    """``n_local / n_global`` of the summed loss weights (tokens for ``token-mean``, non-empty rows for
+    ``seq-mean-token-mean``): turns a local weighted mean into this process's share of the global one, so the
+    gradients summed over processes are those of the global mean."""
     if dist is None or dist.world == 1:
         return 1.0
     n_local = float(mask.sum())
