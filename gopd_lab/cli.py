@@ -122,7 +122,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     if args.action == "build":
         names = set(args.only.split(",")) if args.only else None
-        recipes = [r for r in zoo.RECIPES if names is None or r.name in names]
+        recipes = [r for r in zoo.world_recipes() if names is None or r.name in names]
         zoo.build(Path(args.out) if args.out else None, recipes=recipes, scale=args.scale, eval_limit=args.eval_limit)
     print(zoo.accuracy_table(Path(args.out) if args.out else None).to_string(index=False))
     return 0
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zoo", help="build or list the embedded model zoo")
     p.add_argument("action", choices=["build", "list"])
-    p.add_argument("--out", help="zoo directory (default data/zoo)")
+    p.add_argument("--out", help="zoo directory (default data/zoo; data/zoo/v2 with GOPD_LAB_WORLD=v2)")
     p.add_argument("--only", help="comma-separated model names to (re)build")
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)"

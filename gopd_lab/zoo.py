@@ -135,8 +135,67 @@ RECIPES: list[ZooModel] = [
 ]
 
 
+BETA = 0.8
+"""World v2: the KL coefficient β of the main KL-regularised teachers; siblings use β/λ for λ in SIBLING_LAMS."""
+SIBLING_LAMS = (1.25, 1.5)
+
+
+def _grpo(name: str, tasks: str, init: str, seed: int, steps: int, kl: float, lr: float = 3e-4) -> ZooModel:
+    extra = {**GRPO, "kl_coef": round(kl, 4)} if kl else dict(GRPO)
+    return ZooModel(name, "grpo", tasks, steps=steps, lr=lr, init=init, batch_size=64, samples_per_prompt=4,
+                    seed=seed, extra=extra)  # fmt: skip
+
+
+RECIPES_V2: list[ZooModel] = [
+    ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
+    _grpo("teacher-add", "add-rl", "student-base", seed=1, steps=400, kl=BETA),
+    *[
+        _grpo(f"teacher-add-kl-over-{lam:g}", "add-rl", "student-base", seed=1, steps=400, kl=BETA / lam)
+        for lam in SIBLING_LAMS
+    ],
+    _grpo("teacher-add-nokl", "add-rl", "student-base", seed=1, steps=400, kl=0.0),
+    _grpo("teacher-mul", "mul-rl", "student-base", seed=2, steps=1200, kl=BETA),
+    ZooModel("big-base", "sft", "add,mul", steps=1500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
+    _grpo("big-teacher", "add-rl,mul-rl", "big-base", seed=4, steps=600, kl=BETA, lr=2e-4),
+]
+"""World v2 (``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
+to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
+as the counter-example."""
+
+
+def world_recipes(world: str | None = None) -> list[ZooModel]:
+    """The recipes of a data world (default: ``GOPD_LAB_WORLD``)."""
+    from .tasks.arith import world as current_world
+
+    return RECIPES_V2 if (world or current_world()) == "v2" else RECIPES
+
+
 def zoo_dir() -> Path:
-    return data_dir() / "zoo"
+    """``data/zoo`` (world v1) or ``data/zoo/v2`` (``GOPD_LAB_WORLD=v2``)."""
+    from .tasks.arith import world
+
+    return data_dir() / "zoo" / ("v2" if world() == "v2" else "")
+
+
+def _world_prefix() -> str:
+    from .tasks.arith import world
+
+    return "GOPD_LAB_WORLD=v2 " if world() == "v2" else ""
+
+
+def train_data(r: ZooModel) -> list[dict]:
+    """The prompt files a recipe trains on, ``[{"path": <repo-relative>, "sha256"}]`` (arithmetic tasks only; the
+    answers of SFT recipes are these files' answers with ``label_noise`` applied)."""
+    from .tasks.arith import DOMAINS, world_dir
+
+    files = []
+    for name in r.tasks.split(","):
+        domain, _, split = name.partition("-")
+        if domain in DOMAINS:
+            path = world_dir() / f"{domain}_{split or 'train'}.jsonl"
+            rel = Path("data") / path.relative_to(data_dir())
+            files.append({"path": rel.as_posix(), "sha256": sha256(path)})
+    return files
 
 
 def sha256(path: Path) -> str:
@@ -198,7 +257,7 @@ def build(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is as fast, immune to oversubscription, and reproducible
     try:
-        return _build(out, recipes or RECIPES, work, scale, eval_limit, progress)
+        return _build(out, recipes or world_recipes(), work, scale, eval_limit, progress)
     finally:
         torch.set_num_threads(threads)
 
@@ -264,8 +323,9 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
                 "samples_per_prompt": r.samples_per_prompt,
                 **r.extra,
             },
+            "train_data": train_data(r),
             "seed": r.seed,
-            "command": "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
+            "command": _world_prefix() + "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
             "train_seconds": round(time.perf_counter() - t0, 1),
             "accuracy": {
                 row["domain"]: {"greedy": row["greedy_acc"], "mean@4": row["mean_acc"], "n": row["n"]}

@@ -95,3 +95,24 @@ def test_distilling_student_base_from_its_domain_teacher_raises_domain_accuracy(
     assert (before["step"], after["step"], after["n"]) == (0, 40, 200)
     assert after["greedy_acc"] >= before["greedy_acc"] + 0.05
     assert after["mean_acc"] > before["mean_acc"]
+
+
+def test_world_v2_build_records_its_training_files_and_kl_teachers(tmp_path, monkeypatch):
+    """A scaled-down world-v2 build: teachers on the RL prompts with kl_coef β, β/λ siblings, a KL-free teacher;
+    every model's manifest entry lists the prompt files it trained on with their sha256."""
+    from gopd_lab.tasks.arith import world_dir
+
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v2")
+    assert zoo.world_recipes() is zoo.RECIPES_V2 and zoo.zoo_dir() == zoo.data_dir() / "zoo" / "v2"
+    small = [r for r in zoo.RECIPES_V2 if r.name in ("student-base", "teacher-add", "teacher-add-kl-over-1.25")]
+    entries = zoo.build(
+        tmp_path / "zoo", recipes=small, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False
+    )
+    base, teacher, sibling = (entries[r.name] for r in small)
+    assert [f["path"] for f in base["train_data"]] == ["data/arith/v2/add_train.jsonl", "data/arith/v2/mul_train.jsonl"]
+    assert [f["path"] for f in teacher["train_data"]] == ["data/arith/v2/add_rl.jsonl"]
+    assert teacher["train_data"][0]["sha256"] == zoo.sha256(world_dir() / "add_rl.jsonl")
+    assert teacher["recipe"]["kl_coef"] == zoo.BETA and sibling["recipe"]["kl_coef"] == pytest.approx(zoo.BETA / 1.25)
+    assert teacher["command"].startswith("GOPD_LAB_WORLD=v2 gopd-lab zoo build")
+    nokl = next(r for r in zoo.RECIPES_V2 if r.name == "teacher-add-nokl")
+    assert "kl_coef" not in nokl.extra and teacher["accuracy"]["add"]["n"] == 8
