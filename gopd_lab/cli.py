@@ -123,7 +123,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "build":
         names = set(args.only.split(",")) if args.only else None
         recipes = [r for r in zoo.world_recipes() if names is None or r.name in names]
-        zoo.build(Path(args.out) if args.out else None, recipes=recipes, scale=args.scale, eval_limit=args.eval_limit)
+        zoo.build(
+            Path(args.out) if args.out else None,
+            recipes=recipes,
+            scale=args.scale,
+            eval_limit=args.eval_limit,
+            workers=args.workers,
+        )
     print(zoo.accuracy_table(Path(args.out) if args.out else None).to_string(index=False))
     return 0
 
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)"
     )
     p.add_argument("--eval-limit", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="independent chains (base + its teachers) built at once")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser(

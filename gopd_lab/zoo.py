@@ -249,20 +249,58 @@ def build(
     scale: float = 1.0,
     eval_limit: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests)."""
+    """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests).
+
+    ``workers`` > 1 trains independent chains (a base and the models initialised from it) in that many
+    processes at once, each on one thread: the same models, bit for bit, in less wall time. Entries of models
+    already in ``out``'s manifest that are not rebuilt are kept (``--only``)."""
 
     out = Path(out or zoo_dir())
     work = Path(work or Path("runs") / "zoo-build")
+    recipes = recipes or world_recipes()
+    old = read_manifest(out)["models"] if (out / MANIFEST).exists() else {}
+    if workers > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        chains: dict[str, list[ZooModel]] = {}
+        names = {r.name: r for r in recipes}
+        for r in recipes:
+            root = r
+            while root.init in names:
+                root = names[root.init]
+            chains.setdefault(root.init or root.name, []).append(r)
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            jobs = [pool.submit(_build_chain, out, c, work, scale, eval_limit) for c in chains.values()]
+            built = {k: v for job in jobs for k, v in job.result().items()}
+        entries = {r.name: built[r.name] for r in recipes}
+    else:
+        entries = _build_chain(out, recipes, work, scale, eval_limit, progress, old)
+    _write_manifest(out, {**old, **entries})
+    return entries
+
+
+def _build_chain(out, recipes, work, scale, eval_limit, progress=False, old=None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is as fast, immune to oversubscription, and reproducible
     try:
-        return _build(out, recipes or world_recipes(), work, scale, eval_limit, progress)
+        return _build(out, recipes, work, scale, eval_limit, progress, old)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_limit: int, progress: bool) -> dict:
+def _write_manifest(out: Path, models: dict) -> None:
+    atomic_write_json(out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": models})
+
+
+def _build(
+    out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_limit: int, progress: bool, old: dict | None
+) -> dict:
+    """Train ``recipes`` in order; with ``old`` (the manifest's models) the manifest is rewritten after each model
+    (a sequential build shows its progress there), else only the entries are returned."""
     from .evaluate import evaluate
     from .tasks import load_tasks
     from .tiny import save_tiny_model
@@ -333,9 +371,8 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
             },
             "sha256": {f.name: sha256(f) for f in sorted(dest.iterdir())},
         }
-        atomic_write_json(
-            out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": entries}
-        )
+        if old is not None:
+            _write_manifest(out, {**old, **entries})
     return entries
 
 

@@ -116,3 +116,18 @@ def test_world_v2_build_records_its_training_files_and_kl_teachers(tmp_path, mon
     assert teacher["command"].startswith("GOPD_LAB_WORLD=v2 gopd-lab zoo build")
     nokl = next(r for r in zoo.RECIPES_V2 if r.name == "teacher-add-nokl")
     assert "kl_coef" not in nokl.extra and teacher["accuracy"]["add"]["n"] == 8
+
+
+def test_a_parallel_build_makes_the_same_models_and_a_partial_build_keeps_the_other_entries(small_zoo, tmp_path):
+    import shutil
+
+    par = zoo.build(tmp_path / "par", work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False, workers=2)
+    seq = json.loads((small_zoo / zoo.MANIFEST).read_text())["models"]
+    assert list(par) == [r.name for r in zoo.RECIPES]
+    assert {n: e["sha256"] for n, e in par.items()} == {n: e["sha256"] for n, e in seq.items()}
+    assert json.loads((tmp_path / "par" / zoo.MANIFEST).read_text())["models"].keys() == seq.keys()
+    copy = tmp_path / "copy"
+    shutil.copytree(small_zoo, copy)
+    only = [r for r in zoo.RECIPES if r.name == "teacher-add"]
+    zoo.build(copy, recipes=only, work=tmp_path / "work2", scale=0.002, eval_limit=8, progress=False)
+    assert json.loads((copy / zoo.MANIFEST).read_text())["models"].keys() == seq.keys()
