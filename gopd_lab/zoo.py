@@ -50,17 +50,27 @@ class ZooModel:
     label_noise: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    feedback_views: float = 0.0
+    """SFT: share of train prompts also shown in SDPO's self-teacher view (feedback / solution → answer)."""
+
     def task_names(self) -> str:
-        """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each."""
-        if not self.label_noise:
+        """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each, plus
+        :func:`~gopd_lab.tasks.arith.feedback_views` when ``feedback_views`` > 0 (``add~noise0.4~views0.3``)."""
+        if not self.label_noise and not self.feedback_views:
             return self.tasks
         from .tasks import get_task, register_task
-        from .tasks.arith import with_label_noise
+        from .tasks.arith import with_feedback_views, with_label_noise
+
+        def make(t: str):
+            task = with_label_noise(get_task(t), self.label_noise, seed=self.seed) if self.label_noise else get_task(t)
+            if self.feedback_views:
+                task = with_feedback_views(task, get_task(t), self.feedback_views, seed=self.seed)
+            return task
 
         names = []
         for t in self.tasks.split(","):
-            name = f"{t}~noise{self.label_noise:g}"
-            register_task(name, lambda t=t: with_label_noise(get_task(t), self.label_noise, seed=self.seed))
+            name = f"{t}~noise{self.label_noise:g}" + (f"~views{self.feedback_views:g}" if self.feedback_views else "")
+            register_task(name, lambda t=t: make(t))
             names.append(name)
         return ",".join(names)
 
@@ -157,6 +167,17 @@ RECIPES_V2: list[ZooModel] = [
     _grpo("teacher-mul", "mul-rl", "student-base", seed=2, steps=1200, kl=BETA),
     ZooModel("big-base", "sft", "add,mul", steps=1500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
     _grpo("big-teacher", "add-rl,mul-rl", "big-base", seed=4, steps=600, kl=BETA, lr=2e-4),
+    ZooModel(
+        "student-base-sdpo",
+        "sft",
+        "add,mul",
+        steps=2500,
+        lr=3e-3,
+        arch=SMALL,
+        seed=0,
+        label_noise=NOISE,
+        feedback_views=0.3,
+    ),  # student-base's recipe plus SDPO self-teacher views: a base that can read feedback  # fmt: skip
 ]
 """World v2 (``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
 to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
@@ -354,6 +375,7 @@ def _build(
                 "method": r.method,
                 "tasks": r.tasks,
                 "label_noise": r.label_noise,
+                **({"feedback_views": r.feedback_views} if r.feedback_views else {}),
                 "steps": steps,
                 "lr": r.lr,
                 "init": r.init or None,

@@ -454,3 +454,28 @@ def test_math_empty_file_and_bad_fraction(tmp_path: Path) -> None:
         load_math_jsonl(empty)
     with pytest.raises(ValueError, match="test_fraction"):
         load_math_jsonl(MATH_SAMPLE, test_fraction=1.0)
+
+
+def test_feedback_views_are_sdpo_self_teacher_prompts_with_the_true_answer() -> None:
+    from gopd_lab.config import RunConfig
+    from gopd_lab.sdpo import teacher_prompt
+
+    assert arith.SDPO_TEMPLATE == RunConfig().sdpo_template
+    task = get_task("add")
+    views = arith.feedback_views(task, 0.3, seed=1)
+    assert views == arith.feedback_views(task, 0.3, seed=1) and 0.25 * 4000 < len(views) < 0.35 * 4000
+    truth = {e.prompt: e.answer for e in task.train}
+    kinds = set()
+    for v in views:
+        head, prompt = v.prompt.rsplit("\n", 1)
+        feedback, _, solution = head.rpartition(" ")
+        assert v.answer == truth[prompt] and v.prompt == teacher_prompt(arith.SDPO_TEMPLATE, prompt, feedback, solution)
+        if feedback:
+            wrong = feedback.removeprefix(f"expected {v.answer}, got ")
+            assert wrong != v.answer and len(wrong) == len(v.answer)
+        assert solution in ("", v.answer)
+        kinds.add((bool(feedback), bool(solution)))
+    assert kinds == {(True, False), (False, True), (True, True)}
+    noisy = arith.with_label_noise(task, 0.4, seed=0)
+    mixed = arith.with_feedback_views(noisy, task, 0.3, seed=1)
+    assert mixed.train == noisy.train + views and mixed.test == task.test

@@ -294,3 +294,33 @@ def with_label_noise(task: Task, rate: float, seed: int = 0, mode: str = "last-d
         for e in task.train
     ]
     return Task(task.domain, train, task.test, task.verifier, task.feedback_fn)
+
+
+SDPO_TEMPLATE = "{feedback} {solution}\n{prompt}"
+"""The self-teacher prompt of SDPO's default ``sdpo_template`` (RunConfig)."""
+
+
+def feedback_views(task: Task, rate: float, seed: int = 0, template: str = SDPO_TEMPLATE) -> list[Example]:
+    """SFT examples in SDPO's self-teacher view: for a ``rate`` share of ``task``'s train prompts (drawn from
+    ``seed``), the prompt re-written with feedback on a wrong previous attempt (``"expected 46, got 45"``), a
+    correct solution, or both (one of the three, uniformly) → the correct answer. A base that has seen them can
+    read feedback in its context, which SDPO's self-teacher needs."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"feedback-view rate must be in [0, 1], got {rate}")
+    rng = random.Random(f"views-{seed}")
+    views = []
+    for e in task.train:
+        if rng.random() >= rate:
+            continue
+        kind = rng.choice(("feedback", "solution", "both"))
+        wrong = corrupt_answer(e.answer, rng, "random-digit")
+        fb = integer_feedback(wrong, e.answer) if kind != "solution" else ""
+        solution = e.answer if kind != "feedback" else ""
+        views.append(Example(template.format(prompt=e.prompt, feedback=fb, solution=solution), e.answer, e.domain))
+    return views
+
+
+def with_feedback_views(task: Task, clean: Task, rate: float, seed: int = 0) -> Task:
+    """``task`` (e.g. a label-noise copy) with :func:`feedback_views` of ``clean`` (true answers) added to its
+    train split."""
+    return Task(task.domain, task.train + feedback_views(clean, rate, seed), task.test, task.verifier, task.feedback_fn)
