@@ -300,7 +300,8 @@ def build(
         entries = {r.name: built[r.name] for r in recipes}
     else:
         entries = _build_chain(out, recipes, work, scale, eval_limit, progress, old)
-    _write_manifest(out, {**old, **entries})
+    current = read_manifest(out)["models"] if (out / MANIFEST).exists() else old  # others may have built meanwhile
+    _write_manifest(out, {**current, **entries})
     return entries
 
 
