@@ -165,7 +165,7 @@ RECIPES_V2: list[ZooModel] = [
     ],
     _grpo("teacher-add-nokl", "add-rl", "student-base", seed=1, steps=400, kl=0.0),
     _grpo("teacher-mul", "mul-rl", "student-base", seed=2, steps=1200, kl=BETA),
-    ZooModel("big-base", "sft", "add,mul", steps=1500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
+    ZooModel("big-base", "sft", "add,mul", steps=2500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
     _grpo("big-teacher", "add-rl,mul-rl", "big-base", seed=4, steps=600, kl=BETA, lr=2e-4),
     ZooModel(
         "student-base-sdpo",
@@ -300,8 +300,7 @@ def build(
         entries = {r.name: built[r.name] for r in recipes}
     else:
         entries = _build_chain(out, recipes, work, scale, eval_limit, progress, old)
-    current = read_manifest(out)["models"] if (out / MANIFEST).exists() else old  # others may have built meanwhile
-    _write_manifest(out, {**current, **entries})
+    _write_manifest(out, {**_current(out, old), **entries})
     return entries
 
 
@@ -312,6 +311,11 @@ def _build_chain(out, recipes, work, scale, eval_limit, progress=False, old=None
         return _build(out, recipes, work, scale, eval_limit, progress, old)
     finally:
         torch.set_num_threads(threads)
+
+
+def _current(out: Path, old: dict) -> dict:
+    """The manifest's models as they are now (another build into ``out`` may have added some meanwhile)."""
+    return read_manifest(out)["models"] if (out / MANIFEST).exists() else old
 
 
 def _write_manifest(out: Path, models: dict) -> None:
@@ -395,7 +399,7 @@ def _build(
             "sha256": {f.name: sha256(f) for f in sorted(dest.iterdir())},
         }
         if old is not None:
-            _write_manifest(out, {**old, **entries})
+            _write_manifest(out, {**_current(out, old), **entries})
     return entries
 
 
