@@ -177,7 +177,7 @@ RECIPES_V2: list[ZooModel] = [
         seed=0,
         label_noise=NOISE,
         feedback_views=0.3,
-    ),  # student-base's recipe plus SDPO self-teacher views: a base that can read feedback  # fmt: skip
+    ),  # student-base's recipe plus SDPO self-teacher views (it did not learn to read them: docs/results.md)
 ]
 """World v2 (``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
 to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
