@@ -188,8 +188,14 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     if args.action == "build":
         names = set(args.only.split(",")) if args.only else None
-        recipes = [r for r in zoo.RECIPES if names is None or r.name in names]
-        zoo.build(Path(args.out) if args.out else None, recipes=recipes, scale=args.scale, eval_limit=args.eval_limit)
+        recipes = [r for r in zoo.world_recipes() if names is None or r.name in names]
+        zoo.build(
+            Path(args.out) if args.out else None,
+            recipes=recipes,
+            scale=args.scale,
+            eval_limit=args.eval_limit,
+            workers=args.workers,
+        )
     print(zoo.accuracy_table(Path(args.out) if args.out else None).to_string(index=False))
     return 0
 
@@ -263,12 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zoo", help="build or list the embedded model zoo")
     p.add_argument("action", choices=["build", "list"])
-    p.add_argument("--out", help="zoo directory (default data/zoo)")
+    p.add_argument("--out", help="zoo directory (default data/zoo; data/zoo/v2 with GOPD_LAB_WORLD=v2)")
     p.add_argument("--only", help="comma-separated model names to (re)build")
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)"
     )
     p.add_argument("--eval-limit", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="independent chains (base + its teachers) built at once")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser(

@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .lineage import LAM_MODES
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
+LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRL_ALIASES = {
@@ -211,6 +212,15 @@ class RunConfig:
     """Continue from the newest checkpoint in ``out_dir`` if there is one."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes saved with the run (sweep parameters, etc.)."""
+    # --- evaluation protocol and loss normalisation (world v2: paired comparisons) ---
+    eval_seed: int = 0
+    """Seed of the evaluation's sampled completions (``mean_acc``), the same for every run of a comparison and
+    independent of ``seed``: two runs that differ only in their training are scored on one random stream."""
+    loss_agg: str = "token-mean"
+    """How per-token losses ``ℓ_bt`` (mask ``m_bt``) become one number: ``token-mean`` = ``Σ_bt m·ℓ / Σ_bt m``
+    (every token weighs the same, long completions weigh more) or ``seq-mean-token-mean`` =
+    ``(1/B') Σ_b (Σ_t m·ℓ / Σ_t m)`` over the ``B'`` non-empty rows (every completion weighs the same; the
+    official verl G-OPD run's effective normalisation). See docs/metrics.md."""
 
     # -- report_to: metrics to experiment trackers (gopd_lab.trackers)
     report_to: str | list[str] = "none"
@@ -288,6 +298,14 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature != 1 and self.method in ("gopd", "sdpo", "grpo", "chord"):
+            raise ConfigError(
+                f"temperature={self.temperature} with method={self.method!r}: the update scores the student's "
+                "log-probs at temperature 1, so samples drawn at another temperature would make the update and "
+                "reverse_kl off-policy; use temperature=1"
+            )
+        if self.loss_agg not in LOSS_AGGS:
+            raise ConfigError(f"loss_agg must be one of {LOSS_AGGS}, got {self.loss_agg!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.lr <= 0:

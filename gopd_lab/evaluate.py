@@ -1,4 +1,5 @@
-"""Batched evaluation on tasks' test splits: greedy accuracy, mean accuracy and pass@k over k samples."""
+"""Batched evaluation on tasks' test splits: greedy accuracy, mean accuracy and pass@k over k samples, of a
+model or of the G-OPD target of a teacher and a reference (`evaluate_target`)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,21 @@ def task_evaluator(tasks: dict, tokenizer, **kwargs):
         return evaluate(model, tokenizer, tasks, **kwargs).to_dict("records")
 
     return run
+
+
+def evaluate_target(
+    teacher: nn.Module,
+    reference: nn.Module,
+    tokenizer,
+    tasks: dict,
+    *,
+    lam: float,
+    **kwargs,
+) -> pd.DataFrame:
+    """:func:`evaluate` of the token-level G-OPD target ``π_R^(1−λ)·π_T^λ`` (log-probs combined at every
+    decoding step, see :class:`gopd_lab.headroom.TargetModel`): the same arguments (``k``, ``seed``,
+    ``limit``, ``temperature``, ...), prompts and columns. ``lam = 1`` is exactly ``evaluate(teacher)``,
+    ``lam = 0`` exactly ``evaluate(reference)``, with the same seed."""
+    from .headroom import TargetModel
+
+    return evaluate(TargetModel(teacher, reference, lam), tokenizer, tasks, **kwargs)

@@ -146,7 +146,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             limit=cfg.eval_limit,
-            seed=cfg.seed,
+            seed=cfg.eval_seed,
         )
     cbs = _Callbacks([*callbacks, *([reporter] if reporter is not None else [])])
     main = dist.is_main

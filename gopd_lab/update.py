@@ -72,6 +72,8 @@ class UpdateSettings:
     ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
     reopd_gamma: float | None = None
     """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
+    loss_agg: str = "token-mean"
+    """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
 
     @classmethod
     def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
@@ -95,6 +97,7 @@ class UpdateSettings:
             lineage=lineage,
             micro_batch_size=cfg.micro_batch_size,
             autocast_dtype=autocast_dtype,
+            loss_agg=cfg.loss_agg,
         )
 
     @property
@@ -196,6 +199,19 @@ def lam_stats(lam_t: Tensor, valid: Tensor) -> dict[str, float]:
     }
 
 
+def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
+    """Per-token weights ``(B, C)`` whose weighted mean (:func:`~gopd_lab.objectives.masked_mean`) is the loss.
+
+    ``token-mean``: the mask itself, ``L = Σ_bt m·ℓ / Σ_bt m``. ``seq-mean-token-mean``: ``m_bt / Σ_t m_bt``
+    (0 on empty rows), whose sum is the number ``B'`` of non-empty rows, so ``L = (1/B') Σ_b mean_t ℓ_bt``."""
+    mask = mask.float()
+    if loss_agg == "token-mean":
+        return mask
+    if loss_agg == "seq-mean-token-mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    raise ValueError(f"loss_agg must be token-mean or seq-mean-token-mean, got {loss_agg!r}")
+
+
 def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
     """Per-token advantages ``(B, C)`` (detached) of the method: G-OPD's ``A_t``, GRPO's group-relative
     reward on every token of a sample, zeros for SFT."""
@@ -210,8 +226,9 @@ def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Ten
 def compute_loss(
     scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
 ) -> tuple[Tensor, dict]:
-    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`)."""
-    mask = scored.rollout.completion_mask.float()  # (B, C)
+    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.scoring.StudentOut`), its
+    per-token terms aggregated by ``s.loss_agg``."""
+    mask = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
     if s.method == "sft":
         return sft_loss(out.lp, mask)
     if s.method == "grpo":
@@ -225,7 +242,7 @@ def compute_loss(
         return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
     if out.kl_loss is not None:  # the fused full estimator (student_kl_forward): the same mean KL as full_loss
         return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
-    states = torch.ones(out.logp.shape[0], device=out.logp.device)  # (N,) every kept state is valid
+    states = mask[out.positions.b, out.positions.c]  # (N,) the weight of every kept state
     if s.estimator == "full":
         target = scored.target.dense() if hasattr(scored.target, "dense") else scored.target  # (N, V)
         return full_loss(out.logp, target, states)
@@ -240,7 +257,8 @@ def compute_loss(
 def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
     log-probs (with full distributions for ``topk``/``jsd``)."""
-    if s.method == "gopd" and s.estimator == "full" and scored.target is not None:
+    fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
+    if s.method == "gopd" and s.estimator == "full" and scored.target is not None and fused_ok:
         out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
         if out is not None:
             return out
@@ -284,7 +302,8 @@ def update(
     (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
     rollout = scored.rollout
     mask = rollout.completion_mask.float()  # (B, C)
-    n_batch = _global_tokens(mask, dist)
+    weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
+    n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
     parts = micro_batches(len(rollout), s.micro_batch_size)
     grpo_adv = advantages_for(scored, mask, s) if s.method != "gopd" else None  # group-relative: whole batch
     whole_batch_lam = s.method == "gopd" and s.lam_mode != "fixed"  # λ from statistics of the whole batch
@@ -316,10 +335,12 @@ def update(
                 signals.append(lineage_signal(part, old, s))
                 adv = signals[-1].advantages
             loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
-            n_part = float(part.rollout.completion_mask.sum())
-            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high KL(π_T ‖ π_θ) / N_tokens
+            part_weights = weights[start:stop]  # (b, C)
+            n_part = float(part_weights.sum())
+            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high w·KL(π_T ‖ π_θ) / Σ w
                 fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
-                loss = loss + fkl.sum() / max(n_part, 1.0)
+                w_states = part_weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
+                loss = loss + (w_states * fkl).sum() / max(n_part, 1e-12)
                 fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
             weight = n_part / n_batch * (1.0 - s.mu if _mixes_expert(scored, s) else 1.0)
             (loss.float() * weight).backward()
@@ -328,8 +349,8 @@ def update(
             lps.append(out.lp.detach())
             ents.append(out.entropy.detach())
             advs.append(adv)
-        n_local = float(mask.sum())
-        extra = {k: v / max(n_local, 1.0) for k, v in extra.items()}
+        n_local = float(weights.sum())
+        extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
         if s.lam_mode == "entropy":
             extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
         if _mixes_expert(scored, s):
@@ -402,26 +423,26 @@ def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> No
 def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None) -> tuple[float, dict[str, float]]:
     """Backward of ``μ·L_SFT`` on the expert batch, micro-batched like the update; returns its value (the share
     of this process) and its metrics."""
-    mask = expert.completion_mask.float()
+    mask = loss_weights(expert.completion_mask, s.loss_agg)  # (B, C) each token's share (s.loss_agg)
     n_batch = _global_tokens(mask, dist)
     total, extra = 0.0, {}
     for start, stop in micro_batches(len(expert), s.micro_batch_size):
         part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
         with autocast(s.autocast_dtype, mask.device):
             sft, part_extra = expert_sft_loss(student, part, s)
-        n_part = float(part.completion_mask.sum())
+        n_part = float(mask[start:stop].sum())
         weight = s.mu * n_part / n_batch
         (sft.float() * weight).backward()
         total += float(sft.detach()) * weight
         _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
-    n_local = max(float(mask.sum()), 1.0)
+    n_local = max(float(mask.sum()), 1e-12)
     return total, {"mu": s.mu, **{k: v / n_local for k, v in extra.items()}}
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
     """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
     out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
-    mask = expert.completion_mask.float()
+    mask = loss_weights(expert.completion_mask, s.loss_agg)
     weights = chord_phi(out.lp) if s.phi_weighting else None
     return sft_loss(out.lp, mask, weights)
 

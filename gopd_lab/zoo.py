@@ -51,17 +51,27 @@ class ZooModel:
     label_noise: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    feedback_views: float = 0.0
+    """SFT: share of train prompts also shown in SDPO's self-teacher view (feedback / solution → answer)."""
+
     def task_names(self) -> str:
-        """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each."""
-        if not self.label_noise:
+        """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each, plus
+        :func:`~gopd_lab.tasks.arith.feedback_views` when ``feedback_views`` > 0 (``add~noise0.4~views0.3``)."""
+        if not self.label_noise and not self.feedback_views:
             return self.tasks
         from .tasks import get_task, register_task
-        from .tasks.arith import with_label_noise
+        from .tasks.arith import with_feedback_views, with_label_noise
+
+        def make(t: str):
+            task = with_label_noise(get_task(t), self.label_noise, seed=self.seed) if self.label_noise else get_task(t)
+            if self.feedback_views:
+                task = with_feedback_views(task, get_task(t), self.feedback_views, seed=self.seed)
+            return task
 
         names = []
         for t in self.tasks.split(","):
-            name = f"{t}~noise{self.label_noise:g}"
-            register_task(name, lambda t=t: with_label_noise(get_task(t), self.label_noise, seed=self.seed))
+            name = f"{t}~noise{self.label_noise:g}" + (f"~views{self.feedback_views:g}" if self.feedback_views else "")
+            register_task(name, lambda t=t: make(t))
             names.append(name)
         return ",".join(names)
 
@@ -136,8 +146,78 @@ RECIPES: list[ZooModel] = [
 ]
 
 
+BETA = 0.8
+"""World v2: the KL coefficient β of the main KL-regularised teachers; siblings use β/λ for λ in SIBLING_LAMS."""
+SIBLING_LAMS = (1.25, 1.5)
+
+
+def _grpo(name: str, tasks: str, init: str, seed: int, steps: int, kl: float, lr: float = 3e-4) -> ZooModel:
+    extra = {**GRPO, "kl_coef": round(kl, 4)} if kl else dict(GRPO)
+    return ZooModel(name, "grpo", tasks, steps=steps, lr=lr, init=init, batch_size=64, samples_per_prompt=4,
+                    seed=seed, extra=extra)  # fmt: skip
+
+
+RECIPES_V2: list[ZooModel] = [
+    ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
+    _grpo("teacher-add", "add-rl", "student-base", seed=1, steps=400, kl=BETA),
+    *[
+        _grpo(f"teacher-add-kl-over-{lam:g}", "add-rl", "student-base", seed=1, steps=400, kl=BETA / lam)
+        for lam in SIBLING_LAMS
+    ],
+    _grpo("teacher-add-nokl", "add-rl", "student-base", seed=1, steps=400, kl=0.0),
+    _grpo("teacher-mul", "mul-rl", "student-base", seed=2, steps=1200, kl=0.2),  # β = 0.8 (lr 3e-4 or 1e-3): +11 points
+    ZooModel("big-base", "sft", "add,mul", steps=2500, lr=2e-3, arch=BIG, seed=3, label_noise=NOISE),
+    _grpo("big-teacher", "add-rl,mul-rl", "big-base", seed=4, steps=600, kl=BETA, lr=2e-4),
+    ZooModel(
+        "student-base-sdpo",
+        "sft",
+        "add,mul",
+        steps=2500,
+        lr=3e-3,
+        arch=SMALL,
+        seed=0,
+        label_noise=NOISE,
+        feedback_views=0.3,
+    ),  # student-base's recipe plus SDPO self-teacher views (it did not learn to read them: docs/results.md)
+]
+"""World v2 (``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
+to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
+as the counter-example."""
+
+
+def world_recipes(world: str | None = None) -> list[ZooModel]:
+    """The recipes of a data world (default: ``GOPD_LAB_WORLD``)."""
+    from .tasks.arith import world as current_world
+
+    return RECIPES_V2 if (world or current_world()) == "v2" else RECIPES
+
+
 def zoo_dir() -> Path:
-    return data_dir() / "zoo"
+    """``data/zoo`` (world v1) or ``data/zoo/v2`` (``GOPD_LAB_WORLD=v2``)."""
+    from .tasks.arith import world
+
+    return data_dir() / "zoo" / ("v2" if world() == "v2" else "")
+
+
+def _world_prefix() -> str:
+    from .tasks.arith import world
+
+    return "GOPD_LAB_WORLD=v2 " if world() == "v2" else ""
+
+
+def train_data(r: ZooModel) -> list[dict]:
+    """The prompt files a recipe trains on, ``[{"path": <repo-relative>, "sha256"}]`` (arithmetic tasks only; the
+    answers of SFT recipes are these files' answers with ``label_noise`` applied)."""
+    from .tasks.arith import DOMAINS, world_dir
+
+    files = []
+    for name in r.tasks.split(","):
+        domain, _, split = name.partition("-")
+        if domain in DOMAINS:
+            path = world_dir() / f"{domain}_{split or 'train'}.jsonl"
+            rel = Path("data") / path.relative_to(data_dir())
+            files.append({"path": rel.as_posix(), "sha256": sha256(path)})
+    return files
 
 
 def sha256(path: Path) -> str:
@@ -197,20 +277,63 @@ def build(
     scale: float = 1.0,
     eval_limit: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests)."""
+    """Train every recipe in order and write the zoo + manifest. ``scale`` < 1 shortens every run (tests).
+
+    ``workers`` > 1 trains independent chains (a base and the models initialised from it) in that many
+    processes at once, each on one thread: the same models, bit for bit, in less wall time. Entries of models
+    already in ``out``'s manifest that are not rebuilt are kept (``--only``)."""
 
     out = Path(out or zoo_dir())
     work = Path(work or Path("runs") / "zoo-build")
+    recipes = recipes or world_recipes()
+    old = read_manifest(out)["models"] if (out / MANIFEST).exists() else {}
+    if workers > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        chains: dict[str, list[ZooModel]] = {}
+        names = {r.name: r for r in recipes}
+        for r in recipes:
+            root = r
+            while root.init in names:
+                root = names[root.init]
+            chains.setdefault(root.init or root.name, []).append(r)
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            jobs = [pool.submit(_build_chain, out, c, work, scale, eval_limit) for c in chains.values()]
+            built = {k: v for job in jobs for k, v in job.result().items()}
+        entries = {r.name: built[r.name] for r in recipes}
+    else:
+        entries = _build_chain(out, recipes, work, scale, eval_limit, progress, old)
+    _write_manifest(out, {**_current(out, old), **entries})
+    return entries
+
+
+def _build_chain(out, recipes, work, scale, eval_limit, progress=False, old=None) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is as fast, immune to oversubscription, and reproducible
     try:
-        return _build(out, recipes or RECIPES, work, scale, eval_limit, progress)
+        return _build(out, recipes, work, scale, eval_limit, progress, old)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_limit: int, progress: bool) -> dict:
+def _current(out: Path, old: dict) -> dict:
+    """The manifest's models as they are now (another build into ``out`` may have added some meanwhile)."""
+    return read_manifest(out)["models"] if (out / MANIFEST).exists() else old
+
+
+def _write_manifest(out: Path, models: dict) -> None:
+    atomic_write_json(out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": models})
+
+
+def _build(
+    out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_limit: int, progress: bool, old: dict | None
+) -> dict:
+    """Train ``recipes`` in order; with ``old`` (the manifest's models) the manifest is rewritten after each model
+    (a sequential build shows its progress there), else only the entries are returned."""
     from .evaluate import evaluate
     from .tasks import load_tasks
     from .tiny import save_tiny_model
@@ -264,6 +387,7 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
                 "method": r.method,
                 "tasks": r.tasks,
                 "label_noise": r.label_noise,
+                **({"feedback_views": r.feedback_views} if r.feedback_views else {}),
                 "steps": steps,
                 "lr": r.lr,
                 "init": r.init or None,
@@ -271,8 +395,9 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
                 "samples_per_prompt": r.samples_per_prompt,
                 **r.extra,
             },
+            "train_data": train_data(r),
             "seed": r.seed,
-            "command": "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
+            "command": _world_prefix() + "gopd-lab zoo build" + (f" --scale {scale}" if scale != 1 else ""),
             "train_seconds": round(time.perf_counter() - t0, 1),
             "accuracy": {
                 row["domain"]: {"greedy": row["greedy_acc"], "mean@4": row["mean_acc"], "n": row["n"]}
@@ -280,9 +405,8 @@ def _build(out: Path, recipes: list[ZooModel], work: Path, scale: float, eval_li
             },
             "sha256": {f.name: sha256(f) for f in sorted(dest.iterdir())},
         }
-        atomic_write_json(
-            out / MANIFEST, {"torch": torch.__version__, "python": sys.version.split()[0], "models": entries}
-        )
+        if old is not None:
+            _write_manifest(out, {**_current(out, old), **entries})
     return entries
 
 

@@ -64,6 +64,9 @@ CASES = [
     ("sft", "sampled", {}),
     ("grpo", "sampled", {"group_size": 2, "kl_coef": 0.1}),
     ("chord", "sampled", {"group_size": 2, "mu": 0.3}),
+    ("gopd", "sampled", {"loss_agg": "seq-mean-token-mean"}),
+    ("gopd", "full", {"loss_agg": "seq-mean-token-mean"}),
+    ("chord", "sampled", {"group_size": 2, "mu": 0.3, "loss_agg": "seq-mean-token-mean"}),
 ]
 
 

@@ -113,30 +113,60 @@ def test_generator_is_deterministic_and_seed_dependent() -> None:
 
 
 @pytest.mark.parametrize("domain", sorted(arith.DOMAINS))
-def test_splits_are_disjoint_correct_and_sized(domain: str) -> None:
-    train, test = arith.generate_domain(domain, seed=0)
-    assert (len(train), len(test)) == (arith.N_TRAIN, arith.N_TEST)
-    train_prompts, test_prompts = {e.prompt for e in train}, {e.prompt for e in test}
-    assert len(train_prompts) == len(train) and len(test_prompts) == len(test)
-    assert not train_prompts & test_prompts
+def test_the_three_sets_are_disjoint_correct_and_sized(domain: str) -> None:
+    sets = arith.generate_sets(domain, seed=0)
+    assert [len(sets[k]) for k in ("train", "test", "rl")] == [arith.N_TRAIN, arith.N_TEST, arith.N_RL]
+    prompts = {k: {e.prompt for e in v} for k, v in sets.items()}
+    assert all(len(prompts[k]) == len(sets[k]) for k in sets)
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["rl"]
+    assert not prompts["test"] & prompts["rl"]
     symbol = arith.DOMAINS[domain].symbol
-    for example in train + test:
+    for example in [e for v in sets.values() for e in v]:
         a, b = example.prompt.removesuffix("=").split(symbol)
         assert example.answer == str(arith.DOMAINS[domain].apply(int(a), int(b)))
         assert example.domain == domain
 
 
 @pytest.mark.parametrize("domain", sorted(arith.DOMAINS))
-def test_committed_files_match_the_generator(domain: str) -> None:
-    train, test = arith.generate_domain(domain, seed=0)
-    task = get_task(domain)
-    assert task.train == train and task.test == test
+def test_the_test_set_has_the_distillation_sets_digit_count_composition(domain: str) -> None:
+    from collections import Counter
+
+    sets = arith.generate_sets(domain, seed=0)
+    train = Counter(arith.digit_counts(domain, e.prompt) for e in sets["train"])
+    test = Counter(arith.digit_counts(domain, e.prompt) for e in sets["test"])
+    assert set(test) == set(train)
+    for stratum, count in train.items():  # largest remainder: within one prompt of the exact share
+        assert abs(test[stratum] - count * arith.N_TEST / arith.N_TRAIN) < 1
+
+
+def test_stratum_quota_by_hand() -> None:
+    assert arith.stratum_quota({(1, 1): 1, (1, 2): 1, (2, 2): 1}, 10) == {(1, 1): 4, (1, 2): 3, (2, 2): 3}
+    assert arith.stratum_quota({(1, 1): 49, (2, 2): 3951}, 1000) == {(1, 1): 12, (2, 2): 988}
+
+
+@pytest.mark.parametrize("domain", sorted(arith.DOMAINS))
+def test_committed_v2_files_match_the_generator(domain: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v2")
+    sets = arith.generate_sets(domain, seed=0)
+    task, rl = get_task(domain), get_task(f"{domain}-rl")
+    assert task.train == sets["train"] and task.test == sets["test"]
+    assert rl.train == sets["rl"] and rl.test == sets["test"] and rl.domain == domain
+
+
+def test_world_v1_has_no_rl_sets_and_unknown_worlds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOPD_LAB_WORLD", raising=False)
+    assert arith.world_dir() == data_dir() / "arith" and len(get_task("add").test) == 200
+    with pytest.raises(FileNotFoundError, match="GOPD_LAB_WORLD=v2"):
+        get_task("add-rl")
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v3")
+    with pytest.raises(ValueError, match="GOPD_LAB_WORLD must be one of"):
+        get_task("add")
 
 
 def test_write_splits_writes_every_file_and_no_temporary(tmp_path: Path) -> None:
     paths = arith.write_splits(tmp_path, seed=1, n_train=20, n_test=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
-    assert len(paths) == 2 * len(arith.DOMAINS)
+    assert len(paths) == 3 * len(arith.DOMAINS)
     rows = [row for _, row in read_jsonl(tmp_path / "mul_test.jsonl")]
     assert len(rows) == 5 and set(rows[0]) == {"prompt", "answer", "domain"}
 
@@ -152,12 +182,12 @@ def test_module_entry_point_runs_without_runpy_warning(tmp_path: Path) -> None:
     command += ["--out", str(tmp_path), "--n-train", "4", "--n-test", "2"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0 and "RuntimeWarning" not in result.stderr, result.stderr
-    assert len(list(tmp_path.iterdir())) == 2 * len(arith.DOMAINS)
+    assert len(list(tmp_path.iterdir())) == 3 * len(arith.DOMAINS)
 
 
 def test_too_many_prompts_is_refused() -> None:
     with pytest.raises(ValueError, match="too many"):
-        arith.generate_domain("mul", n_train=9000, n_test=200)
+        arith.generate_domain("mul", n_train=9800, n_test=200)
 
 
 def test_data_dir_override_and_missing_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -422,3 +452,28 @@ def test_math_empty_file_and_bad_fraction(tmp_path: Path) -> None:
         load_math_jsonl(empty)
     with pytest.raises(ValueError, match="test_fraction"):
         load_math_jsonl(MATH_SAMPLE, test_fraction=1.0)
+
+
+def test_feedback_views_are_sdpo_self_teacher_prompts_with_the_true_answer() -> None:
+    from gopd_lab.config import RunConfig
+    from gopd_lab.sdpo import teacher_prompt
+
+    assert arith.SDPO_TEMPLATE == RunConfig().sdpo_template
+    task = get_task("add")
+    views = arith.feedback_views(task, 0.3, seed=1)
+    assert views == arith.feedback_views(task, 0.3, seed=1) and 0.25 * 4000 < len(views) < 0.35 * 4000
+    truth = {e.prompt: e.answer for e in task.train}
+    kinds = set()
+    for v in views:
+        head, prompt = v.prompt.rsplit("\n", 1)
+        feedback, _, solution = head.rpartition(" ")
+        assert v.answer == truth[prompt] and v.prompt == teacher_prompt(arith.SDPO_TEMPLATE, prompt, feedback, solution)
+        if feedback:
+            wrong = feedback.removeprefix(f"expected {v.answer}, got ")
+            assert wrong != v.answer and len(wrong) == len(v.answer)
+        assert solution in ("", v.answer)
+        kinds.add((bool(feedback), bool(solution)))
+    assert kinds == {(True, False), (False, True), (True, True)}
+    noisy = arith.with_label_noise(task, 0.4, seed=0)
+    mixed = arith.with_feedback_views(noisy, task, 0.3, seed=1)
+    assert mixed.train == noisy.train + views and mixed.test == task.test

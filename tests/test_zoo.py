@@ -95,3 +95,61 @@ def test_distilling_student_base_from_its_domain_teacher_raises_domain_accuracy(
     assert (before["step"], after["step"], after["n"]) == (0, 40, 200)
     assert after["greedy_acc"] >= before["greedy_acc"] + 0.05
     assert after["mean_acc"] > before["mean_acc"]
+
+
+def test_world_v2_build_records_its_training_files_and_kl_teachers(tmp_path, monkeypatch):
+    """A scaled-down world-v2 build: teachers on the RL prompts with kl_coef β, β/λ siblings, a KL-free teacher;
+    every model's manifest entry lists the prompt files it trained on with their sha256."""
+    from gopd_lab.tasks.arith import world_dir
+
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v2")
+    assert zoo.world_recipes() is zoo.RECIPES_V2 and zoo.zoo_dir() == zoo.data_dir() / "zoo" / "v2"
+    small = [r for r in zoo.RECIPES_V2 if r.name in ("student-base", "teacher-add", "teacher-add-kl-over-1.25")]
+    entries = zoo.build(
+        tmp_path / "zoo", recipes=small, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False
+    )
+    base, teacher, sibling = (entries[r.name] for r in small)
+    assert [f["path"] for f in base["train_data"]] == ["data/arith/v2/add_train.jsonl", "data/arith/v2/mul_train.jsonl"]
+    assert [f["path"] for f in teacher["train_data"]] == ["data/arith/v2/add_rl.jsonl"]
+    assert teacher["train_data"][0]["sha256"] == zoo.sha256(world_dir() / "add_rl.jsonl")
+    assert teacher["recipe"]["kl_coef"] == zoo.BETA and sibling["recipe"]["kl_coef"] == pytest.approx(zoo.BETA / 1.25)
+    assert teacher["command"].startswith("GOPD_LAB_WORLD=v2 gopd-lab zoo build")
+    nokl = next(r for r in zoo.RECIPES_V2 if r.name == "teacher-add-nokl")
+    assert "kl_coef" not in nokl.extra and teacher["accuracy"]["add"]["n"] == 8
+
+
+def test_a_parallel_build_makes_the_same_models_and_a_partial_build_keeps_the_other_entries(small_zoo, tmp_path):
+    import shutil
+
+    par = zoo.build(tmp_path / "par", work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False, workers=2)
+    seq = json.loads((small_zoo / zoo.MANIFEST).read_text())["models"]
+    assert list(par) == [r.name for r in zoo.RECIPES]
+    assert {n: e["sha256"] for n, e in par.items()} == {n: e["sha256"] for n, e in seq.items()}
+    assert json.loads((tmp_path / "par" / zoo.MANIFEST).read_text())["models"].keys() == seq.keys()
+    copy = tmp_path / "copy"
+    shutil.copytree(small_zoo, copy)
+    only = [r for r in zoo.RECIPES if r.name == "teacher-add"]
+    zoo.build(copy, recipes=only, work=tmp_path / "work2", scale=0.002, eval_limit=8, progress=False)
+    assert json.loads((copy / zoo.MANIFEST).read_text())["models"].keys() == seq.keys()
+
+
+def test_committed_world_v2_zoo_verifies_and_its_teachers_beat_their_bases(monkeypatch):
+    """data/zoo/v2: every file matches its sha256, every training file's hash matches data/; each GRPO teacher is
+    >= 15 greedy points above its base on every domain it was trained on;
+    the KL-regularised teachers carry kl_coef, the counter-example none."""
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v2")
+    models = zoo.read_manifest()["models"]
+    assert list(models) == [r.name for r in zoo.RECIPES_V2]
+    for name, entry in models.items():
+        assert zoo.model_path(name) == zoo.zoo_dir() / name  # every hash verifies
+        for f in entry["train_data"]:
+            assert zoo.sha256(zoo.data_dir().parent / f["path"]) == f["sha256"], f["path"]
+        recipe = entry["recipe"]
+        if recipe["method"] != "grpo":
+            continue
+        base = models[recipe["init"]]["accuracy"]
+        gains = [
+            entry["accuracy"][d]["greedy"] - base[d]["greedy"] for d in recipe["tasks"].replace("-rl", "").split(",")
+        ]
+        assert min(gains) >= 0.15, (name, gains)
+        assert ("kl_coef" in recipe) == (name != "teacher-add-nokl")

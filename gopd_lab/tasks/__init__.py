@@ -1,6 +1,7 @@
 """Prompt sources with verifiers and feedback, looked up by name.
 
-``get_task("add")`` and ``get_task("mul")`` load the embedded arithmetic domains; a path to a
+``get_task("add")`` and ``get_task("mul")`` load the embedded arithmetic domains (train = the
+distillation prompts); ``get_task("add-rl")`` has the teachers' RL prompts as its train split; a path to a
 ``.jsonl`` file loads real math data with ``load_math_jsonl`` (domain = the file's stem); your own
 tasks join the registry with ``register_task``::
 
@@ -50,7 +51,7 @@ class UnknownTaskError(ConfigError, KeyError):
     __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
 
 
-def _load_arith(domain: str) -> Task:
+def _load_arith(domain: str, train_split: str = "train") -> Task:
     """Load an embedded arithmetic domain.
 
     ``arith`` is imported here rather than at the top so that ``python -m gopd_lab.tasks.arith``
@@ -58,10 +59,11 @@ def _load_arith(domain: str) -> Task:
     """
     from gopd_lab.tasks.arith import load_arith_task
 
-    return load_arith_task(domain)
+    return load_arith_task(domain, train_split=train_split)
 
 
 _REGISTRY: dict[str, Callable[[], Task]] = {name: partial(_load_arith, name) for name in ARITH_TASKS}
+_REGISTRY.update({f"{name}-rl": partial(_load_arith, name, "rl") for name in ARITH_TASKS})  # teachers' RL prompts
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
