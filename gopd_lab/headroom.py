@@ -52,24 +52,35 @@ class TargetModel(nn.Module):
             )
 
     def forward(self, *, past_key_values=None, **kwargs) -> _TargetOutput:
-        cache_t, cache_r = past_key_values if past_key_values is not None else (None, None)
+        """One decoding step of both models. ``past_key_values`` is the pair of caches this method returned
+        (anything else, e.g. the empty cache a decode loop starts with, starts both models afresh)."""
+        cache_t, cache_r = past_key_values if isinstance(past_key_values, tuple) else (None, None)
         if self.lam == 1.0:  # π_R^0 · π_T: the teacher alone, its own logits
-            out = self.teacher(past_key_values=cache_t, **kwargs)
-            cache = getattr(out, "past_key_values", None)
-            return _TargetOutput(out.logits, None if cache is None else (cache, None))
+            logits, cache = _step(self.teacher, cache_t, kwargs)
+            return _TargetOutput(logits, None if cache is None else (cache, None))
         if self.lam == 0.0:  # the reference alone
-            out = self.reference(past_key_values=cache_r, **kwargs)
-            cache = getattr(out, "past_key_values", None)
-            return _TargetOutput(out.logits, None if cache is None else (None, cache))
-        out_t = self.teacher(past_key_values=cache_t, **kwargs)
-        out_r = self.reference(past_key_values=cache_r, **kwargs)
-        lp_t = torch.log_softmax(out_t.logits.float(), dim=-1)  # (B, T, V)
-        lp_r = torch.log_softmax(out_r.logits.float(), dim=-1)
+            logits, cache = _step(self.reference, cache_r, kwargs)
+            return _TargetOutput(logits, None if cache is None else (None, cache))
+        logits_t, cache_t = _step(self.teacher, cache_t, kwargs)
+        logits_r, cache_r = _step(self.reference, cache_r, kwargs)
+        lp_t = torch.log_softmax(logits_t.float(), dim=-1)  # (B, T, V)
+        lp_r = torch.log_softmax(logits_r.float(), dim=-1)
         logits = self.lam * lp_t + (1.0 - self.lam) * lp_r  # log of π_R^(1-λ)·π_T^λ, unnormalised
-        caches = (getattr(out_t, "past_key_values", None), getattr(out_r, "past_key_values", None))
-        if caches[0] is None or caches[1] is None:
-            caches = None  # one model without a cache: the sampler re-feeds the whole sequence to both
+        caches = None if cache_t is None or cache_r is None else (cache_t, cache_r)  # None: re-feed the sequence
         return _TargetOutput(logits, caches)
+
+
+def _step(model: nn.Module, cache, kwargs: dict) -> tuple[torch.Tensor, Any]:
+    """``model``'s logits for one decoding step and its key-value cache (None for a model without one), passed
+    under the keyword its ``forward`` takes (``cache`` or ``past_key_values``, :func:`~gopd_lab.rollout.cache_argument`)."""
+    from .rollout import cache_argument, new_cache
+
+    key = cache_argument(model)
+    if key is None or not kwargs.get("use_cache", False):
+        return model(**{k: v for k, v in kwargs.items() if k != "use_cache"}).logits, None
+    cache = cache if cache is not None else new_cache(model)
+    out = model(**{key: cache}, **kwargs)
+    return out.logits, getattr(out, "past_key_values", None) or cache
 
 
 def _vocab(model: nn.Module) -> int | None:
