@@ -6,7 +6,7 @@ completion has length ``H``). A state is the prefix of completion tokens; there 
 answers ``model(input_ids).logits`` like a causal LM, so the package's own rollout, scoring and update
 code trains it unchanged.
 
-Closed forms (DESIGN.md §2), with ``g(s, a) = π_R(a|s)^(1−λ) · π_T(a|s)^λ``:
+Closed forms (docs/math.md, steps 4–5), with ``g(s, a) = π_R(a|s)^(1−λ) · π_T(a|s)^λ``:
 
 - token level: ``π(a|s) ∝ g(s, a)`` at every state (what γ = 0 estimators converge to);
 - sequence level: ``π*(a) ∝ Π_t g(s_t, a_t)`` over whole sequences; its conditionals are

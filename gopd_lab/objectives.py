@@ -1,6 +1,6 @@
 """The G-OPD objectives as pure tensor functions (no model calls).
 
-Notation (DESIGN.md §2): per-token log-probs on the sampled completion tokens ``lp_student``
+Notation (docs/math.md): per-token log-probs on the sampled completion tokens ``lp_student``
 (log π_θ), ``lp_teacher`` (log π_T), ``lp_reference`` (log π_R), each ``(B, C)`` float32, and a
 completion ``mask`` ``(B, C)`` that is 1 on real completion tokens (up to and including EOS).
 

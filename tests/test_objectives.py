@@ -1,4 +1,4 @@
-"""The G-OPD objectives (DESIGN.md §2) against hand-computed values and naive formulas."""
+"""The G-OPD objectives (docs/math.md) against hand-computed values and naive formulas."""
 
 import math
 
