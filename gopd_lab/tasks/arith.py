@@ -196,6 +196,15 @@ def world() -> str:
     return name
 
 
+def use_world(name: str) -> str:
+    """Make ``name`` (``v1`` or ``v2``) the data world of this process and of the processes it starts
+    (``$GOPD_LAB_WORLD``); returns it. A notebook or script calls it before it loads tasks or the zoo."""
+    if name not in WORLDS:
+        raise ValueError(f"world must be one of {sorted(WORLDS)}, got {name!r}")
+    os.environ["GOPD_LAB_WORLD"] = name
+    return name
+
+
 def world_dir() -> Path:
     """``data_dir() / "arith"`` (v1) or ``data_dir() / "arith/v2"`` (v2), after :func:`world`."""
     return data_dir() / WORLDS[world()]
