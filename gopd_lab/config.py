@@ -174,7 +174,7 @@ class RunConfig:
     lora_target_modules: list[str] | str = "all-linear"
     """Modules that get LoRA adapters (peft's ``target_modules``)."""
     score_chunk_tokens: int = 0
-    """Positions per chunk when projecting hidden states to the vocabulary (0 = auto: about 8 MiB of float32
+    """Positions per chunk when projecting hidden states to the vocabulary (0 = auto: about 32 MiB of float32
     logits per chunk on CPU, 1 GiB on CUDA)."""
     # --- GPU path (issue 14): micro-batching, gradient checkpointing, mixed precision, rollout backend
     micro_batch_size: int = 0

@@ -29,7 +29,7 @@ def test_cuda_sampling_uses_device_generators_and_large_chunks(world):
     from gopd_lab.scoring import chunk_rows
 
     tok, student, _, prompts = world
-    assert chunk_rows(151_936, 0, "cuda") > 1000 and chunk_rows(151_936, 0, "cpu") < 20
+    assert chunk_rows(151_936, 0, "cuda") > 1000 and chunk_rows(151_936, 0, "cpu") < 100
     gen = torch.Generator(device="cuda").manual_seed(0)
     a = sample(student, prompts, max_new_tokens=20, eos_token_id=tok.eos_token_id, pad_token_id=0, generator=gen)
     gen = torch.Generator(device="cuda").manual_seed(0)
