@@ -262,9 +262,18 @@ def _score_pair(
     lazy = lazy and len(pos) * width * 4 > LAZY_TARGET_BYTES
     acc: dict[str, list[Tensor]] = {}
     dense: Tensor | None = None  # (N, V) per-state output, written chunk by chunk
+    want_dense = (estimator == "full" and not lazy) or estimator == "jsd"
+    # the dense output is the teacher's log-probs themselves (jsd, or full at λ = 1): log_softmax writes into it
+    direct = want_dense and (estimator == "jsd" or (head_r is None and bool((lam_n == 1).all())))
     for i in range(0, len(pos), n):
         tok = tokens[i : i + n, None]
-        logp_t = torch.log_softmax(head_t(feats_t[i : i + n]).float(), -1)  # (n, V)
+        logits_t = head_t(feats_t[i : i + n]).float()
+        if direct:
+            if dense is None:
+                dense = logits_t.new_empty(len(pos), logits_t.shape[-1])
+            logp_t = torch.log_softmax(logits_t, -1, out=dense[i : i + n])  # (n, V), no copy
+        else:
+            logp_t = torch.log_softmax(logits_t, -1)  # (n, V)
         lp_tok = logp_t.gather(-1, tok).squeeze(-1)
         _add(acc, "lp_teacher", lp_tok)
         _add(acc, "rank", (logp_t > lp_tok[:, None]).sum(-1, dtype=torch.int32).long())
@@ -278,7 +287,7 @@ def _score_pair(
         if head_r is not None:
             logp_r = torch.log_softmax(head_r(feats_r[i : i + n]).float(), -1)  # (n, V)
             _add(acc, "lp_reference", logp_r.gather(-1, tok).squeeze(-1))
-        if (estimator == "full" and not lazy) or estimator == "jsd":
+        if want_dense and not direct:
             if dense is None:
                 dense = logp_t.new_empty(len(pos), logp_t.shape[-1])
             dense[i : i + n] = target_logprobs(logp_t, logp_r, lam_n[i : i + n]) if estimator == "full" else logp_t

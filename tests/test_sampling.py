@@ -1,4 +1,4 @@
-"""The token sampler (``rollout.sample_next``): the exponential race draws exactly from softmax(logits / T)."""
+"""The token sampler (``rollout.sample_next``): inverse-CDF draws follow softmax(logits / T) exactly."""
 
 import torch
 
