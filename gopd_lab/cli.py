@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zoo", help="build or list the embedded model zoo")
     p.add_argument("action", choices=["build", "list"])
-    p.add_argument("--out", help="zoo directory (default data/zoo; data/zoo/v2 with GOPD_LAB_WORLD=v2)")
+    p.add_argument("--out", help="zoo directory (default data/zoo/v2; data/zoo with GOPD_LAB_WORLD=v1)")
     p.add_argument("--only", help="comma-separated model names to (re)build")
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every training length (e.g. 0.05 for a quick check)"

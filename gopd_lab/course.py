@@ -3,10 +3,10 @@ and the exercise checker.
 
 A notebook's kernel starts in ``notebooks/`` under JupyterLab, ``make lab`` and nbval, and in the repository
 root under ``papermill --cwd .`` or a sweep. ``repo_path`` makes a relative path mean the same file in both:
-it is read against the repository that holds this package, so ``repo_path("sweeps/lam_single_teacher.yaml")``
+it is read against the repository that holds this package, so ``repo_path("sweeps/v2/lam.yaml")``
 is found from either folder.
 
-The paper's sweeps ship their results in ``sweeps/results/<name>/`` (written by :func:`publish_sweep` from a
+The paper's sweeps ship their results in ``results/<world>/<name>/`` (written by :func:`publish_sweep` from a
 finished ``gopd-lab sweep`` dir): ``sweep.json`` (the plan), one folder per point with ``params.json``,
 ``point.json``, ``config.json``, ``metrics.jsonl``, ``eval.jsonl`` and ``summary.json``. ``load_sweep`` reads
 such a folder like any sweep dir; the executed point notebooks, logs, samples and weights are left out.
@@ -51,8 +51,8 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository this package was installed from (``pip install -e .``)."""
-SWEEP_RESULTS = REPO / "sweeps" / "results"
-"""Committed results of the paper's sweeps, one folder per spec in ``sweeps/``."""
+SWEEP_RESULTS = REPO / "results"
+"""Committed results of the paper's sweeps: ``results/<world>/<name>`` for the spec ``sweeps/<world>/<name>.yaml``."""
 POINT_FILES = ("params.json", "point.json", "config.json", "metrics.jsonl", "eval.jsonl", "summary.json")
 """What :func:`publish_sweep` keeps of each point."""
 
@@ -109,10 +109,10 @@ def repo_path(path: str | Path) -> Path:
 
 
 def committed_sweep(name: str) -> Path:
-    """The committed results of the sweep ``sweeps/<name>.yaml`` (``sweeps/results/<name>``)."""
+    """The committed results of the sweep ``sweeps/<name>.yaml`` (``results/<name>``; ``name`` is e.g. ``"v2/lam"``)."""
     root = SWEEP_RESULTS / name
     if not (root / "sweep.json").is_file():
-        have = sorted(p.name for p in SWEEP_RESULTS.glob("*") if (p / "sweep.json").is_file())
+        have = sorted(str(p.parent.relative_to(SWEEP_RESULTS)) for p in SWEEP_RESULTS.glob("*/*/sweep.json"))
         raise FileNotFoundError(
             f"no committed results for sweep {name!r} in {SWEEP_RESULTS} (committed: {have}); run it with "
             f"`gopd-lab sweep --spec sweeps/{name}.yaml` and view its sweep dir, e.g. runs/sweeps/{name}"
@@ -139,13 +139,16 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def publish_sweep(sweep_dir: str | Path, dest: str | Path) -> Path:
+def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int = 1) -> Path:
     """Copy a finished sweep dir's plan and run files (``POINT_FILES``) to ``dest``, small enough to commit.
 
     Paths inside the repository are written relative to it; ``metrics.jsonl`` values are rounded to 6
-    significant digits (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``.
+    significant digits and, with ``metrics_every`` = n > 1, only every n-th step (and the last) is kept
+    (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``.
     ``dest`` is written to a temporary sibling and renamed into place, so it is never half-written.
     """
+    if metrics_every < 1:
+        raise ValueError(f"metrics_every must be a positive number of steps, got {metrics_every}")
     src, dest = repo_path(sweep_dir), repo_path(dest)
     plan = json.loads((src / "sweep.json").read_text())
     bad = [p for p in plan["points"] if json.loads((src / p / "point.json").read_text()).get("status") != "ok"]
@@ -163,7 +166,9 @@ def publish_sweep(sweep_dir: str | Path, dest: str | Path) -> Path:
             if (src / pid / name).is_file():
                 text = (src / pid / name).read_text().replace(f"{REPO}/", "")  # paths relative to the repository
                 if name == "metrics.jsonl":  # 6 significant digits: a third of the size, far below seed noise
-                    text = "".join(json.dumps(_rounded(json.loads(line))) + "\n" for line in text.splitlines() if line)
+                    rows = [json.loads(line) for line in text.splitlines() if line]
+                    rows = [r for i, r in enumerate(rows) if i == len(rows) - 1 or r["step"] % metrics_every == 0]
+                    text = "".join(json.dumps(_rounded(r)) + "\n" for r in rows)
                 (tmp / pid / name).write_text(text)
         info = json.loads((tmp / pid / "point.json").read_text())
         info["notebook"] = None  # the executed notebook is not published

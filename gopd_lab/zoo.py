@@ -180,7 +180,7 @@ RECIPES_V2: list[ZooModel] = [
         feedback_views=0.3,
     ),  # student-base's recipe plus SDPO self-teacher views (it did not learn to read them: docs/results.md)
 ]
-"""World v2 (``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
+"""World v2 (the default; ``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
 to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
 as the counter-example."""
 
@@ -193,7 +193,7 @@ def world_recipes(world: str | None = None) -> list[ZooModel]:
 
 
 def zoo_dir() -> Path:
-    """``data/zoo`` (world v1) or ``data/zoo/v2`` (``GOPD_LAB_WORLD=v2``)."""
+    """``data/zoo/v2`` (world v2, the default) or ``data/zoo`` (``GOPD_LAB_WORLD=v1``)."""
     from .tasks.arith import world
 
     return data_dir() / "zoo" / ("v2" if world() == "v2" else "")
@@ -202,7 +202,7 @@ def zoo_dir() -> Path:
 def _world_prefix() -> str:
     from .tasks.arith import world
 
-    return "GOPD_LAB_WORLD=v2 " if world() == "v2" else ""
+    return f"GOPD_LAB_WORLD={world()} "
 
 
 def train_data(r: ZooModel) -> list[dict]:

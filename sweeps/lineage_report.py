@@ -1,8 +1,8 @@
-"""The lineage sweep (sweeps/lineage.yaml): collect its points into a small committed table, and print the
+"""The lineage sweep (sweeps/v1/lineage.yaml): collect its points into a small committed table, and print the
 markdown of docs/results.md's lineage section (every arm against λ = 1, paired over training seeds).
 
-    python sweeps/lineage_report.py --collect   # runs/sweeps/lineage → results/lineage.csv (committed)
-    python sweeps/lineage_report.py             # results/lineage.csv → markdown tables on stdout
+    python sweeps/lineage_report.py --collect   # runs/sweeps/lineage → results/v1/lineage.csv (committed)
+    python sweeps/lineage_report.py             # results/v1/lineage.csv → markdown tables on stdout
 
 The table has one row per point: ``arm``, ``seed``, ``status``, ``wall_seconds``, the final test accuracies
 (``eval_add_greedy_acc``, ``eval_add_mean_acc``) and, averaged over the run's steps, what the arm's rule chose
@@ -23,8 +23,8 @@ from gopd_lab.runio import atomic_write_text, read_jsonl
 from gopd_lab.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP_DIR = ROOT / "runs" / "sweeps" / "lineage"
-TABLE = ROOT / "results" / "lineage.csv"
+SWEEP_DIR = ROOT / "runs" / "sweeps" / "v1" / "lineage"
+TABLE = ROOT / "results" / "v1" / "lineage.csv"
 ARMS = ["fixed-1", "fixed-1.25", "fixed-1.5", "reopd", "agopd", "entropy", "gated"]
 BASELINE = "fixed-1"
 METRICS = {"eval_add_greedy_acc": "add greedy", "eval_add_mean_acc": "add mean@4"}

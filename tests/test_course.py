@@ -33,11 +33,11 @@ def test_check_says_right_wrong_or_unanswered_and_never_raises():
 
 def test_repo_path_reads_relative_paths_against_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert course.repo_path("sweeps/lam_single_teacher.yaml").is_file()
+    assert course.repo_path("sweeps/v2/lam.yaml").is_file()
     assert course.repo_path(tmp_path / "x") == tmp_path / "x"
 
 
-@pytest.mark.parametrize("name", ["lam_single_teacher", "multi_teacher_merge"])
+@pytest.mark.parametrize("name", ["v1/lam_single_teacher", "v1/multi_teacher_merge"])
 def test_committed_sweeps_load_and_match_their_spec(name):
     import yaml
 
@@ -57,7 +57,7 @@ def test_committed_sweep_names_the_fix_when_missing():
 
 
 def test_zoo_models_in_a_plan():
-    plan = course.sweep_plan(course.committed_sweep("multi_teacher_merge"))
+    plan = course.sweep_plan(course.committed_sweep("v1/multi_teacher_merge"))
     assert course.zoo_models_in(plan) == ["student-base", "teacher-add", "teacher-mul"]
 
 

@@ -8,7 +8,7 @@ in code cells, imports from ``gopd_lab`` (plus ``torch`` and ``plotly``), under 
 The runs use a kernel for this interpreter made by ``gopd_lab.sweep``'s private kernelspec helper (the one a
 sweep gives its points) and write only under ``tmp_path``. 07 runs twice from the repository root (a tiny
 sweep, then the same sweep dir viewed without running) and once as JupyterLab opens it, from ``notebooks/``
-with its defaults (the committed results of ``sweeps/lam_single_teacher.yaml``). The asserts inside each notebook are the test.
+with its defaults (the committed results of ``sweeps/v2/lam.yaml``). The asserts inside each notebook are the test.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ ZOO_MODELS = {
 
 # Tiny settings: a few steps and points; two seeds, so 07's std over seeds is checked. Paths are added per test.
 CI_PARAMETERS: dict[str, dict] = {
-    "07_sweeps": dict(lams=[1.0, 1.25], seeds=[0, 1], steps=2, batch_size=4, workers=2),
+    "07_sweeps": dict(lams=[1.0, 1.25], seeds=[0, 1], steps=2, batch_size=4, eval_limit=20, workers=2),
     "08_neighbours": dict(
         steps=2,
         batch_size=4,
@@ -145,8 +145,8 @@ def test_07_opens_the_committed_results_from_the_notebooks_folder(tmp_path, kern
     cells = json.loads(executed.read_text())["cells"]
     plan_cell = next(c for c in cells if source(c).startswith("if run:"))
     shown = "".join(plan_cell["outputs"][0]["data"]["text/plain"])
-    plan = sweep_plan(committed_sweep("lam_single_teacher"))
-    assert str(committed_sweep("lam_single_teacher")) in shown, "the committed results are shown"
+    plan = sweep_plan(committed_sweep("v2/lam"))
+    assert str(committed_sweep("v2/lam")) in shown, "the committed results are shown"
     assert f"'points': {len(plan['points'])}" in shown, "the plan is the shown sweep's sweep.json"
 
 

@@ -1,6 +1,6 @@
 """The lineage notebooks, 09 (the G-OPD lineage side by side) and its sweep's point notebook: committed clean
 (``notebook_checks`` rules) and each runs top to bottom with papermill at tiny settings on the embedded zoo.
-09 reads the committed ``results/lineage.csv``; its asserts (the logged λ_t, gates and splits are exactly the
+09 reads the committed ``results/v1/lineage.csv``; its asserts (the logged λ_t, gates and splits are exactly the
 formulas, and the claims about the comparison) are the test."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def test_committed_notebook_is_clean(stem):
 def test_results_table_is_committed_with_every_arm_and_seed():
     import pandas as pd
 
-    results = pd.read_csv(ROOT / "results" / "lineage.csv")
+    results = pd.read_csv(ROOT / "results" / "v1" / "lineage.csv")
     arms = ["fixed-1", "fixed-1.25", "fixed-1.5", "reopd", "agopd", "entropy", "gated"]
     assert sorted(results.arm.unique()) == sorted(arms)
     assert all(sorted(results[results.arm == a].seed) == [0, 1, 2, 3, 4] for a in arms), "paired seeds"

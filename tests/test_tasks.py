@@ -153,11 +153,19 @@ def test_committed_v2_files_match_the_generator(domain: str, monkeypatch: pytest
     assert rl.train == sets["rl"] and rl.test == sets["test"] and rl.domain == domain
 
 
-def test_world_v1_has_no_rl_sets_and_unknown_worlds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_world_v2_is_the_default_v1_has_no_rl_sets_and_unknown_worlds_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("GOPD_LAB_WORLD", raising=False)
+    assert arith.world() == "v2" and arith.world_dir() == data_dir() / "arith" / "v2"
+    assert len(get_task("add").test) == 1000
+    monkeypatch.setenv("GOPD_LAB_WORLD", "v1")
     assert arith.world_dir() == data_dir() / "arith" and len(get_task("add").test) == 200
-    with pytest.raises(FileNotFoundError, match="GOPD_LAB_WORLD=v2"):
+    with pytest.raises(FileNotFoundError, match="set it to v2"):
         get_task("add-rl")
+    assert arith.use_world("v2") == "v2" and arith.world() == "v2"
+    with pytest.raises(ValueError, match="world must be one of"):
+        arith.use_world("v3")
     monkeypatch.setenv("GOPD_LAB_WORLD", "v3")
     with pytest.raises(ValueError, match="GOPD_LAB_WORLD must be one of"):
         get_task("add")
@@ -195,7 +203,8 @@ def test_data_dir_override_and_missing_files(tmp_path: Path, monkeypatch: pytest
     assert data_dir() == tmp_path
     with pytest.raises(FileNotFoundError, match="python -m gopd_lab.tasks.arith"):
         get_task("add")
-    arith.write_splits(tmp_path / "arith", seed=0, n_train=8, n_test=2)
+    arith.write_splits(arith.world_dir(), seed=0, n_train=8, n_test=2)  # data/arith/v2 under the override
+    assert arith.world_dir() == tmp_path / "arith" / "v2"
     assert len(get_task("mul").train) == 8
 
 

@@ -39,7 +39,7 @@ rl     4,000     30 / 400 / 363 / 3,207                          379 / 3,621
 
 They live in ``data/arith/v2``; the world-v1 splits (4,000 train + 200 test per domain, digit counts drawn
 uniformly, which made a quarter of ``add``'s test set one-digit + one-digit prompts) stay in ``data/arith``
-for the committed zoo. ``GOPD_LAB_WORLD`` (``v1`` by default, or ``v2``) picks the files ``get_task`` loads.
+for the world-v1 zoo. ``GOPD_LAB_WORLD`` (``v2`` by default, or ``v1``) picks the files ``get_task`` loads.
 The v2 files are rebuilt with ``python -m gopd_lab.tasks.arith --out data/arith/v2 --seed 0``.
 """
 
@@ -189,8 +189,8 @@ def write_splits(
 
 
 def world() -> str:
-    """The data world ``get_task`` loads: ``$GOPD_LAB_WORLD`` (``v1`` when unset)."""
-    name = os.environ.get("GOPD_LAB_WORLD", "v1")
+    """The data world ``get_task`` loads: ``$GOPD_LAB_WORLD`` (``v2`` when unset or empty)."""
+    name = os.environ.get("GOPD_LAB_WORLD") or "v2"
     if name not in WORLDS:
         raise ValueError(f"GOPD_LAB_WORLD must be one of {sorted(WORLDS)}, got {name!r}")
     return name
@@ -234,7 +234,9 @@ def load_arith_task(domain: str, directory: str | Path | None = None, *, train_s
     if train_split not in ("train", "rl"):
         raise ValueError(f"train_split must be 'train' or 'rl', got {train_split!r}")
     if directory is None and train_split == "rl" and world() == "v1":
-        raise FileNotFoundError(f"the teachers' RL prompts ({domain}-rl) exist in world v2 only: set GOPD_LAB_WORLD=v2")
+        raise FileNotFoundError(
+            f"the teachers' RL prompts ({domain}-rl) exist in world v2 only: unset GOPD_LAB_WORLD or set it to v2"
+        )
     directory = Path(directory) if directory is not None else world_dir()
     train_path, test_path = directory / f"{domain}_{train_split}.jsonl", directory / f"{domain}_test.jsonl"
     for path in (train_path, test_path):
