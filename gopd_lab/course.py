@@ -139,11 +139,12 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int = 1) -> Path:
+def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int = 1, metrics_head: int = 10) -> Path:
     """Copy a finished sweep dir's plan and run files (``POINT_FILES``) to ``dest``, small enough to commit.
 
     Paths inside the repository are written relative to it; ``metrics.jsonl`` values are rounded to 6
-    significant digits and, with ``metrics_every`` = n > 1, only every n-th step (and the last) is kept
+    significant digits and, with ``metrics_every`` = n > 1, only the first ``metrics_head`` steps, every n-th
+    step and the last are kept
     (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``.
     ``dest`` is written to a temporary sibling and renamed into place, so it is never half-written.
     """
@@ -167,7 +168,12 @@ def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int
                 text = (src / pid / name).read_text().replace(f"{REPO}/", "")  # paths relative to the repository
                 if name == "metrics.jsonl":  # 6 significant digits: a third of the size, far below seed noise
                     rows = [json.loads(line) for line in text.splitlines() if line]
-                    rows = [r for i, r in enumerate(rows) if i == len(rows) - 1 or r["step"] % metrics_every == 0]
+                    last = len(rows) - 1
+                    rows = [
+                        r
+                        for i, r in enumerate(rows)
+                        if i == last or r["step"] <= metrics_head or r["step"] % metrics_every == 0
+                    ]
                     text = "".join(json.dumps(_rounded(r)) + "\n" for r in rows)
                 (tmp / pid / name).write_text(text)
         info = json.loads((tmp / pid / "point.json").read_text())
