@@ -286,6 +286,14 @@ def build() -> dict[str, str]:
             add,
             -1,
         )
+    for value in (2.0, 3.0):
+        f.add(
+            "1. counter-example: KL-free teacher",
+            f"λ = {value:g} ← teacher-add − OPD ← teacher-add-nokl",
+            paired_arms({"lam": lam[lam.lam == value], "nokl": nokl[nokl.lam == 1.0]}, "nokl", add),
+            add,
+            0,
+        )
     blocks["lam_arms"] = arms_table(pd.concat([lam, sib, nokl]), ["teacher", "lam"], ["add"])
     blocks["lam_curve"] = curve_table(lam, "lam", "add", "lam")
     blocks["lam_headroom"] = headroom_table("teacher-add", [1.25, 1.5, 2.0, 3.0])
@@ -335,6 +343,16 @@ def build() -> dict[str, str]:
     for name in ("full", "topk"):
         f.add("4. estimators at λ = 1.25", f"{name} − sampled", d[d.arm == name], add, +1)
     f.add("4. estimators at λ = 1.25", "sampled γ = 1 − sampled γ = 0", d[d.arm == "sampled γ = 1"], add, 0)
+    for name in ("sampled", "full", "topk"):
+        f.add(
+            "4. estimators at λ = 1.25",
+            f"{name} student − teacher-add",
+            versus_teacher(est, "estimator", name, "teacher-add", "add"),
+            add,
+            +1,
+        )
+    same = est[est.estimator == "sampled"].set_index("seed")[add] == lam[lam.lam == 1.25].set_index("seed")[add]
+    blocks["est_rerun_same"] = "yes" if same.all().all() else "NO"
     table = pd.concat([f_.assign(arm=k) for k, f_ in frames.items()])
     blocks["est_arms"] = arms_table(table, ["arm"], ["add"])
     blocks["est_curve"] = curve_table(table, "arm", "add", "estimators").replace("| arm \\ step", "| estimator \\ step")
