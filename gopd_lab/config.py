@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .lineage import LAM_MODES
+from gopd_lab.errors import ConfigError
+from gopd_lab.objectives.lineage import LAM_MODES
 
 ESTIMATORS = ("sampled", "full", "topk", "jsd")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
@@ -222,7 +222,7 @@ class RunConfig:
     ``(1/B') Σ_b (Σ_t m·ℓ / Σ_t m)`` over the ``B'`` non-empty rows (every completion weighs the same; the
     official verl G-OPD run's effective normalisation). See docs/metrics.md."""
 
-    # -- report_to: metrics to experiment trackers (gopd_lab.trackers)
+    # -- report_to: metrics to experiment trackers (gopd_lab.loop.trackers)
     report_to: str | list[str] = "none"
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
     ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
@@ -235,7 +235,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
             setattr(self, name, _json_text(name, getattr(self, name)))
-        from .config_checks import check_config
+        from gopd_lab.config_checks import check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:

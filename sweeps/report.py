@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gopd_lab.sweep import load_sweep, summarise
-from gopd_lab.zoo import read_manifest
+from gopd_lab.experiments.sweep import load_sweep, summarise
+from gopd_lab.world.zoo import read_manifest
 
 SWEEPS = {
     "lam_single_teacher": ["lam"],

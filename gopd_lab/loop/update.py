@@ -1,0 +1,500 @@
+"""Stages 3 and 4: advantages and the optimizer step on a :class:`~gopd_lab.scorers.score.Scored` batch.
+
+The advantage needs ``lp_student`` on the sampled tokens; strictly on-policy that is exactly the update's
+own forward pass (detached), so no extra student pass is run: the forward happens, ``A_t`` is formed from
+its detached log-probs, then the loss is built from the same forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gopd_lab.config import ConfigError
+from gopd_lab.errors import NonFiniteError
+from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
+from gopd_lab.lm.precision import autocast
+from gopd_lab.objectives import (
+    chord_phi,
+    full_loss,
+    gopd_advantages,
+    group_advantages,
+    jsd_loss,
+    kl_k3,
+    masked_mean,
+    sampled_loss,
+    sft_loss,
+    topk_loss,
+)
+from gopd_lab.objectives.lineage import (
+    LOSS_KINDS,
+    agopd_lambda,
+    entropy_split,
+    forward_kl,
+    reopd_budget,
+    reopd_lambda,
+    reopd_q,
+    reward_gate,
+)
+from gopd_lab.scorers.score import Scored
+
+
+@dataclass
+class UpdateSettings:
+    """The estimator knobs the update uses (a view of :class:`~gopd_lab.config.RunConfig`)."""
+
+    method: str = "gopd"
+    estimator: str = "sampled"
+    gamma: float = 0.0
+    clip_eps: float | None = None
+    jsd_beta: float = 1.0
+    epochs: int = 1
+    max_grad_norm: float | None = 1.0
+    chunk_tokens: int = 0
+    group_size: int = 1
+    kl_coef: float = 0.0
+    scale_std: bool = True
+    mu: float = 0.0
+    """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
+    phi_weighting: bool = True
+    micro_batch_size: int = 0
+    """Rows per forward/backward (0 = the whole batch); gradients accumulate, the step is unchanged."""
+    autocast_dtype: torch.dtype | None = None
+    """Compute dtype under ``torch.autocast`` (mixed precision with float32 weights); None = the weights' dtype."""
+
+    lam_mode: str = "fixed"
+    """How λ is chosen (``RunConfig.lam_mode``); the lineage's knobs follow (``RunConfig`` documents them)."""
+    lineage: dict = field(default_factory=dict)
+    """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
+    ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
+    reopd_gamma: float | None = None
+    """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
+    loss_agg: str = "token-mean"
+    """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
+
+    @classmethod
+    def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
+        knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
+        lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
+        return cls(
+            cfg.rl_method,
+            cfg.estimator,
+            cfg.gamma,
+            cfg.clip_eps,
+            cfg.jsd_beta,
+            cfg.epochs_per_batch,
+            cfg.max_grad_norm,
+            cfg.score_chunk_tokens,
+            cfg.samples_per_prompt,
+            cfg.kl_coef,
+            cfg.grpo_scale_std,
+            cfg.mu,
+            cfg.phi_weighting,
+            lam_mode=cfg.lam_mode,
+            lineage=lineage,
+            micro_batch_size=cfg.micro_batch_size,
+            autocast_dtype=autocast_dtype,
+            loss_agg=cfg.loss_agg,
+        )
+
+    @property
+    def needs_full(self) -> bool:
+        return self.method == "gopd" and (self.estimator != "sampled" or self.lam_mode == "entropy")
+
+
+@dataclass
+class UpdateResult:
+    """What the update saw: metrics, and the per-token values of its first forward (pre-step weights)."""
+
+    metrics: dict[str, float]
+    lp_student: Tensor
+    advantages: Tensor
+    lam_t: Tensor | None = None
+    """``(B, C)`` the λ each token's G-OPD signal used (G-OPD / SDPO)."""
+    loss_kind: Tensor | None = None
+    """``(B, C)`` index into :data:`~gopd_lab.objectives.lineage.LOSS_KINDS`: which loss each token got."""
+
+
+@dataclass
+class Lineage:
+    """What the λ rule chose for a batch: the advantages it gives, λ per token, which loss per token, metrics."""
+
+    advantages: Tensor
+    lam_t: Tensor
+    kind: Tensor
+    metrics: dict[str, float]
+
+
+@torch.no_grad()
+def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings, dist=None) -> Lineage:
+    """G-OPD's ``A_t`` with λ chosen by ``s.lam_mode`` (docs/lineage.md), from the detached ``lp_student``.
+
+    ``fixed``: the sample's λ. ``reopd``: ``λ_t = 1 + γ_b·q_t`` (advances the budget's EMA, once per batch).
+    ``agopd``: one λ for the batch. ``entropy``: ``A_t = 0`` where the teacher's entropy is above the threshold
+    (those states get the forward KL in :func:`update`). ``gated``: ``A_t = 0`` on samples whose gate is closed.
+    With ``dist`` (N processes) γ_b's mean q and A-G-OPD's sums of squares are taken over the global batch, so
+    every process uses the same batch-level λ as one process on the whole batch would."""
+    reduce = dist.sum_stats if dist is not None and dist.world > 1 else None
+    mask = scored.rollout.completion_mask.float()  # (B, C)
+    valid = mask.bool()
+    k, m = s.lineage, {}
+    lam = scored.lam  # (B,)
+    if s.lam_mode == "reopd":
+        q = reopd_q(scored.lp_teacher, lp_student, tau=k["reopd_tau"], mask=mask)  # (B, C)
+        s.reopd_gamma, raw = reopd_budget(
+            q,
+            mask,
+            target=k["reopd_target"],
+            gamma_max=k["reopd_gamma_max"],
+            ema=k["reopd_ema"],
+            previous=s.reopd_gamma,
+            reduce=reduce,
+        )
+        lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=s.reopd_gamma, tau=k["reopd_tau"], mask=mask)
+        m.update(reopd_gamma_b=s.reopd_gamma, reopd_gamma_raw=raw, reopd_q_mean=float(masked_mean(q, mask)))
+    elif s.lam_mode == "agopd":
+        lam_b = agopd_lambda(
+            scored.lp_teacher,
+            lp_student,
+            scored.lp_reference,
+            rho=k["agopd_rho"],
+            lam_max=k["agopd_lam_max"],
+            mask=mask,
+            reduce=reduce,
+        )
+        lam = lam_b.expand(len(mask))  # (B,)
+    adv = gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=lam, gamma=s.gamma, mask=mask)
+    lam_t = (lam[:, None] if lam.ndim == 1 else lam).expand(mask.shape).float()  # (B, C)
+    kind = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)  # (B, C) 0 = reverse
+    if s.lam_mode == "entropy":
+        ent = scored.teacher_entropy if scored.teacher_entropy is not None else torch.zeros_like(mask)
+        high = entropy_split(ent, threshold=k["entropy_threshold"], mask=mask)  # (B, C)
+        adv = torch.where(high, torch.zeros_like(adv), adv)
+        kind[high] = LOSS_KINDS.index("forward")
+        m.update(
+            entropy_high_frac=float(masked_mean(high.float(), mask)), teacher_entropy=float(masked_mean(ent, mask))
+        )
+    if s.lam_mode == "gated":
+        gate, _ = reward_gate(scored.lp_teacher, lp_student, scored.rewards, mask=mask)  # (B,)
+        adv = adv * gate[:, None]
+        kind[valid & ~gate[:, None]] = LOSS_KINDS.index("gated")
+        m["gate_rate"] = float(gate.float().mean())
+    m.update(lam_stats(lam_t, valid))
+    return Lineage(adv, lam_t, kind, m)
+
+
+def lam_stats(lam_t: Tensor, valid: Tensor) -> dict[str, float]:
+    """``lam_mean``, ``lam_std``, ``lam_min``, ``lam_max`` of the λ the valid tokens used (empty without any)."""
+    lam_valid = lam_t[valid]
+    if not lam_valid.numel():
+        return {}
+    return {
+        "lam_mean": float(lam_valid.mean()),
+        "lam_std": float(lam_valid.std(unbiased=False)),
+        "lam_min": float(lam_valid.min()),
+        "lam_max": float(lam_valid.max()),
+    }
+
+
+def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
+    """Per-token weights ``(B, C)`` whose weighted mean (:func:`~gopd_lab.objectives.masked_mean`) is the loss.
+
+    ``token-mean``: the mask itself, ``L = Σ_bt m·ℓ / Σ_bt m``. ``seq-mean-token-mean``: ``m_bt / Σ_t m_bt``
+    (0 on empty rows), whose sum is the number ``B'`` of non-empty rows, so ``L = (1/B') Σ_b mean_t ℓ_bt``."""
+    mask = mask.float()
+    if loss_agg == "token-mean":
+        return mask
+    if loss_agg == "seq-mean-token-mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    raise ValueError(f"loss_agg must be token-mean or seq-mean-token-mean, got {loss_agg!r}")
+
+
+def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
+    """Per-token advantages ``(B, C)`` (detached) of the method: G-OPD's ``A_t``, GRPO's group-relative
+    reward on every token of a sample, zeros for SFT."""
+    mask = scored.rollout.completion_mask.float()
+    if s.method == "gopd":  # one path for G-OPD's A_t: the λ rule of s.lam_mode
+        return lineage_signal(scored, lp_student, s).advantages
+    if s.method == "grpo":
+        return group_advantages(scored.rewards, s.group_size, scale_std=s.scale_std)[:, None] * mask
+    return torch.zeros_like(mask)
+
+
+def compute_loss(
+    scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
+) -> tuple[Tensor, dict]:
+    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.lm.logprobs.StudentOut`), its
+    per-token terms aggregated by ``s.loss_agg``."""
+    mask = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
+    if s.method == "sft":
+        return sft_loss(out.lp, mask)
+    if s.method == "grpo":
+        loss, extra = sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
+        if s.kl_coef > 0:
+            kl = masked_mean(kl_k3(out.lp, scored.lp_reference), mask)  # KL(π_θ ‖ π_R) estimate
+            loss = loss + s.kl_coef * kl
+            extra["kl_reference"] = float(kl.detach())
+        return loss, extra
+    if s.estimator == "sampled":
+        return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
+    if out.kl_loss is not None:  # the fused full estimator (student_kl_forward): the same mean KL as full_loss
+        return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
+    states = mask[out.positions.b, out.positions.c]  # (N,) the weight of every kept state
+    if s.estimator == "full":
+        target = scored.target.dense() if hasattr(scored.target, "dense") else scored.target  # (N, V)
+        return full_loss(out.logp, target, states)
+    if s.estimator == "topk":
+        lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
+        return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
+    if s.estimator == "jsd":
+        return jsd_loss(out.logp, scored.target, states, s.jsd_beta)
+    raise ValueError(f"unknown estimator {s.estimator!r}")
+
+
+def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
+    """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
+    log-probs (with full distributions for ``topk``/``jsd``)."""
+    fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
+    if s.method == "gopd" and s.estimator == "full" and scored.target is not None and fused_ok:
+        out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
+        if out is not None:
+            return out
+    return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
+
+
+def enable_gradient_checkpointing(student: nn.Module) -> None:
+    """Recompute the student's decoder layers in backward (``RunConfig.gradient_checkpointing``): activations
+    of one layer at a time instead of all of them, for about one more forward of compute. Non-reentrant
+    checkpointing: the values and gradients are those of the plain forward."""
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    enable = getattr(student, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError(
+            f"gradient_checkpointing=True needs a Hugging Face student (gradient_checkpointing_enable); "
+            f"{type(student).__name__} has none: set gradient_checkpointing=False"
+        )
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def micro_batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` row ranges of at most ``size`` rows (``size`` 0 = one range over all ``n`` rows)."""
+    size = size if size > 0 else max(n, 1)
+    return [(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
+
+
+def update(
+    student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings, dist=None
+) -> UpdateResult:
+    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
+
+    The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
+    loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
+    accumulated gradient is that of the whole batch's token mean, and the step equals the one-pass step.
+    With ``dist`` (:class:`~gopd_lab.scale.distributed.Distributed`, N processes) ``n_batch`` is the global token
+    count and gradients are summed over processes before clipping, so the step equals a one-process step on
+    the global batch. With ``s.autocast_dtype`` the forward and backward run under ``torch.autocast``
+    (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
+    rollout = scored.rollout
+    mask = rollout.completion_mask.float()  # (B, C)
+    weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
+    n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
+    parts = micro_batches(len(rollout), s.micro_batch_size)
+    grpo_adv = advantages_for(scored, mask, s) if s.method != "gopd" else None  # group-relative: whole batch
+    whole_batch_lam = s.method == "gopd" and s.lam_mode != "fixed"  # λ from statistics of the whole batch
+    student.train()
+    first: UpdateResult | None = None
+    lp_old = lineage = None
+    if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
+        lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
+        lineage = lineage_signal(scored, lp_old, s, dist)
+    for epoch in range(s.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
+        fkl_sum, fkl_states = 0.0, 0
+        for start, stop in parts:
+            part = scored.rows(start, stop) if len(parts) > 1 else scored
+            with autocast(s.autocast_dtype, mask.device):
+                out = _forward(student, part, s)
+            old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
+            if grpo_adv is not None:
+                adv = grpo_adv[start:stop]  # (b, C), detached
+            elif s.method != "gopd":
+                adv = advantages_for(part, old, s)
+            elif lineage is not None:  # λ chosen once for the batch
+                adv = lineage.advantages[start:stop]
+            elif whole_batch_lam:  # one part: it is the whole batch
+                lineage = lineage_signal(scored, old, s, dist)
+                adv = lineage.advantages
+            else:  # fixed λ: per token, part by part
+                signals.append(lineage_signal(part, old, s))
+                adv = signals[-1].advantages
+            loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
+            part_weights = weights[start:stop]  # (b, C)
+            n_part = float(part_weights.sum())
+            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high w·KL(π_T ‖ π_θ) / Σ w
+                fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
+                w_states = part_weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
+                loss = loss + (w_states * fkl).sum() / max(n_part, 1e-12)
+                fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
+            weight = n_part / n_batch * (1.0 - s.mu if _mixes_expert(scored, s) else 1.0)
+            (loss.float() * weight).backward()
+            total += float(loss.detach()) * weight
+            _accumulate(extra, part_extra, n_part)
+            lps.append(out.lp.detach())
+            ents.append(out.entropy.detach())
+            advs.append(adv)
+        n_local = float(weights.sum())
+        extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
+        if s.lam_mode == "entropy":
+            extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
+        if _mixes_expert(scored, s):
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist)
+            total += sft_total
+            extra.update(sft_extra)
+        params = [p for p in student.parameters() if p.requires_grad]
+        if dist is not None:
+            dist.all_reduce_grads(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
+        _check_finite(total, grad_norm, dist, epoch, s.epochs)
+        optimizer.step()
+        lp_now = torch.cat(lps)  # (B, C)
+        if lp_old is None:
+            lp_old = lp_now
+        if signals and lineage is None:  # fixed λ computed part by part: one record for the batch
+            lam_t = torch.cat([sig.lam_t for sig in signals])  # (B, C)
+            kind = torch.cat([sig.kind for sig in signals])  # (B, C)
+            lineage = Lineage(torch.cat(advs), lam_t, kind, lam_stats(lam_t, mask.bool()))
+        if first is None:
+            advantages = torch.cat(advs)
+            out_all = StudentOut(lp=lp_now, logp=None, entropy=torch.cat(ents), positions=None)
+            first = UpdateResult(_metrics(scored, out_all, advantages, total, grad_norm, extra), lp_now, advantages)
+            if lineage is not None:
+                first.metrics.update(lineage.metrics)
+                first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind
+        elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
+            first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
+    optimizer.zero_grad(set_to_none=True)
+    return first
+
+
+@torch.no_grad()
+def _rollout_logprobs(student: nn.Module, scored: Scored, parts: list[tuple[int, int]], s: UpdateSettings) -> Tensor:
+    """``(B, C)`` the student's log-probs on the rollout, micro-batch by micro-batch, without gradients: what
+    a whole-batch λ rule reads before the first backward (one extra forward when the batch is split)."""
+    lps = []
+    for start, stop in parts:
+        with autocast(s.autocast_dtype, scored.rollout.completion_mask.device):
+            out = student_forward(student, scored.rollout.select(range(start, stop)), chunk_tokens=s.chunk_tokens)
+        lps.append(out.lp.float())
+    return torch.cat(lps)
+
+
+def _check_finite(loss: float, grad_norm: Tensor, dist, epoch: int = 0, epochs: int = 1) -> None:
+    """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
+    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone. The
+    message says which of the batch's ``epochs`` optimizer steps it was (earlier ones were taken)."""
+    loss_value, norm = float(loss), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
+    if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
+        where = "" if epochs == 1 else f" in epoch {epoch + 1} of {epochs} over this batch"
+        taken = (
+            "before its optimizer step"
+            if epoch == 0
+            else f"before that epoch's optimizer step; the batch's first {epoch} optimizer step(s) were taken"
+        )
+        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g}){where}; stopped {taken}")
+
+
+def _mixes_expert(scored: Scored, s: UpdateSettings) -> bool:
+    return scored.expert is not None and s.mu > 0
+
+
+def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> None:
+    """Token-weighted sums of a micro-batch's metrics (each a token mean over the micro-batch)."""
+    for key, value in extra.items():
+        into[key] = into.get(key, 0.0) + float(value) * n
+
+
+def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None) -> tuple[float, dict[str, float]]:
+    """Backward of ``μ·L_SFT`` on the expert batch, micro-batched like the update; returns its value (the share
+    of this process) and its metrics."""
+    mask = loss_weights(expert.completion_mask, s.loss_agg)  # (B, C) each token's share (s.loss_agg)
+    n_batch = _global_tokens(mask, dist)
+    total, extra = 0.0, {}
+    for start, stop in micro_batches(len(expert), s.micro_batch_size):
+        part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
+        with autocast(s.autocast_dtype, mask.device):
+            sft, part_extra = expert_sft_loss(student, part, s)
+        n_part = float(mask[start:stop].sum())
+        weight = s.mu * n_part / n_batch
+        (sft.float() * weight).backward()
+        total += float(sft.detach()) * weight
+        _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
+    n_local = max(float(mask.sum()), 1e-12)
+    return total, {"mu": s.mu, **{k: v / n_local for k, v in extra.items()}}
+
+
+def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
+    """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
+    out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
+    mask = loss_weights(expert.completion_mask, s.loss_agg)
+    weights = chord_phi(out.lp) if s.phi_weighting else None
+    return sft_loss(out.lp, mask, weights)
+
+
+def mix_expert_sft(
+    student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
+    """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
+    sft, extra = expert_sft_loss(student, expert, s)
+    return (1.0 - s.mu) * loss + s.mu * sft * scale, {
+        "mu": s.mu,
+        "sft_loss": float(sft.detach()),
+        "expert_nll": extra["nll"],
+    }
+
+
+def _global_tokens(mask: Tensor, dist) -> float:
+    """The batch's valid tokens over every process (this process's alone without ``dist``), at least 1: the
+    denominator that turns each micro-batch's token mean into its share of the global token mean."""
+    n_local = float(mask.sum())
+    if dist is None or dist.world == 1:
+        return max(n_local, 1.0)
+    return max(dist.sum(n_local), 1.0)
+
+
+@torch.no_grad()
+def _metrics(scored: Scored, out, advantages: Tensor, loss: float, grad_norm: Tensor, extra: dict) -> dict[str, float]:
+    mask = scored.rollout.completion_mask.float()
+    lp = out.lp.detach()
+    adv_mean = masked_mean(advantages, mask)
+    adv_var = masked_mean((advantages - adv_mean) ** 2, mask)
+    m = {
+        "loss": float(loss),
+        "adv_mean": float(adv_mean),
+        "adv_std": float(adv_var.sqrt()),
+        "lp_student_mean": float(masked_mean(lp, mask)),
+        "entropy": float(masked_mean(out.entropy, mask)),
+        "grad_norm": float(grad_norm),
+        "clip_frac": float(extra.get("clip_frac", 0.0)),
+        "tokens": int(mask.sum()),
+        "completion_len": float(mask.sum(1).mean()),
+    }
+    m.update({k: v for k, v in extra.items() if k not in m})
+    m.update(scored.extra)
+    if scored.lp_teacher is not None:
+        m["lp_teacher_mean"] = float(masked_mean(scored.lp_teacher, mask))
+        m["reverse_kl"] = float(masked_mean(lp - scored.lp_teacher, mask))
+        if scored.lp_reference is not None:
+            reward = scored.lp_teacher - scored.lp_reference  # NaN on rows at λ = 1 (reference not run)
+            m["reward_mean"] = float(masked_mean(reward, mask * torch.isfinite(reward)))
+    if scored.rewards is not None:
+        m["score_mean"] = float(scored.rewards.float().mean())
+        if scored.lp_teacher is None:  # GRPO / CHORD: the verifier's score is the RL reward
+            m["reward_mean"] = m["score_mean"]
+    return m
