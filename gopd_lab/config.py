@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from gopd_lab.errors import ConfigError
+from gopd_lab.objectives import ESTIMATORS, get_estimator
 from gopd_lab.objectives.lineage import LAM_MODES
 
-ESTIMATORS = ("sampled", "full", "topk", "jsd")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
 METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
@@ -241,7 +241,8 @@ class RunConfig:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.estimator not in ESTIMATORS:
-            raise ConfigError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+            raise ConfigError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}")
+        estimator = get_estimator(self.estimator)
         for domain, lam in self.lam_items():
             if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
                 where = f" for domain {domain!r}" if domain else ""
@@ -250,12 +251,14 @@ class RunConfig:
                 )
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.gamma > 0 and self.estimator != "sampled":
-            raise ConfigError("gamma > 0 only applies to estimator='sampled' (the others are per-state, γ = 0)")
+        if self.gamma > 0 and not estimator.uses_advantages:
+            raise ConfigError(
+                f"gamma > 0 only applies to estimator={_advantage_estimators()} (the others are per-state, γ = 0)"
+            )
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise ConfigError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.estimator == "jsd" and any(lam != 1 for _, lam in self.lam_items()):
-            raise ConfigError("estimator='jsd' distils to the teacher itself; set lam=1 (or use 'full' for G-OPD)")
+        if reason := estimator.check(self):
+            raise ConfigError(reason)
         positive = ("topk", "epochs_per_batch", "batch_size", "samples_per_prompt", "max_new_tokens", "steps")
         for name in positive:
             if getattr(self, name) < 1:
@@ -360,8 +363,10 @@ class RunConfig:
             raise ConfigError(f"entropy_threshold must be >= 0 nats, got {self.entropy_threshold}")
         if self.lam_mode == "fixed":
             return
-        if self.method not in ("gopd", "sdpo") or self.estimator != "sampled":
-            raise ConfigError(f"lam_mode={self.lam_mode!r} needs method gopd or sdpo with estimator='sampled'")
+        if self.method not in ("gopd", "sdpo") or not get_estimator(self.estimator).uses_advantages:
+            raise ConfigError(
+                f"lam_mode={self.lam_mode!r} needs method gopd or sdpo with estimator={_advantage_estimators()}"
+            )
         if self.lam_mode in ("reopd", "agopd") and any(lam != 1 for _, lam in self.lam_items()):
             raise ConfigError(f"lam_mode={self.lam_mode!r} chooses λ itself; leave lam=1")
         if self.lam_mode == "entropy" and self.gamma != 0:
@@ -519,3 +524,8 @@ def load_yaml(text: str) -> Any:
 def config_fields() -> list[dataclasses.Field]:
     """The fields of :class:`RunConfig` (used by the CLI to build its options)."""
     return list(dataclasses.fields(RunConfig))
+
+
+def _advantage_estimators() -> str:
+    """The registered estimators that consume the per-token advantage, as ``'sampled'`` (or ``'a' or 'b'``)."""
+    return " or ".join(repr(name) for name, e in ESTIMATORS.items() if e.uses_advantages)

@@ -19,15 +19,13 @@ from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
 from gopd_lab.lm.precision import autocast
 from gopd_lab.objectives import (
     chord_phi,
-    full_loss,
+    get_estimator,
     gopd_advantages,
     group_advantages,
-    jsd_loss,
     kl_k3,
     masked_mean,
     sampled_loss,
     sft_loss,
-    topk_loss,
 )
 from gopd_lab.objectives.lineage import (
     LOSS_KINDS,
@@ -102,7 +100,7 @@ class UpdateSettings:
 
     @property
     def needs_full(self) -> bool:
-        return self.method == "gopd" and (self.estimator != "sampled" or self.lam_mode == "entropy")
+        return self.method == "gopd" and (get_estimator(self.estimator).student_full or self.lam_mode == "entropy")
 
 
 @dataclass
@@ -238,27 +236,14 @@ def compute_loss(
             loss = loss + s.kl_coef * kl
             extra["kl_reference"] = float(kl.detach())
         return loss, extra
-    if s.estimator == "sampled":
-        return sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
-    if out.kl_loss is not None:  # the fused full estimator (student_kl_forward): the same mean KL as full_loss
-        return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
-    states = mask[out.positions.b, out.positions.c]  # (N,) the weight of every kept state
-    if s.estimator == "full":
-        target = scored.target.dense() if hasattr(scored.target, "dense") else scored.target  # (N, V)
-        return full_loss(out.logp, target, states)
-    if s.estimator == "topk":
-        lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
-        return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
-    if s.estimator == "jsd":
-        return jsd_loss(out.logp, scored.target, states, s.jsd_beta)
-    raise ValueError(f"unknown estimator {s.estimator!r}")
+    return get_estimator(s.estimator).loss(out, scored, advantages, mask, s, lp_old)  # G-OPD / SDPO
 
 
 def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
     log-probs (with full distributions for ``topk``/``jsd``)."""
     fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
-    if s.method == "gopd" and s.estimator == "full" and scored.target is not None and fused_ok:
+    if s.method == "gopd" and get_estimator(s.estimator).fused_kl and scored.target is not None and fused_ok:
         out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
         if out is not None:
             return out

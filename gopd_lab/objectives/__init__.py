@@ -11,23 +11,46 @@ from gopd_lab.objectives.advantages import (
     entropy_from_logp,
     entropy_split,
     forward_kl,
-    full_loss,
     gopd_advantages,
     group_advantages,
-    jsd_loss,
     kl_k3,
     masked_mean,
     reopd_budget,
     reopd_lambda,
     reward_gate,
-    sampled_loss,
     sft_loss,
     target_logprobs,
-    topk_buckets,
-    topk_loss,
 )
+from gopd_lab.objectives.estimator import (
+    ESTIMATORS,
+    MIXED_TARGET,
+    NEEDS,
+    SAMPLED_TOKENS,
+    TEACHER_DISTRIBUTION,
+    TEACHER_TOPK,
+    Estimator,
+    get_estimator,
+    register_estimator,
+)
+from gopd_lab.objectives.full import Full, full_loss
+from gopd_lab.objectives.jsd import JSD, jsd_loss
+from gopd_lab.objectives.sampled import Sampled, sampled_loss
+from gopd_lab.objectives.topk import TopK, topk_buckets, topk_loss
 
 __all__ = [
+    "ESTIMATORS",
+    "MIXED_TARGET",
+    "NEEDS",
+    "SAMPLED_TOKENS",
+    "TEACHER_DISTRIBUTION",
+    "TEACHER_TOPK",
+    "Estimator",
+    "get_estimator",
+    "register_estimator",
+    "Full",
+    "JSD",
+    "Sampled",
+    "TopK",
     "gopd_advantages",
     "reopd_lambda",
     "reopd_budget",

@@ -18,8 +18,6 @@ and returns ``(loss, metrics)`` with metrics as python floats computed under ``n
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -35,11 +33,6 @@ __all__ = [
     "reward_gate",
     "discounted_returns",
     "target_logprobs",
-    "sampled_loss",
-    "full_loss",
-    "topk_loss",
-    "topk_buckets",
-    "jsd_loss",
     "masked_mean",
     "entropy_from_logp",
     "group_advantages",
@@ -131,117 +124,6 @@ def target_logprobs(logp_teacher: Tensor, logp_reference: Tensor | None, lam: fl
     lam_t = torch.as_tensor(lam, dtype=torch.float32, device=logp_teacher.device)
     mixed = lam_t * logp_teacher.float() + (1.0 - lam_t) * logp_reference.float()  # (..., V)
     return torch.log_softmax(mixed, dim=-1)
-
-
-def sampled_loss(
-    lp_student: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    lp_old: Tensor | None = None,
-    clip_eps: float | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Policy gradient on the sampled tokens with a detached advantage (official G-OPD, Tinker).
-
-    ``loss = -sum_t rho_t * A_t / N_tokens`` with ``rho_t = exp(lp_student - lp_old)``.
-    Strictly on-policy (one update per batch) ``lp_old = lp_student.detach()`` so ``rho = 1`` and its
-    gradient is ``∇ lp_student``. With ``clip_eps`` the PPO clipped surrogate
-    ``min(rho*A, clip(rho, 1-eps, 1+eps)*A)`` is used instead.
-    """
-    if lp_old is None:
-        lp_old = lp_student.detach()
-    advantages = advantages.detach()
-    ratio = torch.exp(lp_student - lp_old)  # (B, C)
-    pg_obj = ratio * advantages  # (B, C)
-    clip_frac = torch.zeros(())
-    if clip_eps is not None:
-        clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-        pg_obj = torch.minimum(pg_obj, clipped)
-        with torch.no_grad():
-            clip_frac = masked_mean(((ratio - 1.0).abs() > clip_eps).float(), mask)
-    loss = -masked_mean(pg_obj, mask)
-    with torch.no_grad():
-        approx_kl = masked_mean(lp_old - lp_student, mask)
-    return loss, {"clip_frac": float(clip_frac), "approx_kl_old": float(approx_kl)}
-
-
-def full_loss(logp_student: Tensor, logp_target: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Full-vocabulary estimator: per-state ``KL(π_θ(·|s_t) ‖ target(·|s_t))``, averaged over tokens.
-
-    ``logp_student`` ``(B, C, V)`` carries the gradient; ``logp_target`` ``(B, C, V)`` is the
-    detached target from :func:`target_logprobs` (the teacher at ``lam = 1``, where this is exactly
-    the reverse KL to the teacher). Zero sampling variance at each visited state.
-    """
-    logp_target = logp_target.detach()
-    p = logp_student.exp()  # (B, C, V)
-    kl = (p * (logp_student - logp_target)).sum(-1)  # (B, C)
-    loss = masked_mean(kl, mask)
-    return loss, {"kl_to_target": float(loss.detach())}
-
-
-def topk_buckets(logp: Tensor, index: Tensor) -> Tensor:
-    """Collapse full log-distributions ``(..., V)`` onto ``k`` chosen tokens plus one tail bucket.
-
-    Returns ``(..., k + 1)`` log-probs: the ``k`` gathered entries and ``log(1 - sum of them)``.
-    """
-    top = logp.gather(-1, index)  # (..., k)
-    return torch.cat([top, _log_tail(top)], dim=-1)
-
-
-def _log_tail(top: Tensor) -> Tensor:
-    """``log(1 - sum(exp(top)))`` over the last dim, clamped away from log(0)."""
-    mass = top.exp().sum(-1, keepdim=True)
-    return torch.log((1.0 - mass).clamp(min=1e-12))
-
-
-def topk_loss(
-    logp_student: Tensor,
-    index: Tensor,
-    lp_teacher_topk: Tensor,
-    lp_reference_topk: Tensor | None,
-    lam: float | Tensor,
-    mask: Tensor,
-) -> tuple[Tensor, dict[str, float]]:
-    """The full estimator restricted to the teacher's top-k tokens plus one tail bucket.
-
-    ``index`` ``(B, C, k)`` are the teacher's top-k token ids at each state, ``lp_teacher_topk`` and
-    ``lp_reference_topk`` ``(B, C, k)`` the teacher's and reference's log-probs of those tokens. Each
-    distribution becomes ``k + 1`` buckets (the tail holds the remaining mass), the G-OPD target is
-    formed on the buckets, and the loss is ``KL(student buckets ‖ target buckets)`` per state. With
-    ``k = V`` this equals :func:`full_loss`.
-    """
-    teacher_b = torch.cat([lp_teacher_topk, _log_tail(lp_teacher_topk)], dim=-1)  # (B, C, k+1)
-    reference_b = None
-    if lp_reference_topk is not None:
-        reference_b = torch.cat([lp_reference_topk, _log_tail(lp_reference_topk)], dim=-1)
-    target_b = target_logprobs(teacher_b, reference_b, lam)
-    student_b = topk_buckets(logp_student, index)  # (B, C, k+1)
-    return full_loss(student_b, target_b, mask)
-
-
-def jsd_loss(logp_student: Tensor, logp_teacher: Tensor, mask: Tensor, beta: float) -> tuple[Tensor, dict[str, float]]:
-    """Generalised Jensen-Shannon divergence JSD(β) to the teacher (GKD, Agarwal et al. 2023).
-
-    With ``M = β·π_T + (1-β)·π_θ``: ``JSD(β) = β·KL(π_T ‖ M) + (1-β)·KL(π_θ ‖ M)`` per state. The
-    end points follow the convention of TRL's ``generalized_jsd_loss``: ``β = 0`` is the forward KL
-    ``KL(π_T ‖ π_θ)`` and ``β = 1`` the reverse KL ``KL(π_θ ‖ π_T)`` (the OPD objective).
-    """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
-    logp_teacher = logp_teacher.detach().float()
-    if beta == 0.0:
-        per_state = (logp_teacher.exp() * (logp_teacher - logp_student)).sum(-1)
-    elif beta == 1.0:
-        per_state = (logp_student.exp() * (logp_student - logp_teacher)).sum(-1)
-    else:
-        log_m = torch.logsumexp(
-            torch.stack([logp_teacher + math.log(beta), logp_student + math.log(1.0 - beta)]), dim=0
-        )  # (B, C, V)
-        kl_t = (logp_teacher.exp() * (logp_teacher - log_m)).sum(-1)
-        kl_s = (logp_student.exp() * (logp_student - log_m)).sum(-1)
-        per_state = beta * kl_t + (1.0 - beta) * kl_s  # (B, C)
-    loss = masked_mean(per_state, mask)
-    return loss, {"jsd": float(loss.detach())}
 
 
 def entropy_from_logp(logp: Tensor) -> Tensor:

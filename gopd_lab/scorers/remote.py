@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from gopd_lab.lm.logprobs import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
 from gopd_lab.lm.models import ModelLoadError
 from gopd_lab.lm.rollout import Rollout
-from gopd_lab.objectives import target_logprobs
+from gopd_lab.objectives import MIXED_TARGET, TEACHER_DISTRIBUTION, TEACHER_TOPK, get_estimator, target_logprobs
 
 PROTOCOL = 1
 FULL_VOCAB_LIMIT = 8192
@@ -117,8 +117,9 @@ def remote_score_pair(
 ) -> dict[str, Tensor]:
     """``score._score_pair`` when the teacher or the reference is a :class:`RemoteScorer` (the other may be a
     local model): ask each for what the estimator needs and assemble the same outputs."""
-    want_full = estimator in ("full", "jsd")
-    k = topk if estimator == "topk" else 0
+    needs = get_estimator(estimator).needs
+    want_full = needs in (MIXED_TARGET, TEACHER_DISTRIBUTION)
+    k = topk if needs == TEACHER_TOPK else 0
     t = _ask(teacher, teacher_rollout, rank=True, topk=k, full=want_full, chunk_tokens=chunk_tokens)
     out = {"lp_teacher": t["lp"], "rank": t["rank"]}
     r = None
@@ -126,17 +127,17 @@ def remote_score_pair(
         r = _ask(
             reference,
             rollout,
-            full=estimator == "full",
+            full=needs == MIXED_TARGET,
             gather=t["topk_index"] if k else None,
             chunk_tokens=chunk_tokens,
         )
         out["lp_reference"] = r["lp"]
-    if estimator == "full":
+    if needs == MIXED_TARGET:
         lam_n = lam[Positions.of(rollout).b][:, None]  # (N, 1)
         out["target"] = target_logprobs(t["full"], None if r is None else r["full"], lam_n)
-    elif estimator == "jsd":
+    elif needs == TEACHER_DISTRIBUTION:
         out["target"] = t["full"]
-    elif estimator == "topk":
+    elif needs == TEACHER_TOPK:
         out["topk_index"], out["lp_teacher_topk"] = t["topk_index"], t["topk_logp"]
         if r is not None:
             out["lp_reference_topk"] = r["gather"]

@@ -24,7 +24,14 @@ from gopd_lab.lm.logprobs import (
 )
 from gopd_lab.lm.models import Models
 from gopd_lab.lm.rollout import Rollout
-from gopd_lab.objectives import entropy_from_logp, target_logprobs
+from gopd_lab.objectives import (
+    MIXED_TARGET,
+    TEACHER_DISTRIBUTION,
+    TEACHER_TOPK,
+    entropy_from_logp,
+    get_estimator,
+    target_logprobs,
+)
 from gopd_lab.scorers.remote import RemoteScorer, remote_score_pair
 
 LAZY_TARGET_BYTES = 64 * 2**20
@@ -121,6 +128,7 @@ def score_rollout(
     OPD) adds the teacher's entropy at every state and its full log-distribution at the states above it.
     """
     teacher_rollout = teacher_rollout if teacher_rollout is not None else rollout
+    needs = get_estimator(estimator).needs  # what the estimator needs from scoring
     lam = torch.tensor(
         [_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device
     )
@@ -141,7 +149,7 @@ def score_rollout(
     flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
 
-    lazy = estimator == "full" and len(groups) == 1  # one teacher/reference pair: the target may stay lazy
+    lazy = needs == MIXED_TARGET and len(groups) == 1  # one teacher/reference pair: the target may stay lazy
     for teacher, reference, rows in groups.values():
         whole = len(rows) == len(rollout)
         sub = rollout if whole else rollout.select(rows)
@@ -238,6 +246,7 @@ def _score_pair(
 
     ``full`` with ``lazy_target`` (frozen LM heads, a dense target above :data:`LAZY_TARGET_BYTES`) returns a
     :class:`LazyTarget` instead of an ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
+    needs = get_estimator(estimator).needs
     if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
         if entropy_threshold is not None:
             raise ValueError("lam_mode='entropy' needs the teacher's full distribution: load the teacher locally")
@@ -262,13 +271,13 @@ def _score_pair(
         with scoring_view(reference) as r:
             feats_r, head_r = completion_features(r, rollout, pos)
     n = chunk_rows(width, chunk_tokens, feats_t.device)
-    lazy = lazy_target and estimator == "full" and _frozen(head_t) and (head_r is None or _frozen(head_r))
+    lazy = lazy_target and needs == MIXED_TARGET and _frozen(head_t) and (head_r is None or _frozen(head_r))
     lazy = lazy and len(pos) * width * 4 > LAZY_TARGET_BYTES
     acc: dict[str, list[Tensor]] = {}
     dense: Tensor | None = None  # (N, V) per-state output, written chunk by chunk
-    want_dense = (estimator == "full" and not lazy) or estimator == "jsd"
+    want_dense = (needs == MIXED_TARGET and not lazy) or needs == TEACHER_DISTRIBUTION
     # the dense output is the teacher's log-probs themselves (jsd, or full at λ = 1): log_softmax writes into it
-    direct = want_dense and (estimator == "jsd" or (head_r is None and bool((lam_n == 1).all())))
+    direct = want_dense and (needs == TEACHER_DISTRIBUTION or (head_r is None and bool((lam_n == 1).all())))
     for i in range(0, len(pos), n):
         tok = tokens[i : i + n, None]
         logits_t = head_t(feats_t[i : i + n]).float()
@@ -294,8 +303,8 @@ def _score_pair(
         if want_dense and not direct:
             if dense is None:
                 dense = logp_t.new_empty(len(pos), logp_t.shape[-1])
-            dense[i : i + n] = target_logprobs(logp_t, logp_r, lam_n[i : i + n]) if estimator == "full" else logp_t
-        elif estimator == "topk":
+            dense[i : i + n] = target_logprobs(logp_t, logp_r, lam_n[i : i + n]) if needs == MIXED_TARGET else logp_t
+        elif needs == TEACHER_TOPK:
             values, index = logp_t.topk(min(topk, logp_t.shape[-1]), dim=-1)  # (n, k)
             _add(acc, "topk_index", index)
             _add(acc, "lp_teacher_topk", values)
@@ -314,7 +323,7 @@ def _score_pair(
         out["rank"] = pos.scatter(torch.zeros(0, dtype=torch.long, device=feats_t.device))
         if reference is not None:
             out["lp_reference"] = out["lp_teacher"].clone()
-        if estimator in ("full", "jsd") and "target" not in out:
+        if needs in (MIXED_TARGET, TEACHER_DISTRIBUTION) and "target" not in out:
             out["target"] = feats_t.new_zeros(0, width, dtype=torch.float32)
     return out
 
