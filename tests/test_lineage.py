@@ -10,7 +10,8 @@ import torch
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.lm.rollout import Rollout
 from gopd_lab.loop.train import train
-from gopd_lab.loop.update import UpdateSettings, lineage_signal
+from gopd_lab.loop.update import UpdateSettings
+from gopd_lab.methods import lineage_signal
 from gopd_lab.objectives import (
     agopd_lambda,
     entropy_split,

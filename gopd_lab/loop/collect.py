@@ -28,6 +28,7 @@ from gopd_lab.lm.rollout import (
     sample,
     teacher_forced,
 )
+from gopd_lab.methods import get_method
 from gopd_lab.runio import append_jsonl, read_jsonl
 from gopd_lab.scorers.score import Scored, reference_logprobs, score_rollout
 from gopd_lab.scorers.self_teacher import build_self_teacher_view
@@ -52,14 +53,15 @@ class Collector:
         self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
         student = models.student
         self.max_context = max_context(student)
-        if cfg.method in ("sft", "grpo", "chord", "sdpo") and not tasks:
+        self.method = method = get_method(cfg.method)
+        if method.needs_tasks and not tasks:
             raise ConfigError(f"method={cfg.method!r} needs tasks (answers, a verifier or feedback); set tasks=...")
         self.engine = None
         if cfg.rollout_backend == "vllm":  # imported only when selected
             from gopd_lab.scale.vllm_rollout import VllmRollout
 
             self.engine = VllmRollout(cfg, models)
-        needs_expert = cfg.method in ("sft", "offpolicy") or cfg.mu > 0
+        needs_expert = not method.samples_student or cfg.mu > 0
         self.expert = self._expert_prompts(out_dir) if needs_expert else None
         if self.expert is not None and self.expert.answers is None:
             raise ConfigError("expert data has no answers")
@@ -67,12 +69,12 @@ class Collector:
     @property
     def num_examples(self) -> int:
         """What a step's batch indexes: the expert examples for ``sft`` / ``offpolicy``, else the prompts."""
-        return len(self.expert) if self.cfg.method in ("sft", "offpolicy") else len(self.prompts)
+        return len(self.prompts) if self.method.samples_student else len(self.expert)
 
     # ------------------------------------------------------------------ expert data
     def _expert_prompts(self, out_dir: Path) -> Prompts:
         cfg, tok = self.cfg, self.models.tokenizer
-        source = "teacher" if cfg.method == "offpolicy" else cfg.expert_data
+        source = self.method.expert_source or cfg.expert_data
         if source == "teacher":
             path = out_dir / "teacher_samples.jsonl"
             if not cfg.resume:  # a fresh run never trains on samples another run left behind
@@ -140,7 +142,7 @@ class Collector:
     # ------------------------------------------------------------------ one step
     def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
         cfg, m = self.cfg, self.models
-        if cfg.method in ("sft", "offpolicy"):
+        if not self.method.samples_student:
             return self.expert_batch(index)
         if self.engine is not None:
             if row_seeds is None:
@@ -183,10 +185,10 @@ class Collector:
 
     def _score(self, rollout: Rollout) -> Scored:
         cfg, m = self.cfg, self.models
-        rewards = rewards_of(self.tasks, rollout) if self.tasks and cfg.method not in ("sft", "offpolicy") else None
-        if cfg.method in ("gopd", "sdpo"):
+        rewards = rewards_of(self.tasks, rollout) if self.tasks and self.method.samples_student else None
+        if self.method.uses_lam:  # G-OPD: the teacher and (where λ ≠ 1) the reference score the rollout
             teacher_view, extra = None, {}
-            if cfg.method == "sdpo":
+            if self.method.self_teacher:
                 rollout, teacher_view, extra = build_self_teacher_view(
                     rollout, rewards, self.tasks, cfg, m.tokenizer, m.pad_token_id
                 )

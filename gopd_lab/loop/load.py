@@ -23,6 +23,7 @@ from gopd_lab.lm.models import (
 )
 from gopd_lab.lm.precision import student_dtypes
 from gopd_lab.lm.vocab import Agreement, align_vocabularies
+from gopd_lab.methods import get_method
 from gopd_lab.scorers.remote import RemoteScorer, is_url
 from gopd_lab.scorers.self_teacher import self_teacher
 
@@ -35,12 +36,13 @@ def load_models(cfg: RunConfig) -> Models:
     """Load every model a run needs. Each distinct path is loaded once and shared across domains."""
     if not cfg.student:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
-    needs_teacher = cfg.method in ("gopd", "offpolicy") or cfg.expert_data == "teacher"
+    method = get_method(cfg.method)
+    needs_teacher = method.needs_teacher or cfg.expert_data == "teacher"
     if not cfg.teacher and needs_teacher:
         raise ConfigError(
             f"method={cfg.method!r} needs a teacher: give a hub id, a local checkpoint directory, or {{domain: path}}"
         )
-    if (cfg.method == "offpolicy" or cfg.expert_data == "teacher") and any(
+    if (method.expert_source == "teacher" or cfg.expert_data == "teacher") and any(
         map(is_url, _by_domain(cfg.teacher).values())
     ):
         raise ConfigError(
@@ -85,7 +87,7 @@ def load_models(cfg: RunConfig) -> Models:
             )
         return cache[path]
 
-    if cfg.method == "sdpo":
+    if method.self_teacher:
         teachers = {DEFAULT_DOMAIN: self_teacher(student, cfg.sdpo_teacher)}
     elif cfg.teacher and needs_teacher:
         teachers = {d: scorer(p, "teacher") for d, p in _by_domain(cfg.teacher).items()}

@@ -164,6 +164,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
+    method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods)
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
@@ -207,7 +208,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
         t0 = time.perf_counter()
         with (
-            dist.full_params(student, when=cfg.method not in ("sft", "offpolicy")),
+            dist.full_params(student, when=method.samples_student),
             autocast(amp, device),
         ):  # FSDP: sample on the gathered student
             rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
@@ -237,7 +238,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             ) from None
         scheduler.step()
         collector.after_update(student)  # rollout_backend="vllm": the engine samples from the new weights
-        if cfg.method == "sdpo" and cfg.sdpo_teacher == "ema":
+        if method.self_teacher and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
         t3 = time.perf_counter()

@@ -17,25 +17,15 @@ from gopd_lab.config import ConfigError
 from gopd_lab.errors import NonFiniteError
 from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
 from gopd_lab.lm.precision import autocast
+from gopd_lab.methods import Lineage, get_method, lam_stats
 from gopd_lab.objectives import (
     chord_phi,
     get_estimator,
-    gopd_advantages,
-    group_advantages,
-    kl_k3,
     masked_mean,
-    sampled_loss,
     sft_loss,
 )
 from gopd_lab.objectives.lineage import (
-    LOSS_KINDS,
-    agopd_lambda,
-    entropy_split,
     forward_kl,
-    reopd_budget,
-    reopd_lambda,
-    reopd_q,
-    reward_gate,
 )
 from gopd_lab.scorers.score import Scored
 
@@ -78,19 +68,19 @@ class UpdateSettings:
         knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
         lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
         return cls(
-            cfg.rl_method,
-            cfg.estimator,
-            cfg.gamma,
-            cfg.clip_eps,
-            cfg.jsd_beta,
-            cfg.epochs_per_batch,
-            cfg.max_grad_norm,
-            cfg.score_chunk_tokens,
-            cfg.samples_per_prompt,
-            cfg.kl_coef,
-            cfg.grpo_scale_std,
-            cfg.mu,
-            cfg.phi_weighting,
+            method=cfg.rl_method,
+            estimator=cfg.estimator,
+            gamma=cfg.gamma,
+            clip_eps=cfg.clip_eps,
+            jsd_beta=cfg.jsd_beta,
+            epochs=cfg.epochs_per_batch,
+            max_grad_norm=cfg.max_grad_norm,
+            chunk_tokens=cfg.score_chunk_tokens,
+            group_size=cfg.samples_per_prompt,
+            kl_coef=cfg.kl_coef,
+            scale_std=cfg.grpo_scale_std,
+            mu=cfg.mu,
+            phi_weighting=cfg.phi_weighting,
             lam_mode=cfg.lam_mode,
             lineage=lineage,
             micro_batch_size=cfg.micro_batch_size,
@@ -100,7 +90,8 @@ class UpdateSettings:
 
     @property
     def needs_full(self) -> bool:
-        return self.method == "gopd" and (get_estimator(self.estimator).student_full or self.lam_mode == "entropy")
+        uses_lam = get_method(self.method).uses_lam
+        return uses_lam and (get_estimator(self.estimator).student_full or self.lam_mode == "entropy")
 
 
 @dataclass
@@ -114,87 +105,6 @@ class UpdateResult:
     """``(B, C)`` the λ each token's G-OPD signal used (G-OPD / SDPO)."""
     loss_kind: Tensor | None = None
     """``(B, C)`` index into :data:`~gopd_lab.objectives.lineage.LOSS_KINDS`: which loss each token got."""
-
-
-@dataclass
-class Lineage:
-    """What the λ rule chose for a batch: the advantages it gives, λ per token, which loss per token, metrics."""
-
-    advantages: Tensor
-    lam_t: Tensor
-    kind: Tensor
-    metrics: dict[str, float]
-
-
-@torch.no_grad()
-def lineage_signal(scored: Scored, lp_student: Tensor, s: UpdateSettings, dist=None) -> Lineage:
-    """G-OPD's ``A_t`` with λ chosen by ``s.lam_mode`` (docs/lineage.md), from the detached ``lp_student``.
-
-    ``fixed``: the sample's λ. ``reopd``: ``λ_t = 1 + γ_b·q_t`` (advances the budget's EMA, once per batch).
-    ``agopd``: one λ for the batch. ``entropy``: ``A_t = 0`` where the teacher's entropy is above the threshold
-    (those states get the forward KL in :func:`update`). ``gated``: ``A_t = 0`` on samples whose gate is closed.
-    With ``dist`` (N processes) γ_b's mean q and A-G-OPD's sums of squares are taken over the global batch, so
-    every process uses the same batch-level λ as one process on the whole batch would."""
-    reduce = dist.sum_stats if dist is not None and dist.world > 1 else None
-    mask = scored.rollout.completion_mask.float()  # (B, C)
-    valid = mask.bool()
-    k, m = s.lineage, {}
-    lam = scored.lam  # (B,)
-    if s.lam_mode == "reopd":
-        q = reopd_q(scored.lp_teacher, lp_student, tau=k["reopd_tau"], mask=mask)  # (B, C)
-        s.reopd_gamma, raw = reopd_budget(
-            q,
-            mask,
-            target=k["reopd_target"],
-            gamma_max=k["reopd_gamma_max"],
-            ema=k["reopd_ema"],
-            previous=s.reopd_gamma,
-            reduce=reduce,
-        )
-        lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=s.reopd_gamma, tau=k["reopd_tau"], mask=mask)
-        m.update(reopd_gamma_b=s.reopd_gamma, reopd_gamma_raw=raw, reopd_q_mean=float(masked_mean(q, mask)))
-    elif s.lam_mode == "agopd":
-        lam_b = agopd_lambda(
-            scored.lp_teacher,
-            lp_student,
-            scored.lp_reference,
-            rho=k["agopd_rho"],
-            lam_max=k["agopd_lam_max"],
-            mask=mask,
-            reduce=reduce,
-        )
-        lam = lam_b.expand(len(mask))  # (B,)
-    adv = gopd_advantages(lp_student, scored.lp_teacher, scored.lp_reference, lam=lam, gamma=s.gamma, mask=mask)
-    lam_t = (lam[:, None] if lam.ndim == 1 else lam).expand(mask.shape).float()  # (B, C)
-    kind = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)  # (B, C) 0 = reverse
-    if s.lam_mode == "entropy":
-        ent = scored.teacher_entropy if scored.teacher_entropy is not None else torch.zeros_like(mask)
-        high = entropy_split(ent, threshold=k["entropy_threshold"], mask=mask)  # (B, C)
-        adv = torch.where(high, torch.zeros_like(adv), adv)
-        kind[high] = LOSS_KINDS.index("forward")
-        m.update(
-            entropy_high_frac=float(masked_mean(high.float(), mask)), teacher_entropy=float(masked_mean(ent, mask))
-        )
-    if s.lam_mode == "gated":
-        gate, _ = reward_gate(scored.lp_teacher, lp_student, scored.rewards, mask=mask)  # (B,)
-        adv = adv * gate[:, None]
-        kind[valid & ~gate[:, None]] = LOSS_KINDS.index("gated")
-        m["gate_rate"] = float(gate.float().mean())
-    m.update(lam_stats(lam_t, valid))
-    return Lineage(adv, lam_t, kind, m)
-
-
-def lam_stats(lam_t: Tensor, valid: Tensor) -> dict[str, float]:
-    """``lam_mean``, ``lam_std``, ``lam_min``, ``lam_max`` of the λ the valid tokens used (empty without any)."""
-    lam_valid = lam_t[valid]
-    if not lam_valid.numel():
-        return {}
-    return {
-        "lam_mean": float(lam_valid.mean()),
-        "lam_std": float(lam_valid.std(unbiased=False)),
-        "lam_min": float(lam_valid.min()),
-        "lam_max": float(lam_valid.max()),
-    }
 
 
 def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
@@ -211,14 +121,9 @@ def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
 
 
 def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
-    """Per-token advantages ``(B, C)`` (detached) of the method: G-OPD's ``A_t``, GRPO's group-relative
-    reward on every token of a sample, zeros for SFT."""
-    mask = scored.rollout.completion_mask.float()
-    if s.method == "gopd":  # one path for G-OPD's A_t: the λ rule of s.lam_mode
-        return lineage_signal(scored, lp_student, s).advantages
-    if s.method == "grpo":
-        return group_advantages(scored.rewards, s.group_size, scale_std=s.scale_std)[:, None] * mask
-    return torch.zeros_like(mask)
+    """Per-token advantages ``(B, C)`` (detached) of the update rule ``s.method`` (:mod:`gopd_lab.methods`): G-OPD's
+    ``A_t``, GRPO's group-relative reward on every token of a sample, zeros for SFT."""
+    return get_method(s.method).advantages(scored, lp_student, s)
 
 
 def compute_loss(
@@ -226,24 +131,15 @@ def compute_loss(
 ) -> tuple[Tensor, dict]:
     """The method's loss from one student forward ``out`` (:class:`~gopd_lab.lm.logprobs.StudentOut`), its
     per-token terms aggregated by ``s.loss_agg``."""
-    mask = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
-    if s.method == "sft":
-        return sft_loss(out.lp, mask)
-    if s.method == "grpo":
-        loss, extra = sampled_loss(out.lp, advantages, mask, lp_old=lp_old, clip_eps=s.clip_eps)
-        if s.kl_coef > 0:
-            kl = masked_mean(kl_k3(out.lp, scored.lp_reference), mask)  # KL(π_θ ‖ π_R) estimate
-            loss = loss + s.kl_coef * kl
-            extra["kl_reference"] = float(kl.detach())
-        return loss, extra
-    return get_estimator(s.estimator).loss(out, scored, advantages, mask, s, lp_old)  # G-OPD / SDPO
+    weights = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
+    return get_method(s.method).loss(scored, out, advantages, weights, s, lp_old)
 
 
 def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
     """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
     log-probs (with full distributions for ``topk``/``jsd``)."""
     fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
-    if s.method == "gopd" and get_estimator(s.estimator).fused_kl and scored.target is not None and fused_ok:
+    if get_method(s.method).uses_lam and get_estimator(s.estimator).fused_kl and scored.target is not None and fused_ok:
         out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
         if out is not None:
             return out
@@ -290,14 +186,16 @@ def update(
     weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
     n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
     parts = micro_batches(len(rollout), s.micro_batch_size)
-    grpo_adv = advantages_for(scored, mask, s) if s.method != "gopd" else None  # group-relative: whole batch
-    whole_batch_lam = s.method == "gopd" and s.lam_mode != "fixed"  # λ from statistics of the whole batch
+    method = get_method(s.method)  # the update rule's recipe (gopd_lab.methods)
+    uses_lam = method.uses_lam
+    grpo_adv = advantages_for(scored, mask, s) if not uses_lam else None  # group-relative: whole batch
+    whole_batch_lam = uses_lam and s.lam_mode != "fixed"  # λ from statistics of the whole batch
     student.train()
     first: UpdateResult | None = None
     lp_old = lineage = None
     if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
         lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
-        lineage = lineage_signal(scored, lp_old, s, dist)
+        lineage = method.signal(scored, lp_old, s, dist)
     for epoch in range(s.epochs):
         optimizer.zero_grad(set_to_none=True)
         lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
@@ -309,15 +207,15 @@ def update(
             old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
             if grpo_adv is not None:
                 adv = grpo_adv[start:stop]  # (b, C), detached
-            elif s.method != "gopd":
+            elif not uses_lam:
                 adv = advantages_for(part, old, s)
             elif lineage is not None:  # λ chosen once for the batch
                 adv = lineage.advantages[start:stop]
             elif whole_batch_lam:  # one part: it is the whole batch
-                lineage = lineage_signal(scored, old, s, dist)
+                lineage = method.signal(scored, old, s, dist)
                 adv = lineage.advantages
             else:  # fixed λ: per token, part by part
-                signals.append(lineage_signal(part, old, s))
+                signals.append(method.signal(part, old, s))
                 adv = signals[-1].advantages
             loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
             part_weights = weights[start:stop]  # (b, C)

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gopd_lab.config import ConfigError
+from gopd_lab.methods import get_method
 
 _UNSUPPORTED_LAUNCH_OPTIONS = {
     "FSDP_OFFLOAD_PARAMS": "--fsdp_offload_params",
@@ -56,7 +57,7 @@ def _check_fsdp(world: int, cfg) -> None:
             "its reference runs the student's own base weights. Launch with --multi_gpu (data parallel) "
             "for LoRA, or set lora_r=0 to shard full fine-tuning"
         )
-    if cfg is not None and cfg.method == "sdpo":
+    if cfg is not None and get_method(cfg.method).self_teacher:
         raise ConfigError(
             "FSDP with method='sdpo' is not supported: its self-teacher is the student itself. Launch "
             "with --multi_gpu (data parallel) for SDPO"
