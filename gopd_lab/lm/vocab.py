@@ -146,5 +146,5 @@ def _install(student: nn.Module, others: dict[str, tuple[nn.Module, Agreement]],
             continue  # installed already (a model shared across domains)
         head.register_forward_hook(lambda _m, _i, out: alignment.align(out))
         head.gopd_aligned = True
-        if head.weight.shape[0] == alignment.width:  # the fused log-prob paths of scoring.py read the mask here
+        if head.weight.shape[0] == alignment.width:  # the fused log-prob paths of lm/logprobs.py read the mask here
             head.gopd_allowed = alignment.allowed

@@ -54,11 +54,10 @@ from gopd_lab.scorers.remote import (
     decode_tensor,
     encode_tensor,
     is_url,
-    remote_score_pair,
-    score_tokens,
     tokenizer_info,
     vocab_hash,
 )
+from gopd_lab.scorers.scorer import score_tokens
 
 __all__ = [
     "FULL_VOCAB_LIMIT",
@@ -69,7 +68,6 @@ __all__ = [
     "decode_tensor",
     "encode_tensor",
     "is_url",
-    "remote_score_pair",
     "score_tokens",
     "tokenizer_info",
     "vocab_hash",

@@ -15,12 +15,10 @@ import urllib.parse
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gopd_lab.lm.logprobs import Positions, _vocab_size, chunk_rows, completion_features, scoring_view
 from gopd_lab.lm.models import ModelLoadError
 from gopd_lab.lm.rollout import Rollout
-from gopd_lab.objectives import MIXED_TARGET, TEACHER_DISTRIBUTION, TEACHER_TOPK, get_estimator, target_logprobs
 
 PROTOCOL = 1
 FULL_VOCAB_LIMIT = 8192
@@ -41,116 +39,6 @@ def is_url(spec: object) -> bool:
     return isinstance(spec, str) and spec.startswith(("http://", "https://"))
 
 
-# ---------------------------------------------------------------------------------------------- the computation
-@torch.inference_mode()
-def score_tokens(
-    model: nn.Module,
-    rollout: Rollout,
-    *,
-    rank: bool = False,
-    topk: int = 0,
-    full: bool = False,
-    gather: Tensor | None = None,
-    chunk_tokens: int = 0,
-) -> dict[str, Tensor]:
-    """One model's view of a rollout, chunk by chunk, as ``score._score_pair`` computes it for a teacher.
-
-    Returns ``lp`` ``(B, C)`` (0 where masked) and, when asked, ``rank`` ``(B, C)``, ``topk_index`` /
-    ``topk_logp`` ``(N, k)``, ``full`` ``(N, V)`` log-distributions, ``gather`` ``(N, k)`` log-probs at the
-    given ids; per-state tensors follow :class:`~gopd_lab.lm.logprobs.Positions` order.
-    """
-    pos = Positions.of(rollout)
-    tokens = rollout.completion_ids[pos.b, pos.c]  # (N,)
-    with scoring_view(model) as m:
-        feats, head = completion_features(m, rollout, pos)
-        vocab = _vocab_size(m, head, feats)
-    n = chunk_rows(vocab, chunk_tokens, feats.device)
-    k = min(topk, vocab)
-    acc: dict[str, list[Tensor]] = {}
-    for i in range(0, len(pos), n):
-        logp = torch.log_softmax(head(feats[i : i + n]).float(), -1)  # (n, V)
-        lp = logp.gather(-1, tokens[i : i + n, None]).squeeze(-1)  # (n,)
-        acc.setdefault("lp", []).append(lp)
-        if rank:
-            acc.setdefault("rank", []).append((logp > lp[:, None]).sum(-1))
-        if k:
-            values, index = logp.topk(k, dim=-1)  # (n, k)
-            acc.setdefault("topk_index", []).append(index)
-            acc.setdefault("topk_logp", []).append(values)
-        if full:
-            acc.setdefault("full", []).append(logp)
-        if gather is not None:
-            acc.setdefault("gather", []).append(logp.gather(-1, gather[i : i + n]))
-    dev = feats.device
-    empty = {
-        "lp": torch.zeros(0, device=dev),
-        "rank": torch.zeros(0, dtype=torch.long, device=dev),
-        "topk_index": torch.zeros(0, k, dtype=torch.long, device=dev),
-        "topk_logp": torch.zeros(0, k, device=dev),
-        "full": torch.zeros(0, vocab, device=dev),
-        "gather": torch.zeros(0, 0 if gather is None else gather.shape[-1], device=dev),
-    }
-    wanted = (
-        ["lp"]
-        + ["rank"] * rank
-        + ["topk_index", "topk_logp"] * bool(k)
-        + ["full"] * full
-        + ["gather"] * (gather is not None)
-    )
-    out = {name: torch.cat(acc[name]) if name in acc else empty[name] for name in wanted}
-    out["lp"] = pos.scatter(out["lp"])
-    if rank:
-        out["rank"] = pos.scatter(out["rank"], fill=0)
-    return out
-
-
-def remote_score_pair(
-    teacher,
-    reference,
-    rollout: Rollout,
-    lam: Tensor,
-    *,
-    estimator: str,
-    topk: int,
-    chunk_tokens: int,
-    teacher_rollout: Rollout,
-) -> dict[str, Tensor]:
-    """``score._score_pair`` when the teacher or the reference is a :class:`RemoteScorer` (the other may be a
-    local model): ask each for what the estimator needs and assemble the same outputs."""
-    needs = get_estimator(estimator).needs
-    want_full = needs in (MIXED_TARGET, TEACHER_DISTRIBUTION)
-    k = topk if needs == TEACHER_TOPK else 0
-    t = _ask(teacher, teacher_rollout, rank=True, topk=k, full=want_full, chunk_tokens=chunk_tokens)
-    out = {"lp_teacher": t["lp"], "rank": t["rank"]}
-    r = None
-    if reference is not None:
-        r = _ask(
-            reference,
-            rollout,
-            full=needs == MIXED_TARGET,
-            gather=t["topk_index"] if k else None,
-            chunk_tokens=chunk_tokens,
-        )
-        out["lp_reference"] = r["lp"]
-    if needs == MIXED_TARGET:
-        lam_n = lam[Positions.of(rollout).b][:, None]  # (N, 1)
-        out["target"] = target_logprobs(t["full"], None if r is None else r["full"], lam_n)
-    elif needs == TEACHER_DISTRIBUTION:
-        out["target"] = t["full"]
-    elif needs == TEACHER_TOPK:
-        out["topk_index"], out["lp_teacher_topk"] = t["topk_index"], t["topk_logp"]
-        if r is not None:
-            out["lp_reference_topk"] = r["gather"]
-    return out
-
-
-def _ask(scorer, rollout: Rollout, **want) -> dict[str, Tensor]:
-    if isinstance(scorer, RemoteScorer):
-        return scorer.score(rollout, **want)
-    return score_tokens(scorer, rollout, **want)
-
-
-# ---------------------------------------------------------------------------------------------- wire format
 def encode_tensor(t: Tensor) -> dict:
     a = t.detach().cpu().contiguous().numpy()
     return {

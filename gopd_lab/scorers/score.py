@@ -32,7 +32,7 @@ from gopd_lab.objectives import (
     get_estimator,
     target_logprobs,
 )
-from gopd_lab.scorers.remote import RemoteScorer, remote_score_pair
+from gopd_lab.scorers.scorer import is_scorer, score_pair
 
 LAZY_TARGET_BYTES = 64 * 2**20
 """The ``full`` estimator's target is kept lazy (:class:`LazyTarget`) when the dense ``(N, V)`` float32 target
@@ -209,8 +209,8 @@ def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 
     for ref, rows in groups.values():
         sub = rollout.select(rows) if len(rows) < len(rollout) else rollout
         lp = (
-            ref.token_logprobs(sub, chunk_tokens=chunk_tokens)
-            if isinstance(ref, RemoteScorer)
+            ref.score(sub, chunk_tokens=chunk_tokens)["lp"]
+            if is_scorer(ref)
             else token_logprobs(ref, sub, chunk_tokens=chunk_tokens)
         )
         out[torch.as_tensor(rows, device=out.device)] = lp
@@ -247,10 +247,10 @@ def _score_pair(
     ``full`` with ``lazy_target`` (frozen LM heads, a dense target above :data:`LAZY_TARGET_BYTES`) returns a
     :class:`LazyTarget` instead of an ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
     needs = get_estimator(estimator).needs
-    if isinstance(teacher, RemoteScorer) or isinstance(reference, RemoteScorer):  # a model served over HTTP
+    if is_scorer(teacher) or is_scorer(reference):  # a Scorer (e.g. a model served over HTTP)
         if entropy_threshold is not None:
             raise ValueError("lam_mode='entropy' needs the teacher's full distribution: load the teacher locally")
-        return remote_score_pair(
+        return score_pair(
             teacher,
             reference,
             rollout,
