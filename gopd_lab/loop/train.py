@@ -215,9 +215,10 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
         _sync(device)
         t1 = time.perf_counter()
         scored = collector.score(rollout)
+        step_mu = None  # μ of this step's SFT term (CHORD's schedule), passed to the update: settings stay fixed
         if cfg.mu > 0:
             scored.expert = collector.expert_batch(dist.shard(collector.expert_index(step)))
-            settings.mu = mu_at(
+            step_mu = mu_at(
                 step,
                 peak=cfg.mu,
                 schedule=cfg.mu_schedule,
@@ -228,7 +229,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
         _sync(device)
         t2 = time.perf_counter()
         try:
-            result = update(student, optimizer, scored, settings, dist=dist)
+            result = update(student, optimizer, scored, settings, dist=dist, mu=step_mu)
         except NonFiniteError as err:
             kept = latest_checkpoint(out)
             raise NonFiniteError(

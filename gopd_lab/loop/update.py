@@ -170,9 +170,17 @@ def micro_batches(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def update(
-    student: nn.Module, optimizer: torch.optim.Optimizer, scored: Scored, s: UpdateSettings, dist=None
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scored: Scored,
+    s: UpdateSettings,
+    dist=None,
+    *,
+    mu: float | None = None,
 ) -> UpdateResult:
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
+
+    ``mu`` is this step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
 
     The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
     loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
@@ -187,6 +195,7 @@ def update(
     n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
     parts = micro_batches(len(rollout), s.micro_batch_size)
     method = get_method(s.method)  # the update rule's recipe (gopd_lab.methods)
+    mu = s.mu if mu is None else mu
     uses_lam = method.uses_lam
     grpo_adv = advantages_for(scored, mask, s) if not uses_lam else None  # group-relative: whole batch
     whole_batch_lam = uses_lam and s.lam_mode != "fixed"  # λ from statistics of the whole batch
@@ -225,7 +234,7 @@ def update(
                 w_states = part_weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
                 loss = loss + (w_states * fkl).sum() / max(n_part, 1e-12)
                 fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
-            weight = n_part / n_batch * (1.0 - s.mu if _mixes_expert(scored, s) else 1.0)
+            weight = n_part / n_batch * (1.0 - mu if _mixes_expert(scored, mu) else 1.0)
             (loss.float() * weight).backward()
             total += float(loss.detach()) * weight
             _accumulate(extra, part_extra, n_part)
@@ -236,8 +245,8 @@ def update(
         extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
         if s.lam_mode == "entropy":
             extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
-        if _mixes_expert(scored, s):
-            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist)
+        if _mixes_expert(scored, mu):
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist, mu=mu)
             total += sft_total
             extra.update(sft_extra)
         params = [p for p in student.parameters() if p.requires_grad]
@@ -293,8 +302,8 @@ def _check_finite(loss: float, grad_norm: Tensor, dist, epoch: int = 0, epochs: 
         raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g}){where}; stopped {taken}")
 
 
-def _mixes_expert(scored: Scored, s: UpdateSettings) -> bool:
-    return scored.expert is not None and s.mu > 0
+def _mixes_expert(scored: Scored, mu: float) -> bool:
+    return scored.expert is not None and mu > 0
 
 
 def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> None:
@@ -303,9 +312,12 @@ def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> No
         into[key] = into.get(key, 0.0) + float(value) * n
 
 
-def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None) -> tuple[float, dict[str, float]]:
-    """Backward of ``μ·L_SFT`` on the expert batch, micro-batched like the update; returns its value (the share
-    of this process) and its metrics."""
+def expert_sft_backward(
+    student: nn.Module, expert, s: UpdateSettings, dist=None, *, mu: float | None = None
+) -> tuple[float, dict[str, float]]:
+    """Backward of ``μ·L_SFT`` on the expert batch (``mu``, else ``s.mu``), micro-batched like the update; returns
+    its value (the share of this process) and its metrics."""
+    mu = s.mu if mu is None else mu
     mask = loss_weights(expert.completion_mask, s.loss_agg)  # (B, C) each token's share (s.loss_agg)
     n_batch = _global_tokens(mask, dist)
     total, extra = 0.0, {}
@@ -314,12 +326,12 @@ def expert_sft_backward(student: nn.Module, expert, s: UpdateSettings, dist=None
         with autocast(s.autocast_dtype, mask.device):
             sft, part_extra = expert_sft_loss(student, part, s)
         n_part = float(mask[start:stop].sum())
-        weight = s.mu * n_part / n_batch
+        weight = mu * n_part / n_batch
         (sft.float() * weight).backward()
         total += float(sft.detach()) * weight
         _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
     n_local = max(float(mask.sum()), 1e-12)
-    return total, {"mu": s.mu, **{k: v / n_local for k, v in extra.items()}}
+    return total, {"mu": mu, **{k: v / n_local for k, v in extra.items()}}
 
 
 def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
