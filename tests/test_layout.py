@@ -97,3 +97,14 @@ def test_the_layers_point_down():
     assert graph["objectives"] == set()
     assert "loop" not in graph["world"] and "loop" not in graph["scorers"]
     assert not graph["errors"]
+
+
+def test_the_checkpoint_loader_knows_no_method_and_no_served_teacher():
+    """``lm/models.py`` loads one checkpoint and its tokenizer; SDPO's self-teacher, HTTP teachers, LoRA and the
+    method's needs are ``loop/load.py``'s, which asks the method registry and the scorers."""
+    imported = _imports(PACKAGE / "lm" / "models.py")
+    assert {m.split(".")[0] for m in imported} <= {"config", "errors", "lm", "world"}, imported
+    load = _imports(PACKAGE / "loop" / "load.py")
+    assert "methods" in load and "scorers.remote" in load and "scorers.self_teacher" in load
+    source = (PACKAGE / "loop" / "load.py").read_text()
+    assert "cfg.method ==" not in source and '"sdpo"' not in source
