@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gopd_lab.models import freeze, load_model, load_tokenizer  # noqa: E402
-from gopd_lab.rollout import Prompts, prompts_from_tasks  # noqa: E402
-from gopd_lab.tiny import tiny_config, tiny_model  # noqa: E402
-from gopd_lab.tokenizer import build_char_tokenizer  # noqa: E402
+from gopd_lab.lm.models import freeze, load_model, load_tokenizer  # noqa: E402
+from gopd_lab.lm.rollout import Prompts, prompts_from_tasks  # noqa: E402
+from gopd_lab.world.tiny import tiny_config, tiny_model  # noqa: E402
+from gopd_lab.world.tokenizer import build_char_tokenizer  # noqa: E402
 
 SMALL = dict(hidden=64, layers=2, heads=4, kv_heads=2)  # the zoo's student-base / teacher-add architecture
 

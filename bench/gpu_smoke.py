@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    from gopd_lab.train import train
+    from gopd_lab.loop.train import train
 
     cfg = RunConfig.load(args.config)
     with tempfile.TemporaryDirectory() as tmp:

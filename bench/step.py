@@ -14,7 +14,7 @@ in a separate pass) and the process max RSS.
     python bench/step.py                                            # zoo models (tiny random until data/zoo exists)
     python bench/step.py --vocab 151936 --hidden 64 --layers 2      # random models, a Qwen-sized vocabulary
     python bench/step.py --vocab 151936 --scoring-memory-only       # scoring peak vs naive log_softmax(...).gather
-    python bench/step.py --remote                                   # also: teacher behind gopd_lab.teacher_server
+    python bench/step.py --remote                                   # also: teacher behind gopd_lab.scale.teacher_server
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from gopd_lab.models import Models  # noqa: E402
-from gopd_lab.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
-from gopd_lab.schedules import make_optimizer  # noqa: E402
-from gopd_lab.score import score_rollout  # noqa: E402
-from gopd_lab.scoring import CHUNK_BYTES, token_logprobs  # noqa: E402
-from gopd_lab.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.lm.logprobs import CHUNK_BYTES, token_logprobs  # noqa: E402
+from gopd_lab.lm.models import Models  # noqa: E402
+from gopd_lab.lm.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
+from gopd_lab.loop.schedules import make_optimizer  # noqa: E402
+from gopd_lab.loop.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.scorers.score import score_rollout  # noqa: E402
 
 
 def parse(argv=None):
@@ -350,7 +350,7 @@ def full_estimator_memory(w, models, rollout, args, naive_peak, median_s) -> lis
     """The ``full`` estimator at λ = ``--lam`` (teacher + reference): scoring keeps a lazy target (features, not
     ``N × V``); for comparison the same target materialised, and the update's fused-KL forward + backward that
     reads the lazy target chunk by chunk (that row includes the student's decoder activations)."""
-    from gopd_lab.scoring import student_kl_forward
+    from gopd_lab.lm.logprobs import student_kl_forward
 
     lam = args.lam
 
@@ -402,9 +402,9 @@ def _free_port() -> int:
 
 
 def remote_overhead(w, models, rollout, args) -> dict:
-    """Scoring with the teacher in-process vs behind ``python -m gopd_lab.teacher_server`` (a subprocess on
+    """Scoring with the teacher in-process vs behind ``python -m gopd_lab.scale.teacher_server`` (a subprocess on
     this machine, same thread count), alternating, on the same rollout."""
-    from gopd_lab.teacher_server import RemoteScorer
+    from gopd_lab.scale.teacher_server import RemoteScorer
 
     with tempfile.TemporaryDirectory() as tmp:
         w.teacher.save_pretrained(tmp)
@@ -414,7 +414,7 @@ def remote_overhead(w, models, rollout, args) -> dict:
             [
                 sys.executable,
                 "-m",
-                "gopd_lab.teacher_server",
+                "gopd_lab.scale.teacher_server",
                 "--model",
                 tmp,
                 "--port",

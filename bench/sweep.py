@@ -1,7 +1,7 @@
 """Wall time of a papermill sweep with 1 worker against the same sweep with N workers, on this machine.
 
 The sweep is 4 points of ``notebooks/experiment_point.ipynb`` (λ ∈ {1, 1.25} × seed ∈ {0, 1}, G-OPD on the zoo,
-``--steps`` steps each, evaluation on ``--eval-limit`` test prompts), run by :func:`gopd_lab.sweep.run_sweep`
+``--steps`` steps each, evaluation on ``--eval-limit`` test prompts), run by :func:`gopd_lab.experiments.sweep.run_sweep`
 exactly as ``gopd-lab sweep`` runs it: each point is a ``python -m papermill`` subprocess whose kernel gets
 ``cores // workers`` threads. The 1-worker and N-worker sweeps alternate ``--repeats`` times, each into a fresh
 directory, and the script prints the wall time of each and the ratio ``N workers / 1 worker`` per pair
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, stats, write_json  # noqa: E402
 
-from gopd_lab.sweep import run_sweep  # noqa: E402
+from gopd_lab.experiments.sweep import run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ gopd_lab runs its stages (``sample`` → ``score_rollout`` → ``update``) with 
 per state ``KL(π_θ ‖ π_T)`` over the whole vocabulary on the student's own samples. TRL runs
 ``trl.DistillationTrainer`` (TRL ≥ 1.x; the experimental ``GKDTrainer`` is its predecessor) with ``beta=1.0``
 (reverse KL) on completions it generates itself every step (fully on-policy, what ``lmbda=1.0`` meant in
-``GKDTrainer``). Both: float32 on CPU, the same thread count, torch's fused AdamW (no weight decay; the Trainer's default on torch ≥ 2.8, and what ``gopd_lab.train`` uses), constant learning rate,
+``GKDTrainer``). Both: float32 on CPU, the same thread count, torch's fused AdamW (no weight decay; the Trainer's default on torch ≥ 2.8, and what ``gopd_lab.loop.train`` uses), constant learning rate,
 gradient clipping at 1.0, temperature 1, full-vocabulary sampling (top-k 0, top-p 1), completions of at most
 ``--new-tokens`` tokens that stop at EOS (the EOS token is trained on, later positions are masked: both
 trainers do this; random models almost never sample EOS, so theirs run the full length), no gradient checkpointing (TRL's default is on; ``--trl-gradient-checkpointing`` turns
@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import build_world, print_table, set_threads, stats, task_prompts, write_json  # noqa: E402
 
-from gopd_lab.models import Models  # noqa: E402
-from gopd_lab.rollout import sample  # noqa: E402
-from gopd_lab.schedules import make_optimizer  # noqa: E402
-from gopd_lab.score import score_rollout  # noqa: E402
-from gopd_lab.scoring import full_logprobs  # noqa: E402
-from gopd_lab.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.lm.logprobs import full_logprobs  # noqa: E402
+from gopd_lab.lm.models import Models  # noqa: E402
+from gopd_lab.lm.rollout import sample  # noqa: E402
+from gopd_lab.loop.schedules import make_optimizer  # noqa: E402
+from gopd_lab.loop.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.scorers.score import score_rollout  # noqa: E402
 
 SETTINGS = {  # lr / steps: enough for the reverse KL to move visibly in a few steps, not so much that it overshoots
     "zoo": dict(vocab=0, batch=32, lr=3e-4, steps=8),

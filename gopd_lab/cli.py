@@ -20,8 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .config import TRL_ALIASES, ConfigError, RunConfig, load_yaml
-from .errors import UserError
+from gopd_lab.config import TRL_ALIASES, ConfigError, RunConfig, load_yaml
+from gopd_lab.errors import UserError
 
 TRAIN_HELP = """Train with G-OPD / SDPO / SFT / GRPO / CHORD from a config file and options.
 
@@ -140,7 +140,7 @@ def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from gopd_lab.loop.train import train
 
     cfg = config_from_argv(args.options)
     history = train(cfg)
@@ -157,9 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
-    from .models import load_model, load_tokenizer, resolve_device
-    from .tasks import load_tasks
+    from gopd_lab.lm.models import load_model, load_tokenizer, resolve_device
+    from gopd_lab.loop.evaluate import evaluate
+    from gopd_lab.tasks import load_tasks
 
     device = resolve_device(args.device)
     import torch
@@ -177,19 +177,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(table.to_string(index=False))
     if args.out:
-        from .runio import atomic_write_text
+        from gopd_lab.runio import atomic_write_text
 
         atomic_write_text(args.out, table.to_csv(index=False))
     return 0
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from . import zoo
+    from gopd_lab.experiments import zoo_build
+    from gopd_lab.world import zoo
 
     if args.action == "build":
         names = set(args.only.split(",")) if args.only else None
         recipes = [r for r in zoo.world_recipes() if names is None or r.name in names]
-        zoo.build(
+        zoo_build.build(
             Path(args.out) if args.out else None,
             recipes=recipes,
             scale=args.scale,
@@ -201,15 +202,15 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from gopd_lab.demo import run_demo
 
     run_demo(out_dir=args.out_dir, steps=args.steps, domain=args.domain)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_spec
-    from .sweep_grid import spec_from_cli
+    from gopd_lab.experiments.sweep import run_spec
+    from gopd_lab.experiments.sweep_grid import spec_from_cli
 
     gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g.strip()]
     spec = spec_from_cli(args.notebook, args.spec, args.grid, args.set)
@@ -237,7 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
+    from gopd_lab.scale.hub import push_to_hub
 
     where = push_to_hub(args.run_dir, args.repo_id, private=args.private, token=args.token, local_dir=args.local_dir)
     print(f"{'wrote' if args.local_dir else 'pushed'} {args.run_dir} → {where}")

@@ -12,12 +12,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .lineage import LAM_MODES
+from gopd_lab.errors import ConfigError
+from gopd_lab.methods import METHODS, get_method
+from gopd_lab.objectives import ESTIMATORS, get_estimator
+from gopd_lab.objectives.lineage import LAM_MODES
 
-ESTIMATORS = ("sampled", "full", "topk", "jsd")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
-METHODS = ("gopd", "sdpo", "sft", "offpolicy", "grpo", "chord")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRL_ALIASES = {
     "learning_rate": "lr",
@@ -222,7 +222,7 @@ class RunConfig:
     ``(1/B') Σ_b (Σ_t m·ℓ / Σ_t m)`` over the ``B'`` non-empty rows (every completion weighs the same; the
     official verl G-OPD run's effective normalisation). See docs/metrics.md."""
 
-    # -- report_to: metrics to experiment trackers (gopd_lab.trackers)
+    # -- report_to: metrics to experiment trackers (gopd_lab.loop.trackers)
     report_to: str | list[str] = "none"
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
     ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
@@ -235,13 +235,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
             setattr(self, name, _json_text(name, getattr(self, name)))
-        from .config_checks import check_config
+        from gopd_lab.config_checks import check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        method = get_method(self.method)
         if self.estimator not in ESTIMATORS:
-            raise ConfigError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+            raise ConfigError(f"estimator must be one of {tuple(ESTIMATORS)}, got {self.estimator!r}")
+        estimator = get_estimator(self.estimator)
         for domain, lam in self.lam_items():
             if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
                 where = f" for domain {domain!r}" if domain else ""
@@ -250,12 +252,14 @@ class RunConfig:
                 )
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.gamma > 0 and self.estimator != "sampled":
-            raise ConfigError("gamma > 0 only applies to estimator='sampled' (the others are per-state, γ = 0)")
+        if self.gamma > 0 and not estimator.uses_advantages:
+            raise ConfigError(
+                f"gamma > 0 only applies to estimator={_advantage_estimators()} (the others are per-state, γ = 0)"
+            )
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise ConfigError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.estimator == "jsd" and any(lam != 1 for _, lam in self.lam_items()):
-            raise ConfigError("estimator='jsd' distils to the teacher itself; set lam=1 (or use 'full' for G-OPD)")
+        if reason := estimator.check(self):
+            raise ConfigError(reason)
         positive = ("topk", "epochs_per_batch", "batch_size", "samples_per_prompt", "max_new_tokens", "steps")
         for name in positive:
             if getattr(self, name) < 1:
@@ -276,10 +280,8 @@ class RunConfig:
             raise ConfigError(
                 f"need 0 <= mu_valley <= mu for warmup_cosine, got mu={self.mu}, mu_valley={self.mu_valley}"
             )
-        if self.method == "chord" and self.mu <= 0:
-            raise ConfigError("method='chord' needs mu > 0 (the weight of the SFT term); mu=0 is plain GRPO")
-        if self.method == "sdpo" and "{prompt}" not in self.sdpo_template:
-            raise ConfigError("sdpo_template must contain {prompt}")
+        if reason := method.check(self):
+            raise ConfigError(reason)
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
         for name in (
@@ -298,7 +300,7 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.temperature != 1 and self.method in ("gopd", "sdpo", "grpo", "chord"):
+        if self.temperature != 1 and method.samples_student:
             raise ConfigError(
                 f"temperature={self.temperature} with method={self.method!r}: the update scores the student's "
                 "log-probs at temperature 1, so samples drawn at another temperature would make the update and "
@@ -334,7 +336,7 @@ class RunConfig:
             raise ConfigError(
                 "rollout_backend='vllm' needs a full-weight student on CUDA; use rollout_backend='hf' for LoRA or CPU"
             )
-        if self.rollout_backend == "vllm" and self.method in ("sft", "offpolicy"):
+        if self.rollout_backend == "vllm" and not method.samples_student:
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
@@ -360,8 +362,10 @@ class RunConfig:
             raise ConfigError(f"entropy_threshold must be >= 0 nats, got {self.entropy_threshold}")
         if self.lam_mode == "fixed":
             return
-        if self.method not in ("gopd", "sdpo") or self.estimator != "sampled":
-            raise ConfigError(f"lam_mode={self.lam_mode!r} needs method gopd or sdpo with estimator='sampled'")
+        if not get_method(self.method).uses_lam or not get_estimator(self.estimator).uses_advantages:
+            raise ConfigError(
+                f"lam_mode={self.lam_mode!r} needs method {_lam_methods()} with estimator={_advantage_estimators()}"
+            )
         if self.lam_mode in ("reopd", "agopd") and any(lam != 1 for _, lam in self.lam_items()):
             raise ConfigError(f"lam_mode={self.lam_mode!r} chooses λ itself; leave lam=1")
         if self.lam_mode == "entropy" and self.gamma != 0:
@@ -398,11 +402,7 @@ class RunConfig:
     def needs_reference(self) -> bool:
         """The reference is run only when some λ differs from 1 (at λ = 1 it cancels exactly), or for
         GRPO's KL term."""
-        if self.method in ("grpo", "chord"):
-            return self.kl_coef > 0
-        if self.always_reference:
-            return True
-        return self.method in ("gopd", "sdpo") and any(lam != 1 for _, lam in self.lam_items())
+        return get_method(self.method).needs_reference(self)
 
     @property
     def always_reference(self) -> bool:
@@ -412,7 +412,7 @@ class RunConfig:
     @property
     def rl_method(self) -> str:
         """The update rule behind the method: ``gopd`` (G-OPD advantages), ``grpo`` or ``sft``."""
-        return {"sdpo": "gopd", "chord": "grpo", "offpolicy": "sft"}.get(self.method, self.method)
+        return get_method(self.method).update_rule
 
     @property
     def task_names(self) -> list[str]:
@@ -519,3 +519,13 @@ def load_yaml(text: str) -> Any:
 def config_fields() -> list[dataclasses.Field]:
     """The fields of :class:`RunConfig` (used by the CLI to build its options)."""
     return list(dataclasses.fields(RunConfig))
+
+
+def _advantage_estimators() -> str:
+    """The registered estimators that consume the per-token advantage, as ``'sampled'`` (or ``'a' or 'b'``)."""
+    return " or ".join(repr(name) for name, e in ESTIMATORS.items() if e.uses_advantages)
+
+
+def _lam_methods() -> str:
+    """The registered methods G-OPD's λ applies to, as ``gopd or sdpo``."""
+    return " or ".join(name for name, m in METHODS.items() if m.uses_lam)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from gopd_lab.errors import ConfigError
 
 
 def _is_int(v: Any) -> bool:
@@ -104,7 +104,7 @@ def check_ranges(cfg) -> None:
 
 def check_tasks(cfg) -> None:
     """Every name in ``tasks`` is a registered task or an existing ``.jsonl`` file."""
-    from .tasks import available_tasks
+    from gopd_lab.tasks import available_tasks
 
     known = available_tasks()
     for name in cfg.task_names:
@@ -126,7 +126,9 @@ def check_world(cfg) -> None:
     vLLM backend (one engine, whole weights) is refused."""
     world = os.environ.get("WORLD_SIZE", "1")
     world = int(world) if world.isdigit() else 1
-    if world > 1 and cfg.rollout_backend == "vllm":  # also checked where the engine starts (gopd_lab.vllm_rollout)
+    if (
+        world > 1 and cfg.rollout_backend == "vllm"
+    ):  # also checked where the engine starts (gopd_lab.scale.vllm_rollout)
         raise ConfigError(
             f"rollout_backend='vllm' runs in one process, but {world} were launched (WORLD_SIZE={world}); "
             "launch one process, or use rollout_backend='hf' for data-parallel or FSDP runs"

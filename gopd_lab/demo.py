@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import RunConfig
-from .train import train
+from gopd_lab.config import RunConfig
+from gopd_lab.loop.train import train
 
 
 def demo_config(domain: str = "add", lam: float = 1.0, steps: int = 60, out_dir: str = "runs/demo") -> RunConfig:
@@ -39,9 +39,9 @@ def run_demo(
     out_dir: str = "runs/demo", steps: int = 60, domain: str = "add", lams: tuple[float, ...] = (1.0, 1.25)
 ) -> pd.DataFrame:
     """Train one run per λ and return the before/after table (also written to ``<out_dir>/results.csv``)."""
-    from .runio import atomic_write_text
-    from .viz import save_html, training_curves
-    from .zoo import read_manifest
+    from gopd_lab.runio import atomic_write_text
+    from gopd_lab.viz import save_html, training_curves
+    from gopd_lab.world.zoo import read_manifest
 
     rows, run_dirs = [], []
     teacher_acc = read_manifest()["models"][f"teacher-{domain}"]["accuracy"][domain]

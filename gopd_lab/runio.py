@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import writing
+from gopd_lab.errors import writing
 
 
 def _clean(value: Any) -> Any:

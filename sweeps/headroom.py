@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from gopd_lab.headroom import headroom_curve
+from gopd_lab.loop.headroom import headroom_curve
 from gopd_lab.runio import atomic_write_text
 from gopd_lab.tasks import load_tasks
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.zoo import read_manifest, zoo_dir
+from gopd_lab.world.tokenizer import build_char_tokenizer
+from gopd_lab.world.zoo import read_manifest, zoo_dir
 
 
 def curve_table(name: str, curve) -> list[str]:

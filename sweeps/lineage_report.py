@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gopd_lab.paired import format_interval, paired_differences
+from gopd_lab.experiments.paired import format_interval, paired_differences
+from gopd_lab.experiments.sweep import load_sweep
 from gopd_lab.runio import atomic_write_text, read_jsonl
-from gopd_lab.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_DIR = ROOT / "runs" / "sweeps" / "v1" / "lineage"

@@ -6,7 +6,7 @@
     python sweeps/report.py             # results/ → docs/results.md (prose: sweeps/results_template.md)
     python sweeps/report.py --check     # exit 1 when docs/results.md is not what the committed results give
 
-Every comparison is paired on the training seed (``gopd_lab.paired``): the arms of one experiment share the
+Every comparison is paired on the training seed (``gopd_lab.experiments.paired``): the arms of one experiment share the
 seeds and the evaluation seed, so ``Δ`` is the mean over seeds of ``arm − baseline`` with a 95 % Student-t
 interval and the number of seeds the arm won. A finding's verdict follows from its interval and the sign the
 paper (or the theory) predicts: *reproduced* when the interval excludes 0 on the predicted side, *opposite*
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gopd_lab.paired import format_interval, paired_differences
+from gopd_lab.experiments.paired import format_interval, paired_differences
+from gopd_lab.experiments.sweep import load_sweep, summarise
 from gopd_lab.runio import atomic_write_text, read_jsonl
-from gopd_lab.sweep import load_sweep, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -51,7 +51,7 @@ def collect(names: list[str] = V2_SWEEPS) -> None:
     """Publish each finished v2 sweep dir into results/v2 and evaluate the reference models."""
     import yaml
 
-    from gopd_lab.course import publish_sweep
+    from gopd_lab.viz.course import publish_sweep
 
     for name in names:
         spec = yaml.safe_load((ROOT / "sweeps" / "v2" / f"{name}.yaml").read_text())
@@ -69,11 +69,11 @@ def evaluate_reference_models() -> pd.DataFrame:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gopd_lab.evaluate import evaluate
+    from gopd_lab.loop.evaluate import evaluate
     from gopd_lab.tasks import load_tasks
     from gopd_lab.tasks.arith import use_world
-    from gopd_lab.tokenizer import build_char_tokenizer
-    from gopd_lab.zoo import zoo_dir
+    from gopd_lab.world.tokenizer import build_char_tokenizer
+    from gopd_lab.world.zoo import zoo_dir
 
     use_world("v2")
     torch.set_num_threads(1)
@@ -396,7 +396,7 @@ def headroom_curves() -> str:
 
 def zoo_table() -> str:
     """The v2 zoo from its manifest: recipe, accuracies (1,000 test prompts, seed 0) and build seconds."""
-    from gopd_lab.zoo import read_manifest
+    from gopd_lab.world.zoo import read_manifest
 
     lines = ["| model | recipe | add greedy / mean@4 | mul greedy / mean@4 | build s |", "|---|---|---|---|---|"]
     for name, entry in read_manifest(ROOT / "data" / "zoo" / "v2")["models"].items():

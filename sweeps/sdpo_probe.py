@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from gopd_lab.evaluate import evaluate
+from gopd_lab.loop.evaluate import evaluate
 from gopd_lab.tasks import get_task
 from gopd_lab.tasks.arith import feedback_views
 from gopd_lab.tasks.base import Task
-from gopd_lab.tokenizer import build_char_tokenizer
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 
 def main(argv: list[str]) -> int:

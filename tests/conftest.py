@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """Three tiny random Qwen2 checkpoints on the character tokenizer: student, teacher, reference."""
-    from gopd_lab.tiny import save_tiny_model
+    from gopd_lab.world.tiny import save_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     return {

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CODE = [
-    "from gopd_lab import course, widgets\nimport plotly.express as px\ncourse.setup_plotting()",
+    "from gopd_lab.viz import course, widgets\nimport plotly.express as px\ncourse.setup_plotting()",
     "px.line(x=[0, 1, 2], y=[1.0, 3.0, 2.0], title='mimetype figure')",
     "live = widgets.LivePlot(metrics=('loss',), min_interval=0.0)\nlive",
     "for step in range(1, 4):\n    live.on_step(step, {'loss': 1.0 / step})\nlive.on_end({})",

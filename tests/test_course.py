@@ -1,4 +1,4 @@
-"""gopd_lab.course: the exercise checker, repository paths, committed sweep results, the shipped math task and
+"""gopd_lab.viz.course: the exercise checker, repository paths, committed sweep results, the shipped math task and
 the GPU preset choice of notebook 04."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-from gopd_lab import course
-from gopd_lab.sweep import load_sweep
+from gopd_lab.experiments.sweep import load_sweep
 from gopd_lab.tasks import load_tasks
 from gopd_lab.tasks.mathjsonl import math_verifier
+from gopd_lab.viz import course
 
 
 def test_check_says_right_wrong_or_unanswered_and_never_raises():

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.distributed import Distributed
+from gopd_lab.scale.distributed import Distributed
 
 ARGS = [
     "--prompts",
@@ -163,8 +163,8 @@ def test_fsdp_refuses_what_it_cannot_run(monkeypatch):
 def test_nccl_collectives_get_tensors_on_the_process_device_not_the_cpu(monkeypatch):
     """NCCL reduces CUDA tensors only: the token count of the update (``_global_tokens``), the metrics, and the
     lineage statistics all go through ``reduce_device`` (the CUDA device under NCCL, the CPU under gloo)."""
-    from gopd_lab import distributed as D
-    from gopd_lab.update import _global_tokens
+    from gopd_lab.loop.update import _global_tokens
+    from gopd_lab.scale import distributed as D
 
     monkeypatch.setattr(D.dist, "get_backend", lambda: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from gopd_lab import exact
 from gopd_lab.config import RunConfig
-from gopd_lab.models import Models
+from gopd_lab.lm import exact
+from gopd_lab.lm.logprobs import full_logprobs, student_forward, token_logprobs
+from gopd_lab.lm.models import Models
+from gopd_lab.loop.train import train
 from gopd_lab.objectives import full_loss, gopd_advantages, sampled_loss, target_logprobs
-from gopd_lab.scoring import full_logprobs, student_forward, token_logprobs
-from gopd_lab.train import train
 
 K, H = 3, 3
 LAMS = [0.5, 1.0, 1.25, 2.0]

@@ -12,15 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gopd_lab.checkpoint import latest_checkpoint, save_checkpoint
 from gopd_lab.cli import main
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import DataError, DiskFullError, ModelLoadError, NonFiniteError, RunDirError, UserError
-from gopd_lab.models import load_model, load_models, load_tokenizer
-from gopd_lab.rollout import encode_prompts, load_prompts
+from gopd_lab.lm.models import load_model, load_tokenizer
+from gopd_lab.lm.rollout import encode_prompts, load_prompts
+from gopd_lab.loop.checkpoint import latest_checkpoint, save_checkpoint
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.train import train
 from gopd_lab.runio import append_jsonl, atomic_write_json, atomic_write_text
 from gopd_lab.tasks.base import read_jsonl
-from gopd_lab.train import train
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
 
@@ -258,7 +259,7 @@ def test_full_disk_during_a_checkpoint_names_it(tiny_dirs, tmp_path, monkeypatch
     def torn(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
 
-    monkeypatch.setattr("gopd_lab.checkpoint.torch.save", torn)
+    monkeypatch.setattr("gopd_lab.loop.checkpoint.torch.save", torn)
     with pytest.raises(RuntimeError, match="PytorchStreamWriter"):  # space left: not a full disk
         save_checkpoint(tmp_path, 1, model, opt, sched, {})
     monkeypatch.setattr("gopd_lab.errors.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))

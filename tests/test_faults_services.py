@@ -17,15 +17,15 @@ import pytest
 import torch
 
 from gopd_lab.config import ConfigError
-from gopd_lab.evaluate import generate
-from gopd_lab.models import load_model, load_tokenizer
-from gopd_lab.rollout import encode_prompts
-from gopd_lab.sweep import _Runner, load_sweep
-from gopd_lab.sweep_grid import Point, SweepError, notebook_parameters
-from gopd_lab.sweep_lock import PointLock, is_locked, kill_tree, terminate_as_interrupt
+from gopd_lab.experiments.sweep import _Runner, load_sweep
+from gopd_lab.experiments.sweep_grid import Point, SweepError, notebook_parameters
+from gopd_lab.experiments.sweep_lock import PointLock, is_locked, kill_tree, terminate_as_interrupt
+from gopd_lab.lm.models import load_model, load_tokenizer
+from gopd_lab.lm.rollout import encode_prompts
+from gopd_lab.loop.evaluate import generate
+from gopd_lab.scale.teacher_server import serve_in_thread
 from gopd_lab.tasks import get_task, load_math_jsonl, math_verifier
-from gopd_lab.teacher_server import serve_in_thread
-from gopd_lab.zoo import ZooError, model_path
+from gopd_lab.world.zoo import ZooError, model_path
 
 
 # ------------------------------------------------------------------------------------ teacher server

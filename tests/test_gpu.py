@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from gopd_lab.models import Models, freeze
-from gopd_lab.rollout import encode_prompts, sample
-from gopd_lab.score import score_rollout
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.update import UpdateSettings, update
+from gopd_lab.lm.models import Models, freeze
+from gopd_lab.lm.rollout import encode_prompts, sample
+from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.scorers.score import score_rollout
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -26,7 +26,7 @@ def world():
 
 
 def test_cuda_sampling_uses_device_generators_and_large_chunks(world):
-    from gopd_lab.scoring import chunk_rows
+    from gopd_lab.lm.logprobs import chunk_rows
 
     tok, student, _, prompts = world
     assert chunk_rows(151_936, 0, "cuda") > 1000 and chunk_rows(151_936, 0, "cpu") < 100
@@ -68,9 +68,9 @@ def test_micro_batched_bf16_autocast_step_on_cuda_matches_the_whole_batch(world,
 def test_vllm_backend_samples_and_follows_weight_updates(tmp_path):
     pytest.importorskip("vllm")
     from gopd_lab.config import RunConfig
-    from gopd_lab.models import load_models
-    from gopd_lab.tiny import save_tiny_model
-    from gopd_lab.vllm_rollout import VllmRollout
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.scale.vllm_rollout import VllmRollout
+    from gopd_lab.world.tiny import save_tiny_model
 
     path = save_tiny_model(tmp_path / "student", seed=0)
     cfg = RunConfig(

@@ -11,9 +11,9 @@ import torch
 
 from gopd_lab import RunConfig
 from gopd_lab.config import ConfigError
-from gopd_lab.rollout import Prompts, cache_argument, encode_prompts, sample
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
+from gopd_lab.lm.rollout import Prompts, cache_argument, encode_prompts, sample
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _sample(tok, model, **kw):
 
 def test_checking_for_finished_rows_every_k_tokens_gives_the_same_rollout(eos_model, monkeypatch):
     """On an accelerator the loop asks "every row done?" only every 16 tokens; the extra columns are trimmed."""
-    from gopd_lab import rollout
+    from gopd_lab.lm import rollout
 
     tok, model = eos_model
     every_token = _sample(tok, model)
@@ -101,7 +101,7 @@ def test_rollout_backend_is_validated():
 
 
 def test_without_vllm_the_error_names_the_extra(monkeypatch):
-    from gopd_lab.vllm_rollout import import_vllm
+    from gopd_lab.scale.vllm_rollout import import_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ConfigError, match=r"gopd-lab\[vllm\]"):
@@ -139,7 +139,7 @@ def test_the_hf_backend_never_imports_vllm(tiny_dirs, tmp_path, monkeypatch):
 
 
 def test_vllm_token_ids_become_the_same_rollout_as_the_built_in_loop():
-    from gopd_lab.vllm_rollout import completions_to_rollout
+    from gopd_lab.scale.vllm_rollout import completions_to_rollout
 
     prompts = Prompts([[5, 6, 7], [8]], ["a", "b"], ["d", "d"])
     ro = completions_to_rollout(prompts, [[9, 2, 11, 12], [10, 11]], eos_token_id=2, pad_token_id=0)
@@ -171,7 +171,7 @@ def test_each_gpu_presets_memory_figures_follow_the_one_rule(name):
     """Every GiB figure in a preset is recomputed from the model dimensions and run shape written in that file by
     gopd_lab/gpu_memory.py's rule (static + the largest phase; the fused pass's fp32 grad_w and bf16 head copy;
     the teacher over the whole batch at once)."""
-    from gopd_lab.gpu_memory import GIB, Dims, estimate
+    from gopd_lab.scale.gpu_memory import GIB, Dims, estimate
 
     path = ROOT / "configs" / f"{name}.yaml"
     text, cfg = path.read_text(), RunConfig.load(path)
@@ -203,7 +203,7 @@ def test_gpu_smoke_exits_with_a_clear_message_without_cuda():
 
 def test_the_memory_rules_parameter_count_matches_the_model_cards():
     """P from the dimensions (matrices and embeddings; biases and norms left out) against the published sizes."""
-    from gopd_lab.gpu_memory import Dims
+    from gopd_lab.scale.gpu_memory import Dims
 
     cards = {  # model card: parameters; non-embedding where the card gives it
         "L=24 H=896 I=4864 heads=14 kv=2 hd=64 V=151936 tied=1": (0.49e9, 0.36e9),  # Qwen2.5-0.5B

@@ -5,13 +5,13 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from gopd_lab.evaluate import evaluate, evaluate_target, generate
-from gopd_lab.headroom import TargetModel, headroom_curve
-from gopd_lab.rollout import encode_prompts
+from gopd_lab.lm.rollout import encode_prompts
+from gopd_lab.loop.evaluate import evaluate, evaluate_target, generate
+from gopd_lab.loop.headroom import TargetModel, headroom_curve
 from gopd_lab.tasks import get_task
-from gopd_lab.tiny import tiny_config, tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.zoo import model_path
+from gopd_lab.world.tiny import tiny_config, tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
+from gopd_lab.world.zoo import model_path
 
 PROMPTS = ["7+5=", "47+85=", "3+90=", "61+2=", "99+99=", "12+30="]
 

@@ -4,8 +4,8 @@ import datasets  # the datasets extra, which make setup installs
 import pytest
 
 from gopd_lab.config import RunConfig
+from gopd_lab.loop.train import train
 from gopd_lab.tasks import Task, load_tasks, register_task
-from gopd_lab.train import train
 
 QUESTIONS = [f"{a}+{b}=" for a in range(1, 6) for b in range(1, 5)]  # 20 distinct prompts
 ANSWERS = [a + b for a in range(1, 6) for b in range(1, 5)]  # numbers: they become text

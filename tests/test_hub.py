@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from gopd_lab.cli import main
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.hub import push_to_hub
-from gopd_lab.train import train
+from gopd_lab.loop.train import train
+from gopd_lab.scale.hub import push_to_hub
 
 
 @pytest.fixture(scope="module")

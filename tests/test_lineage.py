@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.lineage import LOSS_KINDS
+from gopd_lab.lm.rollout import Rollout
+from gopd_lab.loop.train import train
+from gopd_lab.loop.update import UpdateSettings
+from gopd_lab.methods import lineage_signal
 from gopd_lab.objectives import (
     agopd_lambda,
     entropy_split,
@@ -19,10 +22,8 @@ from gopd_lab.objectives import (
     reopd_lambda,
     reward_gate,
 )
-from gopd_lab.rollout import Rollout
-from gopd_lab.score import Scored
-from gopd_lab.train import train
-from gopd_lab.update import UpdateSettings, lineage_signal
+from gopd_lab.objectives.lineage import LOSS_KINDS
+from gopd_lab.scorers.score import Scored
 
 # ------------------------------------------------------------------------------------ REOPD
 
@@ -233,11 +234,11 @@ def test_each_lam_mode_trains_and_logs_what_it_chose(tiny_dirs, tmp_path, mode, 
 
 def test_entropy_mode_loss_is_forward_kl_above_and_opd_below_the_threshold(tiny_dirs, tmp_path):
     """All states above the threshold: the loss is the mean forward KL (jsd β = 0); none: it is OPD's loss."""
-    from gopd_lab.models import load_models
-    from gopd_lab.rollout import encode_prompts, sample
-    from gopd_lab.score import score_rollout
-    from gopd_lab.scoring import full_logprobs
-    from gopd_lab.update import update
+    from gopd_lab.lm.logprobs import full_logprobs
+    from gopd_lab.lm.rollout import encode_prompts, sample
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.loop.update import update
+    from gopd_lab.scorers.score import score_rollout
 
     cfg = RunConfig(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], device="cpu", dtype="float32")
     models = load_models(cfg)
@@ -292,7 +293,7 @@ def _record(**kw):
 
 
 def test_token_view_shows_lam_around_one_and_which_loss_by_kind():
-    from gopd_lab.viz_tokens import KIND_COLORS, available_quantities, token_values, token_view
+    from gopd_lab.viz.tokens import KIND_COLORS, available_quantities, token_values, token_view
 
     rec = _record()
     assert {"lam", "loss_kind"} <= set(available_quantities(rec))
@@ -311,7 +312,7 @@ def test_token_view_shows_lam_around_one_and_which_loss_by_kind():
 
 
 def test_explorer_plots_lam_t_beside_the_advantage():
-    from gopd_lab.widgets import TokenExplorer
+    from gopd_lab.viz.widgets import TokenExplorer
 
     ex = TokenExplorer([_record()])
     assert list(ex.figure.data[1].y) == [1.0, 1.5, 1.25] and list(ex.figure.data[0].y) == ex.current_values()
@@ -324,10 +325,10 @@ def test_explorer_plots_lam_t_beside_the_advantage():
 def test_entropy_scoring_keeps_the_teacher_distribution_exactly_at_high_entropy_states(tiny_dirs, tmp_path):
     """Two domains with two teachers (two scoring groups): ``fkl_index`` / ``fkl_logp_teacher`` are the states
     above the threshold in Positions order, each with its own domain teacher's full log-distribution."""
-    from gopd_lab.models import load_models
-    from gopd_lab.rollout import load_prompts, sample
-    from gopd_lab.score import score_rollout
-    from gopd_lab.scoring import Positions, full_logprobs
+    from gopd_lab.lm.logprobs import Positions, full_logprobs
+    from gopd_lab.lm.rollout import load_prompts, sample
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.scorers.score import score_rollout
 
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": p, "domain": d} for p, d in (("12+7=", "a"), ("3*4=", "b"), ("9+9=", "a"), ("6*7=", "b"))]

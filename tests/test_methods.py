@@ -7,12 +7,12 @@ import torch
 
 from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
-from gopd_lab.evaluate import evaluate
+from gopd_lab.loop.evaluate import evaluate
 from gopd_lab.objectives import group_advantages, kl_k3, sft_loss
 from gopd_lab.tasks import get_task, make_task
 from gopd_lab.tasks.arith import corrupt_answer, with_label_noise
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 
 def test_group_advantages_equal_hand_computed_values():
@@ -75,8 +75,8 @@ def test_evaluate_counts_correct_answers_per_domain():
     tok = build_char_tokenizer()
     model = tiny_model(seed=0)
     prompts = ["1+1=", "2+2=", "3+3="]
-    from gopd_lab.evaluate import generate
-    from gopd_lab.rollout import encode_prompts
+    from gopd_lab.lm.rollout import encode_prompts
+    from gopd_lab.loop.evaluate import generate
 
     said = generate(model, tok, encode_prompts(tok, prompts), max_new_tokens=4, greedy=True)
     right = make_task("right", train=[], test=list(zip(prompts, said)))

@@ -5,12 +5,12 @@ import copy
 import pytest
 import torch
 
-from gopd_lab.models import Models, freeze
-from gopd_lab.rollout import encode_prompts, sample, teacher_forced
-from gopd_lab.score import Scored, score_rollout
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.update import UpdateSettings, enable_gradient_checkpointing, micro_batches, update
+from gopd_lab.lm.models import Models, freeze
+from gopd_lab.lm.rollout import encode_prompts, sample, teacher_forced
+from gopd_lab.loop.update import UpdateSettings, enable_gradient_checkpointing, micro_batches, update
+from gopd_lab.scorers.score import Scored, score_rollout
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 PROMPTS = ["12+7=", "x", "hello, 3*4=", "ab", "9-2=", "7"]
 
@@ -45,7 +45,7 @@ def _scored(world, method: str, estimator: str) -> Scored:
     if method == "gopd":
         return score_rollout(models, rollout, lam, estimator=estimator, topk=4)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-    from gopd_lab.scoring import token_logprobs
+    from gopd_lab.lm.logprobs import token_logprobs
 
     lp_ref = token_logprobs(models.references["default"], rollout)
     scored = Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
@@ -84,12 +84,12 @@ def _step(world, method, estimator, kw, micro: int, checkpointing: bool = False)
 
 @pytest.mark.parametrize("method,estimator,kw", CASES)
 def test_micro_batches_and_checkpointing_leave_the_step_unchanged(world, method, estimator, kw, monkeypatch):
-    from gopd_lab.score import LazyTarget
+    from gopd_lab.scorers.score import LazyTarget
 
     kw = dict(kw)
     lazy = kw.pop("lazy", False)
     if lazy:
-        monkeypatch.setattr("gopd_lab.score.LAZY_TARGET_BYTES", 0)
+        monkeypatch.setattr("gopd_lab.scorers.score.LAZY_TARGET_BYTES", 0)
     assert isinstance(_scored(world, method, estimator).target, LazyTarget) == lazy
     whole, r0 = _step(world, method, estimator, kw, micro=0)
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(whole.parameters(), world[0].student.parameters()))
@@ -108,10 +108,10 @@ def test_micro_batches_and_checkpointing_leave_the_step_unchanged(world, method,
 
 
 def test_the_lazy_full_target_equals_the_dense_one(world, monkeypatch):
-    monkeypatch.setattr("gopd_lab.score.LAZY_TARGET_BYTES", 0)
+    monkeypatch.setattr("gopd_lab.scorers.score.LAZY_TARGET_BYTES", 0)
+    from gopd_lab.lm.logprobs import full_logprobs
     from gopd_lab.objectives import target_logprobs
-    from gopd_lab.score import LazyTarget
-    from gopd_lab.scoring import full_logprobs
+    from gopd_lab.scorers.score import LazyTarget
 
     models, rollout, _ = world
     lazy = score_rollout(models, rollout, 1.25, estimator="full").target

@@ -7,12 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.models import AdapterDisabled, ModelLoadError, check_tokenizers, load_models
-from gopd_lab.rollout import encode_prompts, sample
-from gopd_lab.scoring import token_logprobs
-from gopd_lab.tiny import save_tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.train import train
+from gopd_lab.lm.logprobs import token_logprobs
+from gopd_lab.lm.models import AdapterDisabled, ModelLoadError, check_tokenizers
+from gopd_lab.lm.rollout import encode_prompts, sample
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.train import train
+from gopd_lab.world.tiny import save_tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 PROMPTS = ["12+7=", "3*4=", "9+9="]
 
@@ -254,7 +255,7 @@ def test_lora_training_keeps_the_reference_at_the_base(tiny_dirs, tmp_path):
 @pytest.fixture(scope="module")
 def dropout_student_dir(tmp_path_factory):
     """A tiny student whose attention has dropout, so train/eval mode changes its outputs."""
-    from gopd_lab.tiny import tiny_model
+    from gopd_lab.world.tiny import tiny_model
 
     tok = build_char_tokenizer()
     model = tiny_model(seed=0, tokenizer=tok)

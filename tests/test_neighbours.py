@@ -9,15 +9,15 @@ import torch
 from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
 from gopd_lab.errors import RunDirError
-from gopd_lab.models import load_models
+from gopd_lab.lm.logprobs import student_forward, token_logprobs
+from gopd_lab.lm.rollout import encode_prompts, sample
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.schedules import mu_at
+from gopd_lab.loop.update import UpdateSettings, compute_loss, expert_sft_loss, mix_expert_sft
 from gopd_lab.objectives import chord_phi, group_advantages, sft_loss
-from gopd_lab.rollout import encode_prompts, sample
-from gopd_lab.schedules import mu_at
-from gopd_lab.score import Scored
-from gopd_lab.scoring import student_forward, token_logprobs
-from gopd_lab.sdpo import build_self_teacher_view, ema_update, feedback_texts, teacher_prompt
+from gopd_lab.scorers.score import Scored
+from gopd_lab.scorers.self_teacher import build_self_teacher_view, ema_update, feedback_texts, teacher_prompt
 from gopd_lab.tasks import load_tasks
-from gopd_lab.update import UpdateSettings, compute_loss, expert_sft_loss, mix_expert_sft
 
 # ------------------------------------------------------------------ CHORD
 
@@ -62,7 +62,7 @@ def grpo_batch(tiny_dirs):
     )
     expert_prompts = encode_prompts(tok, ["1+1=", "2+5="], ["add"] * 2)
     expert_prompts.answers = ["2", "7"]
-    from gopd_lab.rollout import teacher_forced
+    from gopd_lab.lm.rollout import teacher_forced
 
     expert = teacher_forced(expert_prompts, tok, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     scored = Scored(rollout=rollout, lam=torch.ones(4), rewards=torch.tensor([1.0, 0.0, 0.0, 0.0]), expert=expert)
@@ -99,14 +99,14 @@ class _Cfg:
 
 
 def _rollout_with(tok, prompts, completions):
-    from gopd_lab.rollout import teacher_forced
+    from gopd_lab.lm.rollout import teacher_forced
 
     p = encode_prompts(tok, prompts, ["add"] * len(prompts))
     return teacher_forced(p, tok, completions, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
 
 
 def test_self_teacher_prompt_is_built_exactly_as_configured():
-    from gopd_lab.tokenizer import build_char_tokenizer
+    from gopd_lab.world.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     tasks = load_tasks(["add"])

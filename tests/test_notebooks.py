@@ -102,7 +102,7 @@ def kernel_name(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def zoo_available():
-    from gopd_lab import zoo
+    from gopd_lab.world import zoo
 
     try:
         zoo.read_manifest()

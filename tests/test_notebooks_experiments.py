@@ -5,7 +5,7 @@ Clean means: no outputs, no execution counts, a first markdown cell saying what 
 exactly one code cell tagged ``parameters`` (which every CI parameter below must name), no ``def``/``class``
 in code cells, imports from ``gopd_lab`` (plus ``torch`` and ``plotly``), under 100 kB.
 
-The runs use a kernel for this interpreter made by ``gopd_lab.sweep``'s private kernelspec helper (the one a
+The runs use a kernel for this interpreter made by ``gopd_lab.experiments.sweep``'s private kernelspec helper (the one a
 sweep gives its points) and write only under ``tmp_path``. 07 runs twice from the repository root (a tiny
 sweep, then the same sweep dir viewed without running) and once as JupyterLab opens it, from ``notebooks/``
 with its defaults (the committed results of ``sweeps/v2/lam.yaml``). The asserts inside each notebook are the test.
@@ -62,7 +62,7 @@ def test_committed_notebook_is_clean(stem):
 def kernel_name():
     """The kernelspec a sweep gives its points (this interpreter), on a temporary JUPYTER_PATH."""
     pytest.importorskip("papermill")
-    from gopd_lab.sweep import KERNEL_NAME, _private_kernel
+    from gopd_lab.experiments.sweep import KERNEL_NAME, _private_kernel
 
     root = _private_kernel()
     mp = pytest.MonkeyPatch()
@@ -77,7 +77,7 @@ def kernel_name():
 
 @pytest.fixture(scope="module")
 def zoo_models() -> set[str]:
-    from gopd_lab import zoo
+    from gopd_lab.world import zoo
 
     try:
         return set(zoo.read_manifest()["models"])
@@ -137,7 +137,7 @@ def test_07_sweep_runs_then_loads_without_running(tmp_path, kernel_name, zoo_mod
 @pytest.mark.slow
 def test_07_opens_the_committed_results_from_the_notebooks_folder(tmp_path, kernel_name, zoo_models):
     """As JupyterLab opens it: kernel in notebooks/, default parameters (view mode, nothing trains)."""
-    from gopd_lab.course import committed_sweep, sweep_plan
+    from gopd_lab.viz.course import committed_sweep, sweep_plan
 
     out = tmp_path / "runs"
     executed = _execute("07_sweeps", tmp_path, kernel_name, zoo_models, cwd=NOTEBOOKS, out_dir=str(out))

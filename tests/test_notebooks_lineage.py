@@ -44,7 +44,7 @@ def kernel_name():
     import os
     import shutil
 
-    from gopd_lab.sweep import KERNEL_NAME, _private_kernel
+    from gopd_lab.experiments.sweep import KERNEL_NAME, _private_kernel
 
     root = _private_kernel()
     mp = pytest.MonkeyPatch()
@@ -62,7 +62,7 @@ def kernel_name():
 def test_lineage_notebook_runs_at_ci_parameters(stem, tmp_path, kernel_name):
     import papermill
 
-    from gopd_lab import zoo
+    from gopd_lab.world import zoo
 
     try:
         zoo.read_manifest()

@@ -32,10 +32,10 @@ import json, sys
 import torch
 from pathlib import Path
 import gopd_lab
-from gopd_lab.models import load_model
+from gopd_lab.lm.models import load_model
 from gopd_lab.tasks import data_dir, get_task
 from gopd_lab.config import RunConfig
-from gopd_lab.train import train
+from gopd_lab.loop.train import train
 
 site = Path(sys.argv[1]).resolve()
 assert Path(gopd_lab.__file__).resolve().is_relative_to(site), gopd_lab.__file__

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from gopd_lab.paired import format_interval, paired_differences
+from gopd_lab.experiments.paired import format_interval, paired_differences
 
 
 def _results():

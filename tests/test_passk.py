@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import pytest
 
-from gopd_lab.evaluate import evaluate, pass_at_k
+from gopd_lab.loop.evaluate import evaluate, pass_at_k
 from gopd_lab.tasks import make_task
-from gopd_lab.tiny import build_char_tokenizer, tiny_model
+from gopd_lab.world.tiny import build_char_tokenizer, tiny_model
 
 
 def test_pass_at_k_hand_computed():

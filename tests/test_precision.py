@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from gopd_lab import RunConfig
-from gopd_lab.models import Models, freeze, load_models
-from gopd_lab.rollout import encode_prompts, sample
-from gopd_lab.score import score_rollout
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.update import UpdateSettings, update
+from gopd_lab.lm.models import Models, freeze
+from gopd_lab.lm.rollout import encode_prompts, sample
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.scorers.score import score_rollout
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_load_models_keeps_a_float32_student_under_bf16_autocast(tiny_dirs):
 def test_float16_autocast_without_a_grad_scaler_is_refused():
     """fp16 autocast needs loss scaling (small gradients underflow); there is none, so the config refuses it."""
     from gopd_lab.config import ConfigError, RunConfig
-    from gopd_lab.precision import student_dtypes
+    from gopd_lab.lm.precision import student_dtypes
 
     with pytest.raises(ConfigError, match="bfloat16.*mixed_precision=False"):
         RunConfig(dtype="float16")
@@ -106,7 +107,7 @@ def test_final_model_is_saved_in_the_run_dtype_under_mixed_precision(tiny_dirs, 
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from gopd_lab.train import train
+    from gopd_lab.loop.train import train
 
     out = tmp_path / "run"
     cfg = RunConfig(
@@ -143,8 +144,8 @@ def test_reference_student_scores_like_the_student_at_step_0_under_bf16(tiny_dir
     """G-OPD's reward term ``lp_student − lp_reference`` is 0 at step 0 when the reference is the student: the copy
     keeps the student's float32 storage and the collector scores under the student's autocast. (Stored in bf16 and
     scored without autocast, as before: up to 1.6e-3 nats per token on this tiny model; now 4.8e-7.)"""
-    from gopd_lab.collect import Collector
-    from gopd_lab.update import _rollout_logprobs
+    from gopd_lab.loop.collect import Collector
+    from gopd_lab.loop.update import _rollout_logprobs
 
     cfg = RunConfig(
         student=tiny_dirs["student"],
@@ -166,7 +167,7 @@ def test_reference_student_scores_like_the_student_at_step_0_under_bf16(tiny_dir
     gap = (lp_student - scored.lp_reference)[mask].abs().max()
     assert gap < 1e-5, gap
     bf16_copy = copy.deepcopy(models.student).to(torch.bfloat16)  # the old reference: bf16 storage, no autocast
-    from gopd_lab.scoring import token_logprobs
+    from gopd_lab.lm.logprobs import token_logprobs
 
     old_gap = (lp_student - token_logprobs(bf16_copy, rollout))[mask].abs().max()
     assert old_gap > 1e-3, old_gap  # the bug this guards against: visible at bf16 resolution

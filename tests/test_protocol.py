@@ -7,12 +7,12 @@ import torch
 
 from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
+from gopd_lab.lm.logprobs import student_forward
+from gopd_lab.lm.rollout import Rollout
+from gopd_lab.loop.update import UpdateSettings, compute_loss, loss_weights
 from gopd_lab.objectives import masked_mean
-from gopd_lab.rollout import Rollout
-from gopd_lab.score import Scored
-from gopd_lab.scoring import student_forward
-from gopd_lab.tiny import tiny_model
-from gopd_lab.update import UpdateSettings, compute_loss, loss_weights
+from gopd_lab.scorers.score import Scored
+from gopd_lab.world.tiny import tiny_model
 
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
 X = torch.tensor([[1.0, 2.0, 6.0, 99.0], [4.0, 99.0, 99.0, 99.0], [99.0, 99.0, 99.0, 99.0]])
@@ -94,7 +94,7 @@ def test_the_evaluation_seed_is_fixed_across_training_seeds(tmp_path):
     """Before training both runs hold the same student: with one ``eval_seed`` their sampled accuracy is the same
     number whatever the training seed; another ``eval_seed`` draws other samples."""
     from gopd_lab.runio import read_jsonl
-    from gopd_lab.zoo import model_path
+    from gopd_lab.world.zoo import model_path
 
     def first_eval(name, **kw):
         cfg = RunConfig(

@@ -11,8 +11,8 @@ from gopd_lab import cli, runio
 from gopd_lab.cli import config_from_argv, main
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import DataError, NonFiniteError
-from gopd_lab.lineage import agopd_lambda, reopd_budget, reopd_q
-from gopd_lab.update import _check_finite
+from gopd_lab.loop.update import _check_finite
+from gopd_lab.objectives.lineage import agopd_lambda, reopd_budget, reopd_q
 
 
 # ------------------------------------------------------------------------------------ config
@@ -166,8 +166,8 @@ def test_push_merges_a_lora_adapter_into_a_full_model(tiny_dirs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from gopd_lab.hub import stage
-    from gopd_lab.train import train
+    from gopd_lab.loop.train import train
+    from gopd_lab.scale.hub import stage
 
     run = tmp_path / "run"
     cfg = RunConfig(

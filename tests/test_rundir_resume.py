@@ -9,8 +9,8 @@ import pytest
 
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import RunDirError
-from gopd_lab.rundir import config_differences, holds_run, prepare_run_dir
-from gopd_lab.train import train
+from gopd_lab.loop.rundir import config_differences, holds_run, prepare_run_dir
+from gopd_lab.loop.train import train
 
 
 def _cfg(tiny_dirs, out: Path, **kw) -> RunConfig:

@@ -2,7 +2,7 @@
 
 import torch
 
-from gopd_lab.rollout import sample_next
+from gopd_lab.lm.rollout import sample_next
 
 
 def _frequencies(tokens: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from gopd_lab.config import ConfigError
-from gopd_lab.rollout import Prompts, Rollout, encode_prompts, left_pad, position_ids_from_mask, sample
-from gopd_lab.scoring import Positions, full_logprobs, student_forward, student_kl_forward, token_logprobs
-from gopd_lab.tiny import tiny_model
-from gopd_lab.tokenizer import build_char_tokenizer
+from gopd_lab.lm.logprobs import Positions, full_logprobs, student_forward, student_kl_forward, token_logprobs
+from gopd_lab.lm.rollout import Prompts, Rollout, encode_prompts, left_pad, position_ids_from_mask, sample
+from gopd_lab.world.tiny import tiny_model
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 PROMPTS = ["12+7=", "x", "hello world, 3*4=", "ab"]
 # completion lengths (EOS included); None = no EOS, runs to the full width
@@ -363,7 +363,7 @@ def test_left_pad():
 
 def test_train_rejects_a_prompt_longer_than_the_students_context(tiny_dirs, tmp_path):
     from gopd_lab.config import RunConfig
-    from gopd_lab.train import train
+    from gopd_lab.loop.train import train
 
     cfg = RunConfig(
         student=tiny_dirs["student"],

@@ -15,9 +15,9 @@ import torch
 
 from gopd_lab.cli import main
 from gopd_lab.config import RunConfig
-from gopd_lab.sweep import SweepError, SweepSpec, _private_kernel, _Runner, load_sweep, run_sweep
-from gopd_lab.sweep_grid import parse_assignment, plan_points, point_id
-from gopd_lab.train import train
+from gopd_lab.experiments.sweep import SweepError, SweepSpec, _private_kernel, _Runner, load_sweep, run_sweep
+from gopd_lab.experiments.sweep_grid import parse_assignment, plan_points, point_id
+from gopd_lab.loop.train import train
 
 NB = Path(__file__).parent / "notebooks" / "sweep_point.ipynb"
 OK = ["lam=1.0,seed=0", "lam=1.25,seed=0"]

@@ -465,7 +465,7 @@ def test_math_empty_file_and_bad_fraction(tmp_path: Path) -> None:
 
 def test_feedback_views_are_sdpo_self_teacher_prompts_with_the_true_answer() -> None:
     from gopd_lab.config import RunConfig
-    from gopd_lab.sdpo import teacher_prompt
+    from gopd_lab.scorers.self_teacher import teacher_prompt
 
     assert arith.SDPO_TEMPLATE == RunConfig().sdpo_template
     task = get_task("add")

@@ -11,13 +11,15 @@ import urllib.request
 import pytest
 import torch
 
-from gopd_lab import teacher_server
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.models import ModelLoadError, Models, load_model, load_models, load_tokenizer
-from gopd_lab.rollout import Rollout, left_pad
-from gopd_lab.score import reference_logprobs, score_rollout
-from gopd_lab.scoring import token_logprobs
-from gopd_lab.teacher_server import (
+from gopd_lab.lm.logprobs import token_logprobs
+from gopd_lab.lm.models import ModelLoadError, Models, load_model, load_tokenizer
+from gopd_lab.lm.rollout import Rollout, left_pad
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.train import train
+from gopd_lab.loop.update import UpdateSettings, advantages_for
+from gopd_lab.scale import teacher_server
+from gopd_lab.scale.teacher_server import (
     RemoteScorer,
     TeacherServerError,
     TeacherUnreachable,
@@ -25,8 +27,8 @@ from gopd_lab.teacher_server import (
     encode_tensor,
     serve_in_thread,
 )
-from gopd_lab.train import train
-from gopd_lab.update import UpdateSettings, advantages_for
+from gopd_lab.scorers import remote
+from gopd_lab.scorers.score import reference_logprobs, score_rollout
 
 PROMPTS = ["12+7=", "x", "hello world, 3*4=", "ab", "9*9=", "100-1="]
 LENGTHS = [None, 3, 1, 6, None, 2]  # completion lengths with EOS; None = no EOS, runs to the full width
@@ -206,7 +208,7 @@ def test_tokenizer_mismatch_is_a_model_load_error(local, servers, monkeypatch):
 
 
 def test_full_distributions_are_refused_for_large_vocabularies(local, servers, monkeypatch):
-    monkeypatch.setattr(teacher_server, "FULL_VOCAB_LIMIT", 10)
+    monkeypatch.setattr(remote, "FULL_VOCAB_LIMIT", 10)
     with pytest.raises(ModelLoadError, match="estimator='topk' or 'sampled'"):
         RemoteScorer(servers["teacher"]).score(_rollout(local["tok"]), full=True)
 
@@ -216,7 +218,7 @@ def test_unreachable_url_raises_quickly_with_the_fix(local):
     url = f"http://127.0.0.1:{_free_port()}"
     scorer = RemoteScorer(url + "?connect_timeout=2&retries=2&backoff=0.01")
     with pytest.raises(
-        TeacherUnreachable, match=r"127\.0\.0\.1.*unreachable.*python -m gopd_lab\.teacher_server"
+        TeacherUnreachable, match=r"127\.0\.0\.1.*unreachable.*python -m gopd_lab\.scale\.teacher_server"
     ) as err:
         scorer.score(_rollout(local["tok"]))
     assert url in str(err.value)
@@ -292,7 +294,7 @@ def test_server_command_serves_info(tiny_dirs):
     cmd = [
         sys.executable,
         "-m",
-        "gopd_lab.teacher_server",
+        "gopd_lab.scale.teacher_server",
         "--model",
         tiny_dirs["teacher"],
         "--port",

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from gopd_lab.tasks import get_task, load_math_jsonl
-from gopd_lab.tokenizer import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer, check_text, save_char_tokenizer
+from gopd_lab.world.tokenizer import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer, check_text, save_char_tokenizer
 
 MATH_SAMPLE = Path(__file__).parent / "data" / "math_sample.jsonl"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.train import train
+from gopd_lab.loop.train import train
 
 
 def tiny_cfg(tiny_dirs, out: Path, **kw) -> RunConfig:
@@ -63,7 +63,7 @@ def test_tensorboard_event_files_hold_the_metrics_of_metrics_jsonl(tiny_dirs, tm
 TRACKIO_RUN = """
 import json, sys
 from gopd_lab.config import RunConfig
-from gopd_lab.train import train
+from gopd_lab.loop.train import train
 cfg = RunConfig(**json.loads(sys.argv[1]))
 train(cfg, progress=False)
 from trackio.sqlite_storage import SQLiteStorage

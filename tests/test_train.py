@@ -11,11 +11,12 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.models import Models, load_models, load_tokenizer
-from gopd_lab.rollout import Rollout, encode_prompts, left_pad, load_prompts, sample
-from gopd_lab.score import score_rollout
-from gopd_lab.scoring import token_logprobs
-from gopd_lab.train import train
+from gopd_lab.lm.logprobs import token_logprobs
+from gopd_lab.lm.models import Models, load_tokenizer
+from gopd_lab.lm.rollout import Rollout, encode_prompts, left_pad, load_prompts, sample
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.train import train
+from gopd_lab.scorers.score import score_rollout
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
 METRIC_KEYS = {

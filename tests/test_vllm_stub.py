@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gopd_lab.config import ConfigError, RunConfig
-from gopd_lab.rollout import encode_prompts
-from gopd_lab.train import row_seed, train
+from gopd_lab.lm.rollout import encode_prompts
+from gopd_lab.loop.train import row_seed, train
 
 
 class _Model:
@@ -52,7 +52,7 @@ class _LLM:
 @pytest.fixture
 def fake_vllm(monkeypatch):
     """``import vllm`` finds the stand-in; the CUDA check passes on CPU (the only thing patched in the backend)."""
-    from gopd_lab import vllm_rollout
+    from gopd_lab.scale import vllm_rollout
 
     mod = types.ModuleType("vllm")
     mod.__version__ = "stub"
@@ -85,8 +85,8 @@ def _cfg(tiny_dirs, out, **kw) -> RunConfig:
 
 
 def test_vllm_rows_of_repeated_prompts_get_distinct_seeds_and_completions(tiny_dirs, tmp_path, fake_vllm):
-    from gopd_lab.models import load_models
-    from gopd_lab.vllm_rollout import VllmRollout
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.scale.vllm_rollout import VllmRollout
 
     cfg = _cfg(tiny_dirs, tmp_path)
     models = load_models(cfg)
@@ -129,8 +129,8 @@ def test_vllm_seeds_follow_the_step_and_weights_sync_after_every_step_and_on_res
 
 
 def test_vllm_allowed_ids_exclude_rows_the_student_must_never_sample(tiny_dirs, tmp_path, fake_vllm):
-    from gopd_lab.models import load_models
-    from gopd_lab.vllm_rollout import VllmRollout
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.scale.vllm_rollout import VllmRollout
 
     cfg = _cfg(tiny_dirs, tmp_path)
     models = load_models(cfg)
@@ -151,7 +151,7 @@ def test_vllm_refuses_more_than_one_process(tiny_dirs, tmp_path, fake_vllm, monk
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="one process"):
         _cfg(tiny_dirs, tmp_path)
-    from gopd_lab.vllm_rollout import check_single_process
+    from gopd_lab.scale.vllm_rollout import check_single_process
 
     with pytest.raises(ConfigError, match="rollout_backend='hf'"):
         check_single_process()
@@ -160,9 +160,9 @@ def test_vllm_refuses_more_than_one_process(tiny_dirs, tmp_path, fake_vllm, monk
 def test_both_backends_stop_at_the_generation_configs_eos_ids_too(tiny_dirs):
     """A chat model ends turns with ``generation_config.eos_token_id`` (e.g. Qwen's ``<|im_end|>``), which vLLM
     stops at on its own: the built-in loop and the rollout built from vLLM's ids stop at the same set."""
-    from gopd_lab.models import load_models
-    from gopd_lab.rollout import sample
-    from gopd_lab.vllm_rollout import completions_to_rollout
+    from gopd_lab.lm.rollout import sample
+    from gopd_lab.loop.load import load_models
+    from gopd_lab.scale.vllm_rollout import completions_to_rollout
 
     models = load_models(RunConfig(student=tiny_dirs["student"], teacher=tiny_dirs["teacher"], dtype="float32"))
     tok = models.tokenizer

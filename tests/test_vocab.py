@@ -5,14 +5,15 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from gopd_lab import RunConfig
-from gopd_lab.models import ModelLoadError, load_models
-from gopd_lab.rollout import encode_prompts, sample
-from gopd_lab.score import score_rollout
-from gopd_lab.scoring import MASKED_LOGIT, student_forward, token_logprobs
-from gopd_lab.tiny import tiny_config
-from gopd_lab.tokenizer import build_char_tokenizer
-from gopd_lab.update import UpdateSettings, update
-from gopd_lab.vocab import VocabConflict, compare_vocabularies
+from gopd_lab.lm.logprobs import MASKED_LOGIT, student_forward, token_logprobs
+from gopd_lab.lm.models import ModelLoadError
+from gopd_lab.lm.rollout import encode_prompts, sample
+from gopd_lab.lm.vocab import VocabConflict, compare_vocabularies
+from gopd_lab.loop.load import load_models
+from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.scorers.score import score_rollout
+from gopd_lab.world.tiny import tiny_config
+from gopd_lab.world.tokenizer import build_char_tokenizer
 
 N_CHAR = 104  # the character tokenizer
 
@@ -129,7 +130,7 @@ def test_teacher_log_probs_are_renormalised_over_the_shared_ids(models):
     got = token_logprobs(teacher, ro)
     pos = ro.completion_mask.bool()
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
-    from gopd_lab.rollout import position_ids_from_mask
+    from gopd_lab.lm.rollout import position_ids_from_mask
 
     with torch.no_grad():
         raw = teacher.model(

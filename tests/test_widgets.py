@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gopd_lab.objectives import gopd_advantages
-from gopd_lab.widgets import LivePlot, TokenExplorer, explore
+from gopd_lab.viz.widgets import LivePlot, TokenExplorer, explore
 
 
 def make_record(**overrides) -> dict:

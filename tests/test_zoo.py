@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from gopd_lab import zoo
-from gopd_lab.models import ModelLoadError, load_model
+from gopd_lab.experiments import zoo_build
+from gopd_lab.lm.models import ModelLoadError, load_model
+from gopd_lab.world import zoo
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def small_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOPD_LAB_WORLD", "v1")
-        zoo.build(root / "zoo", work=root / "work", scale=0.002, eval_limit=8, progress=False)
+        zoo_build.build(root / "zoo", work=root / "work", scale=0.002, eval_limit=8, progress=False)
     return root / "zoo"
 
 
@@ -56,7 +57,7 @@ def test_a_modified_checkpoint_fails_its_sha256_check(small_zoo, tmp_path):
 def test_build_is_deterministic(small_zoo, tmp_path, monkeypatch):
     monkeypatch.setenv("GOPD_LAB_WORLD", "v1")
     recipe = [r for r in zoo.RECIPES if r.name == "student-base"]
-    zoo.build(tmp_path / "zoo", recipes=recipe, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False)
+    zoo_build.build(tmp_path / "zoo", recipes=recipe, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False)
     a = json.loads((small_zoo / zoo.MANIFEST).read_text())["models"]["student-base"]["sha256"]["model.safetensors"]
     b = json.loads((tmp_path / "zoo" / zoo.MANIFEST).read_text())["models"]["student-base"]["sha256"][
         "model.safetensors"
@@ -110,7 +111,7 @@ def test_world_v2_build_records_its_training_files_and_kl_teachers(tmp_path, mon
     monkeypatch.setenv("GOPD_LAB_WORLD", "v2")
     assert zoo.world_recipes() is zoo.RECIPES_V2 and zoo.zoo_dir() == zoo.data_dir() / "zoo" / "v2"
     small = [r for r in zoo.RECIPES_V2 if r.name in ("student-base", "teacher-add", "teacher-add-kl-over-1.25")]
-    entries = zoo.build(
+    entries = zoo_build.build(
         tmp_path / "zoo", recipes=small, work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False
     )
     base, teacher, sibling = (entries[r.name] for r in small)
@@ -130,7 +131,9 @@ def test_a_parallel_build_makes_the_same_models_and_a_partial_build_keeps_the_ot
 
     monkeypatch.setenv("GOPD_LAB_WORLD", "v1")
 
-    par = zoo.build(tmp_path / "par", work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False, workers=2)
+    par = zoo_build.build(
+        tmp_path / "par", work=tmp_path / "work", scale=0.002, eval_limit=8, progress=False, workers=2
+    )
     seq = json.loads((small_zoo / zoo.MANIFEST).read_text())["models"]
     assert list(par) == [r.name for r in zoo.RECIPES]
     assert {n: e["sha256"] for n, e in par.items()} == {n: e["sha256"] for n, e in seq.items()}
@@ -138,7 +141,7 @@ def test_a_parallel_build_makes_the_same_models_and_a_partial_build_keeps_the_ot
     copy = tmp_path / "copy"
     shutil.copytree(small_zoo, copy)
     only = [r for r in zoo.RECIPES if r.name == "teacher-add"]
-    zoo.build(copy, recipes=only, work=tmp_path / "work2", scale=0.002, eval_limit=8, progress=False)
+    zoo_build.build(copy, recipes=only, work=tmp_path / "work2", scale=0.002, eval_limit=8, progress=False)
     assert json.loads((copy / zoo.MANIFEST).read_text())["models"].keys() == seq.keys()
 
 

@@ -1,0 +1,224 @@
+"""Stages 1–2 for every method: build a step's batch → :class:`~gopd_lab.scorers.score.Scored`.
+
+- ``gopd``: the student samples, each sample's teacher (and reference) scores it.
+- ``sdpo``: the student samples, the verifier gives feedback, the self-teacher scores the same tokens
+  under the feedback-augmented prompt.
+- ``grpo`` / ``chord``: the student samples, the verifier rewards it (reference log-probs for a KL term).
+- ``sft`` / ``offpolicy``: teacher-forced batches of expert answers (the tasks', or the teacher's own
+  completions generated once at the start).
+- Any method with ``mu > 0`` also carries an expert batch for the μ-weighted SFT term.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gopd_lab.config import ConfigError, RunConfig
+from gopd_lab.lm.logprobs import max_context
+from gopd_lab.lm.models import DEFAULT_DOMAIN, Models
+from gopd_lab.lm.precision import autocast
+from gopd_lab.lm.rollout import (
+    Prompts,
+    Rollout,
+    check_known_text,
+    encode_prompts,
+    read_prompt_rows,
+    sample,
+    teacher_forced,
+)
+from gopd_lab.methods import get_method
+from gopd_lab.runio import append_jsonl, read_jsonl
+from gopd_lab.scorers.score import Scored, reference_logprobs, score_rollout
+from gopd_lab.scorers.self_teacher import build_self_teacher_view
+
+
+def rewards_of(tasks: dict, rollout: Rollout) -> torch.Tensor:
+    """Verifier reward of each sample (NaN for a domain without a task)."""
+    values = [
+        tasks[d].score(p, c) if d in tasks else float("nan")
+        for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)
+    ]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class Collector:
+    """Makes each step's :class:`Scored` batch for ``cfg.method``."""
+
+    def __init__(
+        self, cfg: RunConfig, models: Models, tasks: dict, prompts: Prompts, generator: torch.Generator, out_dir: Path
+    ):
+        self.cfg, self.models, self.tasks, self.prompts, self.gen = cfg, models, tasks, prompts, generator
+        self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
+        student = models.student
+        self.max_context = max_context(student)
+        self.method = method = get_method(cfg.method)
+        if method.needs_tasks and not tasks:
+            raise ConfigError(f"method={cfg.method!r} needs tasks (answers, a verifier or feedback); set tasks=...")
+        self.engine = None
+        if cfg.rollout_backend == "vllm":  # imported only when selected
+            from gopd_lab.scale.vllm_rollout import VllmRollout
+
+            self.engine = VllmRollout(cfg, models)
+        needs_expert = not method.samples_student or cfg.mu > 0
+        self.expert = self._expert_prompts(out_dir) if needs_expert else None
+        if self.expert is not None and self.expert.answers is None:
+            raise ConfigError("expert data has no answers")
+
+    @property
+    def num_examples(self) -> int:
+        """What a step's batch indexes: the expert examples for ``sft`` / ``offpolicy``, else the prompts."""
+        return len(self.prompts) if self.method.samples_student else len(self.expert)
+
+    # ------------------------------------------------------------------ expert data
+    def _expert_prompts(self, out_dir: Path) -> Prompts:
+        cfg, tok = self.cfg, self.models.tokenizer
+        source = self.method.expert_source or cfg.expert_data
+        if source == "teacher":
+            path = out_dir / "teacher_samples.jsonl"
+            if not cfg.resume:  # a fresh run never trains on samples another run left behind
+                path.unlink(missing_ok=True)
+            return self._teacher_samples(path)
+        if source:
+            rows = read_prompt_rows(source, ("prompt", "answer"))
+            prompts = encode_prompts(
+                tok,
+                [r["prompt"] for r in rows],
+                [r.get("domain", DEFAULT_DOMAIN) for r in rows],
+                chat_template=cfg.chat_template,
+            )
+            prompts.answers = [r["answer"] for r in rows]
+            answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in prompts.answers]
+            check_known_text(tok, prompts.answers, answer_ids, what=f"{source}: answer")
+            return prompts
+        if self.prompts.answers is None:
+            raise ConfigError(f"method={cfg.method!r} / mu > 0 needs expert answers: use tasks=..., or expert_data=")
+        return self.prompts
+
+    def _teacher_samples(self, path: Path) -> Prompts:
+        """Completions the teacher samples once for every training prompt (kept in the run dir, reused on resume)."""
+        if not path.exists():
+            from gopd_lab.loop.evaluate import generate
+
+            rows = []
+            for domain in sorted(set(self.prompts.domains)):
+                idx = [i for i, d in enumerate(self.prompts.domains) if d == domain]
+                part = self.prompts.select(idx)
+                completions = generate(
+                    self.models.teacher_for(domain),
+                    self.models.tokenizer,
+                    part,
+                    max_new_tokens=self.cfg.max_new_tokens,
+                    greedy=False,
+                    temperature=self.cfg.temperature,
+                    generator=self.gen,
+                )
+                rows += [{"prompt": p, "domain": domain, "answer": c} for p, c in zip(part.texts, completions)]
+            tmp = path.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            append_jsonl(tmp, rows)
+            tmp.rename(path)
+        rows = read_jsonl(path)
+        prompts = encode_prompts(
+            self.models.tokenizer,
+            [r["prompt"] for r in rows],
+            [r["domain"] for r in rows],
+            chat_template=self.cfg.chat_template,
+        )
+        prompts.answers = [r["answer"] for r in rows]
+        return prompts
+
+    def expert_batch(self, index: list[int]) -> Rollout:
+        m = self.models
+        return teacher_forced(
+            self.expert.select(index),
+            m.tokenizer,
+            pad_token_id=m.pad_token_id,
+            eos_token_id=m.eos_token_id,
+            device=m.device,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
+        cfg, m = self.cfg, self.models
+        if not self.method.samples_student:
+            return self.expert_batch(index)
+        if self.engine is not None:
+            if row_seeds is None:
+                raise ValueError("rollout_backend='vllm' samples every row with its own seed: pass row_seeds")
+            r = self.engine.sample(
+                self.prompts.select(index),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                row_seeds=row_seeds,
+            )
+            r.prompt_index = list(index)
+            return r
+        r = sample(
+            m.student,
+            self.prompts.select(index),
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            eos_token_id=m.stop_token_ids,  # the ids the vLLM backend stops at too
+            pad_token_id=m.pad_token_id,
+            tokenizer=m.tokenizer,
+            generator=self.gen,
+            max_context=self.max_context,
+            row_seeds=row_seeds,
+        )
+        r.prompt_index = list(index)
+        return r
+
+    def after_update(self, student: torch.nn.Module) -> None:
+        """After each optimizer step: copy the student's new weights into the vLLM engine (when one samples)."""
+        if self.engine is not None:
+            self.engine.sync(student)
+
+    def score(self, rollout: Rollout) -> Scored:
+        """Teacher / reference scores of ``rollout``, under the student's autocast (mixed precision), so that
+        ``reference: student`` scores exactly as the student's own forward does (its reward term is 0 at step 0)."""
+        with autocast(self.models.autocast_dtype, self.models.device):
+            return self._score(rollout)
+
+    def _score(self, rollout: Rollout) -> Scored:
+        cfg, m = self.cfg, self.models
+        rewards = rewards_of(self.tasks, rollout) if self.tasks and self.method.samples_student else None
+        if self.method.uses_lam:  # G-OPD: the teacher and (where λ ≠ 1) the reference score the rollout
+            teacher_view, extra = None, {}
+            if self.method.self_teacher:
+                rollout, teacher_view, extra = build_self_teacher_view(
+                    rollout, rewards, self.tasks, cfg, m.tokenizer, m.pad_token_id
+                )
+            scored = score_rollout(
+                m,
+                rollout,
+                self.lam_of,
+                estimator=cfg.estimator,
+                topk=cfg.topk,
+                chunk_tokens=cfg.score_chunk_tokens,
+                teacher_rollout=teacher_view,
+                always_reference=cfg.always_reference,
+                entropy_threshold=cfg.entropy_threshold if cfg.lam_mode == "entropy" else None,
+            )
+            scored.rewards, scored.extra = rewards, extra
+            return scored
+        lp_ref = reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+        return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
+
+    def expert_index(self, step: int) -> list[int]:
+        """The expert examples of a step's SFT term (their own permutation stream)."""
+        return batch_indices(len(self.expert), self.cfg.batch_size, step, self.cfg.seed + 7919)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of a step: consecutive slices of per-epoch permutations, a pure function of
+    ``(seed, step)`` so that a resumed run draws exactly the prompts it would have drawn."""
+    start, out = step * batch_size, []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return out

@@ -1,0 +1,395 @@
+"""Stages 3 and 4: advantages and the optimizer step on a :class:`~gopd_lab.scorers.score.Scored` batch.
+
+The advantage needs ``lp_student`` on the sampled tokens; strictly on-policy that is exactly the update's
+own forward pass (detached), so no extra student pass is run: the forward happens, ``A_t`` is formed from
+its detached log-probs, then the loss is built from the same forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gopd_lab.config import ConfigError
+from gopd_lab.errors import NonFiniteError
+from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
+from gopd_lab.lm.precision import autocast
+from gopd_lab.methods import Lineage, get_method, lam_stats
+from gopd_lab.objectives import (
+    chord_phi,
+    get_estimator,
+    masked_mean,
+    sft_loss,
+)
+from gopd_lab.objectives.lineage import (
+    forward_kl,
+)
+from gopd_lab.scorers.score import Scored
+
+
+@dataclass
+class UpdateSettings:
+    """The estimator knobs the update uses (a view of :class:`~gopd_lab.config.RunConfig`)."""
+
+    method: str = "gopd"
+    estimator: str = "sampled"
+    gamma: float = 0.0
+    clip_eps: float | None = None
+    jsd_beta: float = 1.0
+    epochs: int = 1
+    max_grad_norm: float | None = 1.0
+    chunk_tokens: int = 0
+    group_size: int = 1
+    kl_coef: float = 0.0
+    scale_std: bool = True
+    mu: float = 0.0
+    """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
+    phi_weighting: bool = True
+    micro_batch_size: int = 0
+    """Rows per forward/backward (0 = the whole batch); gradients accumulate, the step is unchanged."""
+    autocast_dtype: torch.dtype | None = None
+    """Compute dtype under ``torch.autocast`` (mixed precision with float32 weights); None = the weights' dtype."""
+
+    lam_mode: str = "fixed"
+    """How λ is chosen (``RunConfig.lam_mode``); the lineage's knobs follow (``RunConfig`` documents them)."""
+    lineage: dict = field(default_factory=dict)
+    """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
+    ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
+    reopd_gamma: float | None = None
+    """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
+    loss_agg: str = "token-mean"
+    """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
+
+    @classmethod
+    def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
+        knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
+        lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
+        return cls(
+            method=cfg.rl_method,
+            estimator=cfg.estimator,
+            gamma=cfg.gamma,
+            clip_eps=cfg.clip_eps,
+            jsd_beta=cfg.jsd_beta,
+            epochs=cfg.epochs_per_batch,
+            max_grad_norm=cfg.max_grad_norm,
+            chunk_tokens=cfg.score_chunk_tokens,
+            group_size=cfg.samples_per_prompt,
+            kl_coef=cfg.kl_coef,
+            scale_std=cfg.grpo_scale_std,
+            mu=cfg.mu,
+            phi_weighting=cfg.phi_weighting,
+            lam_mode=cfg.lam_mode,
+            lineage=lineage,
+            micro_batch_size=cfg.micro_batch_size,
+            autocast_dtype=autocast_dtype,
+            loss_agg=cfg.loss_agg,
+        )
+
+    @property
+    def needs_full(self) -> bool:
+        uses_lam = get_method(self.method).uses_lam
+        return uses_lam and (get_estimator(self.estimator).student_full or self.lam_mode == "entropy")
+
+
+@dataclass
+class UpdateResult:
+    """What the update saw: metrics, and the per-token values of its first forward (pre-step weights)."""
+
+    metrics: dict[str, float]
+    lp_student: Tensor
+    advantages: Tensor
+    lam_t: Tensor | None = None
+    """``(B, C)`` the λ each token's G-OPD signal used (G-OPD / SDPO)."""
+    loss_kind: Tensor | None = None
+    """``(B, C)`` index into :data:`~gopd_lab.objectives.lineage.LOSS_KINDS`: which loss each token got."""
+
+
+def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
+    """Per-token weights ``(B, C)`` whose weighted mean (:func:`~gopd_lab.objectives.masked_mean`) is the loss.
+
+    ``token-mean``: the mask itself, ``L = Σ_bt m·ℓ / Σ_bt m``. ``seq-mean-token-mean``: ``m_bt / Σ_t m_bt``
+    (0 on empty rows), whose sum is the number ``B'`` of non-empty rows, so ``L = (1/B') Σ_b mean_t ℓ_bt``."""
+    mask = mask.float()
+    if loss_agg == "token-mean":
+        return mask
+    if loss_agg == "seq-mean-token-mean":
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1)
+    raise ValueError(f"loss_agg must be token-mean or seq-mean-token-mean, got {loss_agg!r}")
+
+
+def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
+    """Per-token advantages ``(B, C)`` (detached) of the update rule ``s.method`` (:mod:`gopd_lab.methods`): G-OPD's
+    ``A_t``, GRPO's group-relative reward on every token of a sample, zeros for SFT."""
+    return get_method(s.method).advantages(scored, lp_student, s)
+
+
+def compute_loss(
+    scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
+) -> tuple[Tensor, dict]:
+    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.lm.logprobs.StudentOut`), its
+    per-token terms aggregated by ``s.loss_agg``."""
+    weights = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
+    return get_method(s.method).loss(scored, out, advantages, weights, s, lp_old)
+
+
+def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
+    """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
+    log-probs (with full distributions for ``topk``/``jsd``)."""
+    fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
+    if get_method(s.method).uses_lam and get_estimator(s.estimator).fused_kl and scored.target is not None and fused_ok:
+        out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
+        if out is not None:
+            return out
+    return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
+
+
+def enable_gradient_checkpointing(student: nn.Module) -> None:
+    """Recompute the student's decoder layers in backward (``RunConfig.gradient_checkpointing``): activations
+    of one layer at a time instead of all of them, for about one more forward of compute. Non-reentrant
+    checkpointing: the values and gradients are those of the plain forward."""
+    enable = getattr(student, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
+    enable = getattr(student, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError(
+            f"gradient_checkpointing=True needs a Hugging Face student (gradient_checkpointing_enable); "
+            f"{type(student).__name__} has none: set gradient_checkpointing=False"
+        )
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def micro_batches(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` row ranges of at most ``size`` rows (``size`` 0 = one range over all ``n`` rows)."""
+    size = size if size > 0 else max(n, 1)
+    return [(i, min(i + size, n)) for i in range(0, max(n, 1), size)]
+
+
+def update(
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scored: Scored,
+    s: UpdateSettings,
+    dist=None,
+    *,
+    mu: float | None = None,
+) -> UpdateResult:
+    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
+
+    ``mu`` is this step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
+
+    The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
+    loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
+    accumulated gradient is that of the whole batch's token mean, and the step equals the one-pass step.
+    With ``dist`` (:class:`~gopd_lab.scale.distributed.Distributed`, N processes) ``n_batch`` is the global token
+    count and gradients are summed over processes before clipping, so the step equals a one-process step on
+    the global batch. With ``s.autocast_dtype`` the forward and backward run under ``torch.autocast``
+    (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
+    rollout = scored.rollout
+    mask = rollout.completion_mask.float()  # (B, C)
+    weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
+    n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
+    parts = micro_batches(len(rollout), s.micro_batch_size)
+    method = get_method(s.method)  # the update rule's recipe (gopd_lab.methods)
+    mu = s.mu if mu is None else mu
+    uses_lam = method.uses_lam
+    grpo_adv = advantages_for(scored, mask, s) if not uses_lam else None  # group-relative: whole batch
+    whole_batch_lam = uses_lam and s.lam_mode != "fixed"  # λ from statistics of the whole batch
+    student.train()
+    first: UpdateResult | None = None
+    lp_old = lineage = None
+    if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
+        lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
+        lineage = method.signal(scored, lp_old, s, dist)
+    for epoch in range(s.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
+        fkl_sum, fkl_states = 0.0, 0
+        for start, stop in parts:
+            part = scored.rows(start, stop) if len(parts) > 1 else scored
+            with autocast(s.autocast_dtype, mask.device):
+                out = _forward(student, part, s)
+            old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
+            if grpo_adv is not None:
+                adv = grpo_adv[start:stop]  # (b, C), detached
+            elif not uses_lam:
+                adv = advantages_for(part, old, s)
+            elif lineage is not None:  # λ chosen once for the batch
+                adv = lineage.advantages[start:stop]
+            elif whole_batch_lam:  # one part: it is the whole batch
+                lineage = method.signal(scored, old, s, dist)
+                adv = lineage.advantages
+            else:  # fixed λ: per token, part by part
+                signals.append(method.signal(part, old, s))
+                adv = signals[-1].advantages
+            loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
+            part_weights = weights[start:stop]  # (b, C)
+            n_part = float(part_weights.sum())
+            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high w·KL(π_T ‖ π_θ) / Σ w
+                fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
+                w_states = part_weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
+                loss = loss + (w_states * fkl).sum() / max(n_part, 1e-12)
+                fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
+            weight = n_part / n_batch * (1.0 - mu if _mixes_expert(scored, mu) else 1.0)
+            (loss.float() * weight).backward()
+            total += float(loss.detach()) * weight
+            _accumulate(extra, part_extra, n_part)
+            lps.append(out.lp.detach())
+            ents.append(out.entropy.detach())
+            advs.append(adv)
+        n_local = float(weights.sum())
+        extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
+        if s.lam_mode == "entropy":
+            extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
+        if _mixes_expert(scored, mu):
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist, mu=mu)
+            total += sft_total
+            extra.update(sft_extra)
+        params = [p for p in student.parameters() if p.requires_grad]
+        if dist is not None:
+            dist.all_reduce_grads(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
+        _check_finite(total, grad_norm, dist, epoch, s.epochs)
+        optimizer.step()
+        lp_now = torch.cat(lps)  # (B, C)
+        if lp_old is None:
+            lp_old = lp_now
+        if signals and lineage is None:  # fixed λ computed part by part: one record for the batch
+            lam_t = torch.cat([sig.lam_t for sig in signals])  # (B, C)
+            kind = torch.cat([sig.kind for sig in signals])  # (B, C)
+            lineage = Lineage(torch.cat(advs), lam_t, kind, lam_stats(lam_t, mask.bool()))
+        if first is None:
+            advantages = torch.cat(advs)
+            out_all = StudentOut(lp=lp_now, logp=None, entropy=torch.cat(ents), positions=None)
+            first = UpdateResult(_metrics(scored, out_all, advantages, total, grad_norm, extra), lp_now, advantages)
+            if lineage is not None:
+                first.metrics.update(lineage.metrics)
+                first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind
+        elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
+            first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
+    optimizer.zero_grad(set_to_none=True)
+    return first
+
+
+@torch.no_grad()
+def _rollout_logprobs(student: nn.Module, scored: Scored, parts: list[tuple[int, int]], s: UpdateSettings) -> Tensor:
+    """``(B, C)`` the student's log-probs on the rollout, micro-batch by micro-batch, without gradients: what
+    a whole-batch λ rule reads before the first backward (one extra forward when the batch is split)."""
+    lps = []
+    for start, stop in parts:
+        with autocast(s.autocast_dtype, scored.rollout.completion_mask.device):
+            out = student_forward(student, scored.rollout.select(range(start, stop)), chunk_tokens=s.chunk_tokens)
+        lps.append(out.lp.float())
+    return torch.cat(lps)
+
+
+def _check_finite(loss: float, grad_norm: Tensor, dist, epoch: int = 0, epochs: int = 1) -> None:
+    """Stop before a step that would write NaN/inf into the weights. The gradient norm is the same on every
+    process (taken after the all-reduce), so all of them stop together; the local loss is checked alone. The
+    message says which of the batch's ``epochs`` optimizer steps it was (earlier ones were taken)."""
+    loss_value, norm = float(loss), float(grad_norm)  # as _metrics reads them (a DTensor norm under FSDP)
+    if not math.isfinite(norm) or ((dist is None or dist.world == 1) and not math.isfinite(loss_value)):
+        where = "" if epochs == 1 else f" in epoch {epoch + 1} of {epochs} over this batch"
+        taken = (
+            "before its optimizer step"
+            if epoch == 0
+            else f"before that epoch's optimizer step; the batch's first {epoch} optimizer step(s) were taken"
+        )
+        raise NonFiniteError(f"non-finite loss ({loss_value:g}) or gradient norm ({norm:g}){where}; stopped {taken}")
+
+
+def _mixes_expert(scored: Scored, mu: float) -> bool:
+    return scored.expert is not None and mu > 0
+
+
+def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> None:
+    """Token-weighted sums of a micro-batch's metrics (each a token mean over the micro-batch)."""
+    for key, value in extra.items():
+        into[key] = into.get(key, 0.0) + float(value) * n
+
+
+def expert_sft_backward(
+    student: nn.Module, expert, s: UpdateSettings, dist=None, *, mu: float | None = None
+) -> tuple[float, dict[str, float]]:
+    """Backward of ``μ·L_SFT`` on the expert batch (``mu``, else ``s.mu``), micro-batched like the update; returns
+    its value (the share of this process) and its metrics."""
+    mu = s.mu if mu is None else mu
+    mask = loss_weights(expert.completion_mask, s.loss_agg)  # (B, C) each token's share (s.loss_agg)
+    n_batch = _global_tokens(mask, dist)
+    total, extra = 0.0, {}
+    for start, stop in micro_batches(len(expert), s.micro_batch_size):
+        part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
+        with autocast(s.autocast_dtype, mask.device):
+            sft, part_extra = expert_sft_loss(student, part, s)
+        n_part = float(mask[start:stop].sum())
+        weight = mu * n_part / n_batch
+        (sft.float() * weight).backward()
+        total += float(sft.detach()) * weight
+        _accumulate(extra, {"sft_loss": float(sft.detach()), "expert_nll": part_extra["nll"]}, n_part)
+    n_local = max(float(mask.sum()), 1e-12)
+    return total, {"mu": mu, **{k: v / n_local for k, v in extra.items()}}
+
+
+def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
+    """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
+    out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
+    mask = loss_weights(expert.completion_mask, s.loss_agg)
+    weights = chord_phi(out.lp) if s.phi_weighting else None
+    return sft_loss(out.lp, mask, weights)
+
+
+def mix_expert_sft(
+    student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
+    """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
+    sft, extra = expert_sft_loss(student, expert, s)
+    return (1.0 - s.mu) * loss + s.mu * sft * scale, {
+        "mu": s.mu,
+        "sft_loss": float(sft.detach()),
+        "expert_nll": extra["nll"],
+    }
+
+
+def _global_tokens(mask: Tensor, dist) -> float:
+    """The batch's valid tokens over every process (this process's alone without ``dist``), at least 1: the
+    denominator that turns each micro-batch's token mean into its share of the global token mean."""
+    n_local = float(mask.sum())
+    if dist is None or dist.world == 1:
+        return max(n_local, 1.0)
+    return max(dist.sum(n_local), 1.0)
+
+
+@torch.no_grad()
+def _metrics(scored: Scored, out, advantages: Tensor, loss: float, grad_norm: Tensor, extra: dict) -> dict[str, float]:
+    mask = scored.rollout.completion_mask.float()
+    lp = out.lp.detach()
+    adv_mean = masked_mean(advantages, mask)
+    adv_var = masked_mean((advantages - adv_mean) ** 2, mask)
+    m = {
+        "loss": float(loss),
+        "adv_mean": float(adv_mean),
+        "adv_std": float(adv_var.sqrt()),
+        "lp_student_mean": float(masked_mean(lp, mask)),
+        "entropy": float(masked_mean(out.entropy, mask)),
+        "grad_norm": float(grad_norm),
+        "clip_frac": float(extra.get("clip_frac", 0.0)),
+        "tokens": int(mask.sum()),
+        "completion_len": float(mask.sum(1).mean()),
+    }
+    m.update({k: v for k, v in extra.items() if k not in m})
+    m.update(scored.extra)
+    if scored.lp_teacher is not None:
+        m["lp_teacher_mean"] = float(masked_mean(scored.lp_teacher, mask))
+        m["reverse_kl"] = float(masked_mean(lp - scored.lp_teacher, mask))
+        if scored.lp_reference is not None:
+            reward = scored.lp_teacher - scored.lp_reference  # NaN on rows at λ = 1 (reference not run)
+            m["reward_mean"] = float(masked_mean(reward, mask * torch.isfinite(reward)))
+    if scored.rewards is not None:
+        m["score_mean"] = float(scored.rewards.float().mean())
+        if scored.lp_teacher is None:  # GRPO / CHORD: the verifier's score is the RL reward
+            m["reward_mean"] = m["score_mean"]
+    return m

@@ -1,0 +1,252 @@
+"""The teacher (or a reference) as a server: log-probs of the student's tokens over HTTP.
+
+The scoring model runs in its own process, on this machine or another, so its weights never sit in the
+training process. The training side holds a :class:`RemoteScorer` (what :func:`~gopd_lab.loop.load.load_models`
+builds for a ``http://`` / ``https://`` spec) and :mod:`gopd_lab.scorers.score` calls it where it would run a model::
+
+    python -m gopd_lab.scale.teacher_server --model zoo:teacher-add --port 8765       # the teacher's machine
+    RunConfig(teacher="http://127.0.0.1:8765", ...)                              # the training process
+
+The server computes exactly what ``score._score_pair`` computes for one model, with the same
+:mod:`gopd_lab.lm.logprobs` functions (decoder once, LM head only at valid completion positions, chunked,
+float32), so the numbers agree with in-process scoring to float rounding.
+
+Protocol (JSON over HTTP; one request carries at most ``max_rows`` rows):
+
+- ``GET /info`` → ``{"protocol", "model", "vocab_size", "tokenizer": {"vocab_hash", "size", "special_tokens"}}``.
+- ``POST /score`` ← ``prompt_ids``/``prompt_mask`` ``(B, P)`` and ``completion_ids``/``completion_mask``
+  ``(B, C)`` as lists, ``rank`` (bool), ``topk`` (k, 0 = none), ``full`` (bool), ``gather`` (``(N, k)`` token
+  ids to read each state's log-probs at, or null), ``chunk_tokens``.
+  → ``lp`` and ``rank`` ``(B, C)``; ``topk_index``/``topk_logp``, ``full`` ``(N, V)`` and ``gather`` ``(N, k)``
+  over the ``N`` valid completion positions in :class:`~gopd_lab.lm.logprobs.Positions` order. Tensors in the
+  answer are ``{"dtype", "shape", "data"}`` with the raw little-endian bytes in base64 (exact float32).
+- Errors: 400 for a malformed request (not retried), 500 for a failure while scoring (retried).
+
+The client splits large batches into requests of at most ``max_rows`` rows, retries connection failures,
+timeouts and 5xx answers with exponential backoff, and raises :class:`TeacherUnreachable` naming the URL and
+the command to start when no server answers. Options ride on the URL's query string:
+``http://host:8765?connect_timeout=5&timeout=60&retries=5&max_rows=8``.
+
+The server has no authentication: it listens on 127.0.0.1 by default; give ``--host 0.0.0.0`` only on a
+private network (or put it behind a proxy that authenticates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+from torch import nn
+
+from gopd_lab.lm.logprobs import max_context
+from gopd_lab.lm.rollout import Rollout
+from gopd_lab.scale.teacher_request import BadRequest, parse_score_request
+from gopd_lab.scorers.remote import (
+    FULL_VOCAB_LIMIT,
+    PROTOCOL,
+    RemoteScorer,
+    TeacherServerError,
+    TeacherUnreachable,
+    decode_tensor,
+    encode_tensor,
+    is_url,
+    tokenizer_info,
+    vocab_hash,
+)
+from gopd_lab.scorers.scorer import score_tokens
+
+__all__ = [
+    "FULL_VOCAB_LIMIT",
+    "PROTOCOL",
+    "RemoteScorer",
+    "TeacherServerError",
+    "TeacherUnreachable",
+    "decode_tensor",
+    "encode_tensor",
+    "is_url",
+    "score_tokens",
+    "tokenizer_info",
+    "vocab_hash",
+    "TeacherService",
+    "main",
+    "make_server",
+    "serve_in_thread",
+]
+
+
+# ---------------------------------------------------------------------------------------------- server
+class TeacherService:
+    """A frozen model and its tokenizer behind ``/info`` and ``/score``; one scoring pass at a time."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str = "", max_rows: int = 4096):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer, self.name, self.max_rows = tokenizer, name, max_rows
+        self.device = next(self.model.parameters()).device
+        self.vocab_size = (
+            int(self.model.get_output_embeddings().weight.shape[0])
+            if hasattr(self.model, "get_output_embeddings")
+            else int(self.model.config.vocab_size)
+        )
+        self.lock = threading.Lock()
+        self.info = {
+            "protocol": PROTOCOL,
+            "model": name,
+            "vocab_size": self.vocab_size,
+            "tokenizer": tokenizer_info(tokenizer),
+            "max_rows": max_rows,
+        }
+
+    def score(self, req: dict) -> dict:
+        rollout, want = self._parse(req)
+        with self.lock:
+            out = score_tokens(self.model, rollout, **want)
+        return {name: encode_tensor(value) for name, value in out.items()}
+
+    def _parse(self, req: dict) -> tuple[Rollout, dict]:
+        return parse_score_request(
+            req,
+            vocab_size=self.vocab_size,
+            max_rows=self.max_rows,
+            max_context=max_context(self.model),
+            full_vocab_limit=FULL_VOCAB_LIMIT,
+            device=self.device,
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "gopd-lab-teacher/1"
+    disable_nagle_algorithm = (
+        True  # headers and body are two writes: without this, delayed ACK stalls each answer ~40 ms
+    )
+    service: TeacherService
+    verbose = False
+    timeout = 60.0
+    """Seconds a connection may stall (reading a request or its body) before it is dropped."""
+    max_body = 256 << 20
+    """Largest request body in bytes (HTTP 413 above it)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.rstrip("/") == "/info":
+            self._send(200, self.service.info)
+        elif self.path.rstrip("/") == "/health":
+            self._send(200, {"ok": True})
+        else:
+            self._send(404, {"error": f"no such path {self.path}; use GET /info or POST /score"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.rstrip("/") != "/score":
+            self._send(404, {"error": f"no such path {self.path}; use POST /score"})
+            return
+        try:
+            body = self._body()
+            if body is None:
+                return
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise BadRequest("the body must be a JSON object")
+            self._send(200, self.service.score(req))
+        except (BadRequest, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            self._send(400, {"error": f"malformed request: {err}"})
+        except TimeoutError:  # the client stalled mid-body: drop the connection, free the thread
+            self.close_connection = True
+        except Exception as err:  # noqa: BLE001 - reported to the client, which retries and then raises
+            if self.verbose:
+                traceback.print_exc()
+            self._send(500, {"error": f"{type(err).__name__}: {err}"})
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering 400 / 413 for a missing, bad or too large length."""
+        text = self.headers.get("Content-Length")
+        length = int(text) if text is not None and text.strip().isdigit() else -1
+        if length < 0 or length > self.max_body:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            if length < 0:
+                self._send(400, {"error": f"Content-Length must be a non-negative integer, got {text!r}"})
+            else:
+                self._send(413, {"error": f"body of {length} bytes; this server takes at most {self.max_body}"})
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            self._send(400, {"error": f"body ended after {len(body)} of {length} bytes"})
+            return None
+        return body
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt: str, *args) -> None:
+        if self.verbose:
+            super().log_message(fmt, *args)
+
+
+def make_server(
+    service: TeacherService, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
+) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``service`` (``port=0`` picks a free port; the URL is ``server.url``)."""
+    handler = type("Handler", (_Handler,), {"service": service, "verbose": verbose})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.url = f"http://{host}:{server.server_address[1]}"
+    return server
+
+
+def serve_in_thread(
+    model: nn.Module, tokenizer, *, name: str = "", host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
+    """Start a server on a background thread (tests, notebooks); stop it with ``server.shutdown()``."""
+    server = make_server(TeacherService(model, tokenizer, name=name), host, port)
+    threading.Thread(target=server.serve_forever, name=f"teacher-server-{server.url}", daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m gopd_lab.scale.teacher_server",
+        description="Serve a teacher/reference's token log-probs over HTTP.",
+    )
+    parser.add_argument("--model", required=True, help="hub id, local checkpoint directory or zoo:<name>")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    from gopd_lab.lm.models import load_model, load_tokenizer, resolve_device, resolve_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = load_model(
+        args.model,
+        role="teacher",
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        trust_remote_code=args.trust_remote_code,
+    )
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    server = make_server(TeacherService(model, tokenizer, name=args.model), args.host, args.port, verbose=args.verbose)
+    print(f"serving {args.model} on {server.url} (device {device}); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The client of a teacher (or reference) served over HTTP by ``python -m gopd_lab.teacher_server``
+(:mod:`gopd_lab.scale.teacher_server`): :class:`RemoteScorer`, the wire format of tensors, and
+:func:`score_tokens`, the one scoring pass of a single model that the server runs and that the client's
+in-process counterpart runs for a local model. Protocol and options: :mod:`gopd_lab.scale.teacher_server`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import time
+import urllib.parse
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gopd_lab.lm.models import ModelLoadError
+from gopd_lab.lm.rollout import Rollout
+
+PROTOCOL = 1
+FULL_VOCAB_LIMIT = 8192
+"""Largest vocabulary for which full per-state distributions are sent over the wire (``full``/``jsd``)."""
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+class TeacherUnreachable(ModelLoadError):
+    """No scoring server answers at the URL; the message names it and the command that starts one."""
+
+
+class TeacherServerError(RuntimeError):
+    """The scoring server answered with an error (after retries for 5xx); the message carries its reason."""
+
+
+def is_url(spec: object) -> bool:
+    """A model spec that names a scoring server rather than weights."""
+    return isinstance(spec, str) and spec.startswith(("http://", "https://"))
+
+
+def encode_tensor(t: Tensor) -> dict:
+    a = t.detach().cpu().contiguous().numpy()
+    return {
+        "dtype": str(a.dtype),
+        "shape": list(a.shape),
+        "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
+
+
+def decode_tensor(d: dict, device: torch.device | str = "cpu") -> Tensor:
+    a = np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"]).newbyteorder("<")).reshape(d["shape"])
+    return torch.from_numpy(a.astype(a.dtype.newbyteorder("="))).to(device)
+
+
+def vocab_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary (token → id), the same on every machine."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
+def tokenizer_info(tokenizer) -> dict:
+    return {
+        "vocab_hash": vocab_hash(tokenizer),
+        "size": len(tokenizer),
+        "special_tokens": {a: getattr(tokenizer, a) for a in SPECIAL_TOKENS},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- client
+class RemoteScorer:
+    """A teacher or reference served by ``python -m gopd_lab.scale.teacher_server``: scores tokens, holds no weights.
+
+    ``connect_timeout`` / ``timeout`` (seconds to connect / to wait for an answer), ``retries`` (tries per
+    request, exponential backoff from ``backoff`` seconds) and ``max_rows`` (rows per request) can also be
+    given in the URL's query string. Connections are direct (no HTTP proxy).
+    """
+
+    OPTIONS = ("connect_timeout", "timeout", "retries", "backoff", "max_rows")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        role: str = "teacher",
+        connect_timeout: float = 10.0,
+        timeout: float = 600.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_rows: int = 32,
+    ):
+        parts = urllib.parse.urlsplit(url)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        unknown = sorted(set(query) - set(self.OPTIONS))
+        if unknown or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelLoadError(
+                f"{url!r} is not a teacher server URL: http(s)://host:port, options "
+                f"{', '.join(self.OPTIONS)} in the query string" + (f" (unknown: {unknown})" if unknown else "")
+            )
+        self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        self._parts = parts
+        self.role = role
+        self.connect_timeout = float(query.get("connect_timeout", connect_timeout))
+        self.timeout = float(query.get("timeout", timeout))
+        self.retries = max(1, int(query.get("retries", retries)))
+        self.backoff = float(query.get("backoff", backoff))
+        self.max_rows = max(1, int(query.get("max_rows", max_rows)))
+        self._info: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteScorer({self.url!r}, role={self.role!r})"
+
+    @property
+    def info(self) -> dict:
+        """The server's ``GET /info`` (fetched once)."""
+        if self._info is None:
+            info = self._request("/info")
+            if info.get("protocol") != PROTOCOL:
+                raise TeacherServerError(
+                    f"{self.url} speaks protocol {info.get('protocol')!r}, this client {PROTOCOL}; "
+                    "run the same gopd_lab version on both sides"
+                )
+            self._info = info
+        return self._info
+
+    def check_tokenizer(self, tokenizer, student_name: str) -> None:
+        """Raise :class:`~gopd_lab.lm.models.ModelLoadError` (as ``models.check_tokenizers`` does) unless the
+        server's tokenizer is the student's."""
+        theirs, ours = self.info["tokenizer"], tokenizer_info(tokenizer)
+        problems = []
+        if theirs["vocab_hash"] != ours["vocab_hash"]:
+            problems.append(f"vocabularies differ ({ours['size']} vs {theirs['size']} tokens)")
+        for attr in SPECIAL_TOKENS:
+            a, b = ours["special_tokens"][attr], theirs["special_tokens"].get(attr)
+            if a != b and not (attr == "pad_token" and (a is None or b is None)):
+                problems.append(f"{attr} differs ({a!r} vs {b!r})")
+        if problems:
+            raise ModelLoadError(
+                f"tokenizer mismatch between student {student_name!r} and {self.url!r} ({self.info.get('model')}): "
+                + "; ".join(problems)
+                + ". On-policy distillation scores the student's own tokens, so both models must "
+                "share one tokenizer; pick a teacher/reference from the same model family."
+            )
+
+    def score(
+        self,
+        rollout: Rollout,
+        *,
+        rank: bool = False,
+        topk: int = 0,
+        full: bool = False,
+        gather: Tensor | None = None,
+        chunk_tokens: int = 0,
+    ) -> dict[str, Tensor]:
+        """:func:`score_tokens` on the server, in requests of at most ``max_rows`` rows."""
+        if full and self.info["vocab_size"] > FULL_VOCAB_LIMIT:
+            raise ModelLoadError(
+                f"the {self.role} at {self.url} has a {self.info['vocab_size']}-token vocabulary; full per-state "
+                f"distributions are sent over the wire only up to {FULL_VOCAB_LIMIT} tokens. Use estimator='topk' or "
+                "'sampled' with a remote teacher, or load the model in-process"
+            )
+        device = rollout.prompt_ids.device
+        per_row = rollout.completion_mask.bool().sum(1).tolist()  # valid states per row
+        parts: list[dict[str, Tensor]] = []
+        start_state = 0
+        for lo in range(0, len(rollout), self.max_rows):
+            rows = range(lo, min(lo + self.max_rows, len(rollout)))
+            sub = rollout if len(rows) == len(rollout) else rollout.select(list(rows))
+            n_states = sum(per_row[i] for i in rows)
+            payload = {
+                "prompt_ids": sub.prompt_ids.tolist(),
+                "prompt_mask": sub.prompt_mask.tolist(),
+                "completion_ids": sub.completion_ids.tolist(),
+                "completion_mask": sub.completion_mask.tolist(),
+                "rank": rank,
+                "topk": topk,
+                "full": full,
+                "chunk_tokens": chunk_tokens,
+                "gather": None if gather is None else gather[start_state : start_state + n_states].tolist(),
+            }
+            start_state += n_states
+            answer = self._request("/score", payload)
+            parts.append({name: decode_tensor(value, device) for name, value in answer.items()})
+        return {name: torch.cat([p[name] for p in parts if p[name].shape[0]] or [parts[0][name]]) for name in parts[0]}
+
+    def token_logprobs(self, rollout: Rollout, *, chunk_tokens: int = 0) -> Tensor:
+        """``(B, C)`` log-probs of the sampled tokens (as :func:`gopd_lab.lm.logprobs.token_logprobs`)."""
+        return self.score(rollout, chunk_tokens=chunk_tokens)["lp"]
+
+    def _request(self, path: str, payload: dict | None = None) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        failure, server_error = "", False
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                status, body = self._send(path, data)
+            except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, DNS, TLS
+                failure, server_error = f"{type(err).__name__}: {err}", False
+                continue
+            if status < 400:
+                return json.loads(body)
+            reason = _error_reason(body, status)
+            if status < 500:
+                raise TeacherServerError(
+                    f"the {self.role} server at {self.url}{path} rejected the request (HTTP {status}): {reason}"
+                )
+            failure, server_error = f"HTTP {status}: {reason}", True
+        tries = f"{self.retries} tr{'y' if self.retries == 1 else 'ies'}"
+        if server_error:
+            raise TeacherServerError(f"the {self.role} server at {self.url}{path} failed on {tries}: {failure}")
+        host = self._parts.hostname if self._parts.hostname in ("127.0.0.1", "localhost") else "0.0.0.0"
+        raise TeacherUnreachable(
+            f"the {self.role} server at {self.url} is unreachable ({failure}; {tries}, connect timeout "
+            f"{self.connect_timeout:g}s, answer timeout {self.timeout:g}s). Start it on the machine that holds the "
+            f"{self.role}: `python -m gopd_lab.scale.teacher_server --model <{self.role} checkpoint> --host {host} --port "
+            f"{self._parts.port or (443 if self._parts.scheme == 'https' else 80)}`, or fix the URL"
+        )
+
+    def _send(self, path: str, data: bytes | None) -> tuple[int, bytes]:
+        """One HTTP exchange → ``(status, body)``; connecting and answering have their own timeouts."""
+        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._parts.hostname, self._parts.port, timeout=self.connect_timeout)
+        try:
+            conn.connect()
+            conn.sock.settimeout(self.timeout)
+            conn.request(
+                "GET" if data is None else "POST",
+                self._parts.path.rstrip("/") + path,
+                body=data,
+                headers={"Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+
+def _error_reason(body: bytes, status: int) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except Exception:  # noqa: BLE001 - any unreadable body falls back to the status
+        return http.client.responses.get(status, str(status))

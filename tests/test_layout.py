@@ -1,0 +1,110 @@
+"""The package's layout is its architecture: folders import each other without a cycle.
+
+Every ``import`` of every module is read with ``ast`` (function-local ones included: an import inside a function to
+dodge a cycle is still a dependency). A module inside a folder (``gopd_lab/loop/train.py``) counts as its folder
+(``loop``), a top-level module (``gopd_lab/config.py``) as itself. ``gopd_lab/__init__.py`` (which re-exports the
+public names) and the deprecated re-export modules at old paths sit above everything and are left out.
+"""
+
+import ast
+from pathlib import Path
+
+import gopd_lab
+
+PACKAGE = Path(gopd_lab.__file__).resolve().parent
+SHIMS = {"__init__", "teacher_server"}  # composition root and the old path of `python -m gopd_lab.teacher_server`
+
+
+def _node(parts: list[str]) -> str:
+    return parts[0]
+
+
+def _imports(path: Path) -> set[str]:
+    """The gopd_lab modules ``path`` imports, as dotted names without ``gopd_lab.``."""
+    rel = path.relative_to(PACKAGE).with_suffix("").parts
+    here = list(rel[:-1]) if rel[-1] != "__init__" else list(rel[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                mod = [*base, *(node.module.split(".") if node.module else [])]
+            elif node.module and node.module.split(".")[0] == "gopd_lab":
+                mod = node.module.split(".")[1:]
+            else:
+                continue
+            if mod:
+                found.add(".".join(mod))
+            else:  # from gopd_lab import a, b
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("gopd_lab."))
+    return found
+
+
+def folder_graph() -> dict[str, set[str]]:
+    """``{node: nodes it imports}`` over the package (a node is a folder or a top-level module)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("").parts
+        if len(rel) == 1 and rel[0] in SHIMS:
+            continue
+        src = _node(list(rel))
+        targets = {_node(m.split(".")) for m in _imports(path)} - {src}
+        graph.setdefault(src, set()).update(targets)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_the_folders_import_each_other_without_a_cycle():
+    graph = folder_graph()
+    assert {"loop", "objectives", "scorers", "world", "scale", "viz", "experiments"} <= set(graph)
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_sees_the_old_flat_cycle():
+    """Today's layout would fail: the flat modules' eleven-module cycle (models ↔ score ↔ teacher_server…)."""
+    old = {"models": {"teacher_server", "zoo"}, "teacher_server": {"models", "scoring"}, "zoo": {"train"}}
+    old["train"] = {"models"}
+    assert find_cycle(old) == ["models", "teacher_server", "models"]
+
+
+def test_the_layers_point_down():
+    """The pure math imports nothing of the package; the world and the scorers never import the loop."""
+    graph = folder_graph()
+    assert graph["objectives"] == set()
+    assert "loop" not in graph["world"] and "loop" not in graph["scorers"]
+    assert not graph["errors"]
+
+
+def test_the_checkpoint_loader_knows_no_method_and_no_served_teacher():
+    """``lm/models.py`` loads one checkpoint and its tokenizer; SDPO's self-teacher, HTTP teachers, LoRA and the
+    method's needs are ``loop/load.py``'s, which asks the method registry and the scorers."""
+    imported = _imports(PACKAGE / "lm" / "models.py")
+    assert {m.split(".")[0] for m in imported} <= {"config", "errors", "lm", "world"}, imported
+    load = _imports(PACKAGE / "loop" / "load.py")
+    assert "methods" in load and "scorers.remote" in load and "scorers.self_teacher" in load
+    source = (PACKAGE / "loop" / "load.py").read_text()
+    assert "cfg.method ==" not in source and '"sdpo"' not in source
