@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", default="0,1,1.25,1.5,2,3")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--only", default="", help="comma-separated teacher names")
-    p.add_argument("--out", type=Path, default=Path("results/headroom"))
+    p.add_argument("--out", type=Path, default=Path("results/v2/headroom"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     root = args.zoo or zoo_dir()

@@ -381,13 +381,15 @@ HEADROOM_TEACHERS = {
 
 
 def headroom_curves() -> str:
-    """Every teacher's headroom curve (results/v2/headroom/<teacher>.csv): greedy / mean@4 of the λ-target."""
+    """Every teacher's headroom curve (results/v2/headroom/<teacher>.csv): greedy / mean@4 / pass@4 of the λ-target."""
     rows, lams = [], None
     for teacher, label in HEADROOM_TEACHERS.items():
         curve = pd.read_csv(V2 / "headroom" / f"{teacher}.csv")
         lams = sorted(curve.lam.unique())
         for domain, c in curve.groupby("domain", sort=False):
-            cells = [f"{r.greedy_acc:.3f} / {r.mean_acc:.3f}" for r in c.sort_values("lam").itertuples()]
+            cells = [
+                f"{r.greedy_acc:.3f} / {r.mean_acc:.3f} / {r.pass_acc:.3f}" for r in c.sort_values("lam").itertuples()
+            ]
             rows.append(f"| {label} | {domain} | " + " | ".join(cells) + " |")
     names = {0.0: "λ = 0 (reference)", 1.0: "λ = 1 (teacher)"}
     head = "| teacher | domain | " + " | ".join(names.get(x, f"λ = {x:g}") for x in lams) + " |"

@@ -122,3 +122,17 @@ def test_training_config_falls_back_to_the_zoo_without_cuda(tmp_path):
     assert cfg.task_names == [str(course.repo_path(course.MATH_TASK))] and cfg.out_dir == fallback.out_dir
     assert course.preset_notes(preset) == "a test preset"
     assert os.path.isabs(cfg.task_names[0])
+
+
+def test_committed_headroom_gathers_one_curve_per_teacher(tmp_path):
+    (tmp_path / "t1.csv").write_text(
+        "lam,domain,greedy_acc,n,mean_acc,pass_acc\n1.0,add,0.5,2,0.5,1.0\n2.0,add,1.0,2,0.75,1.0\n"
+    )
+    (tmp_path / "t2.csv").write_text("lam,domain,greedy_acc,n,mean_acc,pass_acc\n1.0,mul,0.0,2,0.25,0.5\n")
+    curves = course.committed_headroom(tmp_path)
+    assert sorted(curves.teacher.unique()) == ["t1", "t2"] and len(curves) == 3
+    assert curves.set_index(["teacher", "lam"]).loc[("t1", 2.0), "mean_acc"] == 0.75
+    committed = course.committed_headroom()  # results/v2/headroom: every zoo teacher, λ = 0 … 3
+    assert {"teacher-add", "teacher-add-nokl", "big-teacher"} <= set(committed.teacher)
+    with pytest.raises(FileNotFoundError, match="sweeps/headroom.py"):
+        course.committed_headroom(tmp_path / "empty")

@@ -80,7 +80,7 @@ def _step(model: nn.Module, cache, kwargs: dict) -> tuple[torch.Tensor, Any]:
         return model(**{k: v for k, v in kwargs.items() if k != "use_cache"}).logits, None
     cache = cache if cache is not None else new_cache(model)
     out = model(**{key: cache}, **kwargs)
-    return out.logits, getattr(out, "past_key_values", None) or cache
+    return out.logits, getattr(out, key, None) or cache  # the output field has the argument's name
 
 
 def _vocab(model: nn.Module) -> int | None:

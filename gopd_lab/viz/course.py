@@ -37,6 +37,7 @@ __all__ = [
     "SWEEP_RESULTS",
     "Verdict",
     "check",
+    "committed_headroom",
     "committed_sweep",
     "publish_sweep",
     "repo_path",
@@ -106,6 +107,19 @@ def repo_path(path: str | Path) -> Path:
     """
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO / path
+
+
+def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
+    """The committed headroom curves, one CSV per teacher in ``folder`` (written by ``sweeps/headroom.py`` from
+    :func:`gopd_lab.loop.headroom.headroom_curve`), as one pandas table: ``teacher``, ``lam``, ``domain``,
+    ``greedy_acc``, ``mean_acc``, ``pass_acc``, ``n``."""
+    import pandas as pd
+
+    root = repo_path(folder)
+    paths = sorted(root.glob("*.csv"))
+    if not paths:
+        raise FileNotFoundError(f"no headroom curves in {root}: run `python sweeps/headroom.py --out {folder}`")
+    return pd.concat([pd.read_csv(p).assign(teacher=p.stem) for p in paths], ignore_index=True)
 
 
 def committed_sweep(name: str) -> Path:
