@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gopd_lab.methods.gopd import GOPD
-from gopd_lab.methods.method import register_method
+from gopd_lab.methods.method import Method, register_method
 
 
 @register_method
@@ -14,6 +14,7 @@ class SDPO(GOPD):
     needs_tasks = True
     needs_teacher = False
     self_teacher = True
+    step = Method.step  # the shared path: the collector builds the self-teacher's view (scorers.self_teacher)
 
     def check(self, cfg) -> str | None:
         if "{prompt}" not in cfg.sdpo_template:
