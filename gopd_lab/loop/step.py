@@ -22,7 +22,7 @@ from gopd_lab.loop.checkpoint import latest_checkpoint
 from gopd_lab.loop.collect import Collector
 from gopd_lab.loop.schedules import mu_at
 from gopd_lab.loop.update import UpdateResult, UpdateSettings, update
-from gopd_lab.methods.method import Objective
+from gopd_lab.methods.method import Objective, get_method
 from gopd_lab.scorers.score import Scored
 
 
@@ -58,6 +58,9 @@ class StepContext:
     """This step's μ of the SFT term (CHORD's schedule); None without one."""
     scored: Scored | None = None
     """The batch the last update ran on (the loop logs its samples)."""
+    state: object = None
+    """What the method carries from step to step (:meth:`~gopd_lab.methods.method.Method.new_state`; G-OPD's
+    :class:`~gopd_lab.methods.gopd.LamState`), passed to its objective."""
 
     # ------------------------------------------------------------------ stage 1
     def sample(self, batch: Batch) -> Rollout:
@@ -113,6 +116,8 @@ class StepContext:
     def update(self, scored: Scored, objective: Objective | None = None) -> UpdateResult:
         """A_t and the loss per micro-batch (``objective``; None = the update rule's), backward, all-reduce, clip,
         optimizer step (:func:`gopd_lab.loop.update.update`). A non-finite loss stops the run, naming the step."""
+        if objective is None:
+            objective = get_method(self.settings.method).objective(scored, self.settings, self.dist, self.state)
         try:
             result = update(
                 self.student, self.optimizer, scored, self.settings, self.dist, mu=self.mu, objective=objective

@@ -166,7 +166,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
     method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods): its step is method.step
-    ctx = StepContext(cfg, collector, student, optimizer, settings, dist, out)
+    ctx = StepContext(cfg, collector, student, optimizer, settings, dist, out, state=method.new_state(cfg, []))
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
@@ -174,9 +174,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
-        if cfg.lam_mode == "reopd":  # the budget's EMA state: the last logged γ_b before the checkpoint
-            rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
-            settings.reopd_gamma = rows[-1].get("reopd_gamma_b") if rows else None
+        logged = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
+        ctx.state = method.new_state(cfg, logged)  # e.g. REOPD's budget: the last logged γ_b before the checkpoint
         collector.after_update(student)  # rollout_backend="vllm": the engine samples from the resumed weights
     if reporter is not None:
         reporter.start(start)  # trackers begin at the resumed step (TensorBoard drops its later events)

@@ -51,8 +51,6 @@ class UpdateSettings:
     lineage: dict = field(default_factory=dict)
     """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
     ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
-    reopd_gamma: float | None = None
-    """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
     loss_agg: str = "token-mean"
     """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
 
@@ -175,7 +173,8 @@ def update(
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
 
     ``objective`` (:class:`~gopd_lab.methods.method.Objective`) gives each micro-batch's ``A_t`` and loss; None =
-    the one of the update rule ``s.method`` (:meth:`~gopd_lab.methods.method.Method.objective`). ``mu`` is this
+    the one of the update rule ``s.method`` (:meth:`~gopd_lab.methods.method.Method.objective`) without state
+    (REOPD's budget then starts afresh: the step context passes the run's). ``mu`` is this
     step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
 
     The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's

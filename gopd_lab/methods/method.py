@@ -51,8 +51,14 @@ class Method:
         scored = ctx.collect_scores(rollout)  # stage 2: what the flags say (teacher, verifier, reference)
         return ctx.update(scored)  # stages 3-4: A_t and the loss per micro-batch (self.objective); one step
 
-    def objective(self, scored, settings, dist=None) -> Objective:
-        """The loss of the batch ``scored``, micro-batch by micro-batch (the update calls it)."""
+    def new_state(self, cfg, metrics_rows: list[dict]):
+        """What the method carries from one step to the next (None: nothing), kept by the step context
+        (``ctx.state``); ``metrics_rows`` are the logged steps a resumed run continues from (empty when fresh)."""
+        return None
+
+    def objective(self, scored, settings, dist=None, state=None) -> Objective:
+        """The loss of the batch ``scored``, micro-batch by micro-batch (the update calls it); ``state`` is
+        :meth:`new_state`'s object."""
         return BatchObjective(self, scored, settings)
 
     def advantages(self, scored, lp_student: Tensor, settings) -> Tensor:
