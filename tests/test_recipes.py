@@ -1,4 +1,5 @@
-"""Method recipes: G-OPD's and GRPO's own ``step`` give the numbers of the shared step, and the λ rule's state
+"""Method recipes: each method's own ``step`` gives the numbers of the shared step (which builds the batch by the
+method's flags), and the λ rule's state
 between batches is an object the G-OPD recipe owns (``LamState``), not a field the update writes into."""
 
 import dataclasses
@@ -10,7 +11,7 @@ import pytest
 from gopd_lab.config import RunConfig
 from gopd_lab.loop.train import train
 from gopd_lab.loop.update import UpdateSettings
-from gopd_lab.methods import GOPD, GRPO, LamState, Method, get_method
+from gopd_lab.methods import GOPD, GRPO, SDPO, SFT, LamState, Method, get_method
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
 
@@ -26,6 +27,10 @@ def _metrics(out_dir) -> list[dict]:
         (GOPD, dict(method="gopd", lam=1.25)),
         (GOPD, dict(method="gopd", lam_mode="reopd", micro_batch_size=2)),
         (GRPO, dict(method="grpo", tasks="add", samples_per_prompt=2, kl_coef=0.1)),
+        (GRPO, dict(method="chord", tasks="add", samples_per_prompt=2, mu=0.5)),
+        (SDPO, dict(method="sdpo", tasks="add")),
+        (SFT, dict(method="sft", tasks="add")),
+        (SFT, dict(method="offpolicy")),
     ],
 )
 def test_a_recipe_step_equals_the_shared_step(tiny_dirs, tmp_path, monkeypatch, recipe, kw):

@@ -183,11 +183,13 @@ class Collector:
             self.engine.sync(student)
 
     def score(self, rollout: Rollout) -> Scored:
-        """Stage 2 by the method's flags: :meth:`teacher_scores` (G-OPD, SDPO with its self-teacher's view) or
-        :meth:`verifier_scores` (GRPO, CHORD, SFT)."""
+        """Stage 2 by the method's flags: :meth:`teacher_scores` (G-OPD, SDPO with its self-teacher's view),
+        :meth:`verifier_scores` (GRPO, CHORD) or :meth:`expert_scores` (SFT, off-policy)."""
         if self.method.uses_lam:
             return self.teacher_scores(rollout, self_teacher=self.method.self_teacher)
-        return self.verifier_scores(rollout)
+        if self.method.samples_student:
+            return self.verifier_scores(rollout)
+        return self.expert_scores(rollout)
 
     def teacher_scores(self, rollout: Rollout, *, self_teacher: bool = False) -> Scored:
         """G-OPD's stage 2: each row's teacher and (where λ ≠ 1) reference score the student's tokens, the verifier
@@ -218,14 +220,24 @@ class Collector:
 
     def verifier_scores(self, rollout: Rollout) -> Scored:
         """GRPO's stage 2: the verifier's reward of each sample, the reference's log-probs when a step needs them
-        (``kl_coef > 0``); an expert batch (SFT) gets neither reward nor scores."""
+        (``kl_coef > 0``)."""
         cfg, m = self.cfg, self.models
         with autocast(m.autocast_dtype, m.device):
-            rewards = rewards_of(self.tasks, rollout) if self.tasks and self.method.samples_student else None
+            rewards = rewards_of(self.tasks, rollout) if self.tasks else None
             lp_ref = (
                 reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
             )
         return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
+
+    def expert_scores(self, rollout: Rollout) -> Scored:
+        """An expert batch (SFT, off-policy) as the update reads it: no reward, λ = 1, no teacher score (the
+        reference's log-probs only if a step needs them)."""
+        cfg, m = self.cfg, self.models
+        with autocast(m.autocast_dtype, m.device):
+            lp_ref = (
+                reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+            )
+        return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref)
 
     def expert_index(self, step: int) -> list[int]:
         """The expert examples of a step's SFT term (their own permutation stream)."""

@@ -67,6 +67,10 @@ class StepContext:
         """The student samples the batch's prompts (under FSDP, on the gathered student)."""
         return self._stage1(batch, lambda: self.collector.sample(batch.index, batch.row_seeds), gather=True)
 
+    def expert(self, batch: Batch) -> Rollout:
+        """The batch's expert answers, teacher-forced (SFT, off-policy): nothing is sampled."""
+        return self._stage1(batch, lambda: self.collector.expert_batch(batch.index), gather=False)
+
     def rollout(self, batch: Batch) -> Rollout:
         """The batch by the method's flags (the shared path): the student's samples or expert answers."""
         gather = self.collector.method.samples_student
@@ -83,13 +87,18 @@ class StepContext:
         return rollout
 
     # ------------------------------------------------------------------ stage 2
-    def score(self, rollout: Rollout) -> Scored:
-        """G-OPD's scores: each row's teacher and (where λ ≠ 1) reference on the student's tokens."""
-        return self._stage2(self.collector.teacher_scores(rollout))
+    def score(self, rollout: Rollout, *, self_teacher: bool = False) -> Scored:
+        """G-OPD's scores: each row's teacher and (where λ ≠ 1) reference on the student's tokens; ``self_teacher``:
+        the teacher is the student re-prompted with the verifier's feedback (SDPO)."""
+        return self._stage2(self.collector.teacher_scores(rollout, self_teacher=self_teacher))
 
     def reward(self, rollout: Rollout) -> Scored:
         """GRPO's scores: the verifier's rewards (and the reference's log-probs for a KL term)."""
         return self._stage2(self.collector.verifier_scores(rollout))
+
+    def unscored(self, rollout: Rollout) -> Scored:
+        """An expert batch as the update reads it: no teacher, no reward (SFT)."""
+        return self._stage2(self.collector.expert_scores(rollout))
 
     def collect_scores(self, rollout: Rollout) -> Scored:
         """The scores by the method's flags (the shared path)."""

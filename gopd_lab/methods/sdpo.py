@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gopd_lab.methods.gopd import GOPD
-from gopd_lab.methods.method import Method, register_method
+from gopd_lab.methods.method import register_method
 
 
 @register_method
@@ -14,7 +14,13 @@ class SDPO(GOPD):
     needs_tasks = True
     needs_teacher = False
     self_teacher = True
-    step = Method.step  # the shared path: the collector builds the self-teacher's view (scorers.self_teacher)
+
+    def step(self, ctx, batch):
+        """One SDPO step: G-OPD's, with the student re-prompted by the verifier's feedback as its own teacher."""
+        rollout = ctx.sample(batch)  # stage 1: the student samples completions (B, C)
+        scored = ctx.score(rollout, self_teacher=True)  # stage 2: feedback → the self-teacher's lp_teacher (B, C)
+        objective = self.objective(scored, ctx.settings, ctx.dist, ctx.state)  # stage 3: G-OPD's A_t and loss
+        return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
 
     def check(self, cfg) -> str | None:
         if "{prompt}" not in cfg.sdpo_template:
