@@ -38,14 +38,14 @@ def parse(argv=None):
 
 
 def overrides(items: list[str]) -> dict:
-    import yaml
+    from gopd_lab.config import parse_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--set takes FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_value(value)  # `lr=1e-3` is a number, as in config files
     return out
 
 

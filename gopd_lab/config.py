@@ -389,14 +389,8 @@ class RunConfig:
         return [("", self.lam)]
 
     def lam_for(self, domain: str) -> float:
-        """λ for a domain (the single λ when not per-domain)."""
-        if isinstance(self.lam, dict):
-            if domain in self.lam:
-                return float(self.lam[domain])
-            if "default" in self.lam:
-                return float(self.lam["default"])
-            raise ConfigError(f"no lam for domain {domain!r}; lam has {sorted(self.lam)} (add it or a 'default')")
-        return float(self.lam)
+        """λ for a domain (the single λ when not per-domain); see :func:`lam_for`."""
+        return lam_for(self.lam, domain)
 
     @property
     def needs_reference(self) -> bool:
@@ -483,6 +477,18 @@ class RunConfig:
         return cls.canonical_dict(data)
 
 
+def lam_for(lam: float | dict[str, float], domain: str) -> float:
+    """λ for a domain from ``lam``, one float or ``{domain: λ}`` (a ``"default"`` key serves every other domain);
+    the one λ lookup of the package (``RunConfig.lam_for``, the scoring pass's λ per row)."""
+    if not isinstance(lam, dict):
+        return float(lam)
+    if domain in lam:
+        return float(lam[domain])
+    if "default" in lam:
+        return float(lam["default"])
+    raise ConfigError(f"no lam for domain {domain!r}; lam has {sorted(lam)} (add it or a 'default')")
+
+
 JSON_TEXT_FIELDS = ("teacher", "reference", "lam")
 """Fields that take ``{domain: ...}`` also as JSON text (papermill parameters, shell), in the constructor and in
 :meth:`RunConfig.from_dict` alike."""
@@ -514,6 +520,15 @@ _Loader.add_implicit_resolver(  # JSON's non-finite spellings (Python's json wri
 def load_yaml(text: str) -> Any:
     """Parse YAML (or JSON) text: the one loader for config files, sweep specs and command-line values."""
     return yaml.load(text, Loader=_Loader)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar or flow collection (``1.25``, ``1e-3``, ``true``, ``null``,
+    ``[a, b]``) read by :func:`load_yaml`; anything else stays a string (sweep grids, ``--set FIELD=VALUE``)."""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError:
+        return text
 
 
 def config_fields() -> list[dataclasses.Field]:

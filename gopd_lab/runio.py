@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gopd_lab.errors import writing
+from gopd_lab.errors import DataError, writing
 
 
 def _clean(value: Any) -> Any:
@@ -74,17 +74,58 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             f.write(text)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (from a crash mid-write) is skipped."""
+def read_jsonl(path: str | Path, *, strict: bool = False, numbered: bool = False) -> list:
+    """Rows of a JSON-lines file, the one reader of the package; blank lines are skipped.
+
+    Run files (``metrics.jsonl``, ``eval.jsonl``, ``samples.jsonl``, sweep indexes; ``strict=False``): a missing
+    file has no rows and a line that does not parse (a torn last line from a crash mid-write) is skipped.
+    Input files (task and prompt JSONL; ``strict=True``): :class:`~gopd_lab.errors.DataError` naming the file and
+    line for an unreadable file, a line that is not UTF-8, not JSON or not a JSON object, and for a file without
+    any row. ``numbered``: ``(line_number, row)`` pairs (1-based), for messages that name the line.
+    """
+    rows = _strict_rows(path) if strict else _run_file_rows(path)
+    return rows if numbered else [row for _, row in rows]
+
+
+def _run_file_rows(path: str | Path) -> list[tuple[int, Any]]:
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
-            rows.append(json.loads(line))
+            rows.append((line_number, json.loads(line)))
         except json.JSONDecodeError:
             continue
+    return rows
+
+
+def _strict_rows(path: str | Path) -> list[tuple[int, dict]]:
+    rows = []
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+    for line_number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                f"{error.start + 1}); save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_number}: not valid JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {line_number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((line_number, row))
+    if not rows:
+        raise DataError(f"{path} holds no rows: a task file needs one JSON object per line")
     return rows
 
 

@@ -49,12 +49,11 @@ METRIC_NAMES = {"greedy_acc": "greedy", "mean_acc": "mean@4", "pass_acc": "pass@
 # ----------------------------------------------------------------------------- collect (runs → results)
 def collect(names: list[str] = V2_SWEEPS) -> None:
     """Publish each finished v2 sweep dir into results/v2 and evaluate the reference models."""
-    import yaml
-
+    from gopd_lab.config import load_yaml
     from gopd_lab.viz.course import publish_sweep
 
     for name in names:
-        spec = yaml.safe_load((ROOT / "sweeps" / "v2" / f"{name}.yaml").read_text())
+        spec = load_yaml((ROOT / "sweeps" / "v2" / f"{name}.yaml").read_text())
         dest = publish_sweep(ROOT / spec["sweep_dir"], V2 / name, metrics_every=20)
         print(f"{ROOT / spec['sweep_dir']} → {dest.relative_to(ROOT)}")
     frame = evaluate_reference_models()

@@ -20,8 +20,7 @@ from gopd_lab.lm.rollout import encode_prompts, load_prompts
 from gopd_lab.loop.checkpoint import latest_checkpoint, save_checkpoint
 from gopd_lab.loop.load import load_models
 from gopd_lab.loop.train import train
-from gopd_lab.runio import append_jsonl, atomic_write_json, atomic_write_text
-from gopd_lab.tasks.base import read_jsonl
+from gopd_lab.runio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
 
@@ -272,7 +271,7 @@ def test_non_utf8_input_names_file_and_line(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(b'{"prompt": "1+1="}\n{"prompt": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"prompts\.jsonl, line 2: not UTF-8"):
-        read_jsonl(path)
+        read_jsonl(path, strict=True)
 
 
 def test_null_prompt_is_refused_not_trained_as_none(tiny_dirs, tmp_path):

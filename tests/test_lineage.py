@@ -11,7 +11,7 @@ from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.lm.rollout import Rollout
 from gopd_lab.loop.train import train
 from gopd_lab.loop.update import UpdateSettings
-from gopd_lab.methods import lineage_signal
+from gopd_lab.methods import LamState, lineage_signal
 from gopd_lab.objectives import (
     agopd_lambda,
     entropy_split,
@@ -153,9 +153,9 @@ def test_lineage_signal_reopd_steps_the_budget_once_per_batch():
     scored = _scored()
     lp_s = scored.lp_teacher.clone()  # full agreement: q = 1 everywhere → raw = target
     s = _settings("reopd", reopd_target=0.3, reopd_ema=0.5)
-    s.reopd_gamma = 1.0
-    out = lineage_signal(scored, lp_s, s)
-    assert s.reopd_gamma == pytest.approx(0.65) and out.metrics["reopd_gamma_raw"] == pytest.approx(0.3)
+    state = LamState(reopd_gamma=1.0)
+    out = lineage_signal(scored, lp_s, s, state=state)
+    assert state.reopd_gamma == pytest.approx(0.65) and out.metrics["reopd_gamma_raw"] == pytest.approx(0.3)
     assert torch.allclose(out.lam_t, torch.full((2, 3), 1.65))
 
 

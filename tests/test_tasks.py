@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import gopd_lab.tasks as tasks_module
+from gopd_lab.runio import read_jsonl
 from gopd_lab.tasks import (
     ARITH_TASKS,
     Example,
@@ -21,7 +22,7 @@ from gopd_lab.tasks import (
     make_task,
     register_task,
 )
-from gopd_lab.tasks.base import data_dir, read_jsonl
+from gopd_lab.tasks.base import data_dir
 from gopd_lab.tasks.mathjsonl import (
     answers_equal,
     extract_answer,
@@ -175,7 +176,7 @@ def test_write_splits_writes_every_file_and_no_temporary(tmp_path: Path) -> None
     paths = arith.write_splits(tmp_path, seed=1, n_train=20, n_test=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
     assert len(paths) == 3 * len(arith.DOMAINS)
-    rows = [row for _, row in read_jsonl(tmp_path / "mul_test.jsonl")]
+    rows = read_jsonl(tmp_path / "mul_test.jsonl", strict=True)
     assert len(rows) == 5 and set(rows[0]) == {"prompt", "answer", "domain"}
 
 

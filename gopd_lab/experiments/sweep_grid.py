@@ -12,9 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gopd_lab.config import ConfigError, load_yaml
+from gopd_lab.config import ConfigError, load_yaml, parse_value
 
 INJECTED = ("out_dir", "torch_threads")
 """Parameters the sweep sets itself: ``out_dir`` (required: the point's run dir) and ``torch_threads``
@@ -36,15 +34,6 @@ class Point:
 
 
 # ----------------------------------------------------------------------------- values and ids
-def parse_value(text: str) -> Any:
-    """A command-line value as a YAML scalar or flow collection (``1.25``, ``1e-3``, ``true``, ``null``,
-    ``[a, b]``) read by :func:`gopd_lab.config.load_yaml`; anything else stays a string."""
-    try:
-        return load_yaml(text)
-    except yaml.YAMLError:
-        return text
-
-
 def parse_assignment(text: str, *, default: Any = None, split: bool = False) -> tuple[str, Any]:
     """``name=value`` → ``(name, value)``; with ``split`` the value is a comma-separated list (or a YAML flow
     list ``[...]``). A parameter whose notebook default is a string keeps its text (``student=007``)."""

@@ -215,27 +215,46 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tok
 
 
-def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str):
+def check_tokenizers(student_tok, other_tok, student_name: str, other_name: str, *, served_model: str | None = None):
     """Two models can be distilled token by token when every id both tokenizers know means the same token and
     their special tokens agree. Returns the :class:`~gopd_lab.lm.vocab.Agreement` (ids on one side only), which
-    :func:`~gopd_lab.lm.vocab.align_vocabularies` masks out; raises naming the first conflicting id."""
-    from gopd_lab.lm.vocab import VocabConflict, compare_vocabularies
+    :func:`~gopd_lab.lm.vocab.align_vocabularies` masks out; raises naming the first conflicting id.
+
+    ``other_tok`` is a tokenizer, or what a teacher server says of its own
+    (:func:`~gopd_lab.lm.vocab.tokenizer_info`: the vocabulary's sha256, size and special tokens; ``served_model``
+    is the served model's name): a served vocabulary is known only by its hash, so it must equal the student's.
+    The one tokenizer check of the package (local teachers / references and ``RemoteScorer.check_tokenizer``)."""
+    from gopd_lab.lm.vocab import SPECIAL_TOKEN_ATTRS, VocabConflict, compare_vocabularies, tokenizer_info
 
     problems = []
     agreement = None
-    try:
-        agreement = compare_vocabularies(student_tok.get_vocab(), other_tok.get_vocab(), repr(other_name))
-    except VocabConflict as err:
-        problems.append(str(err))
-    for attr in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        a, b = getattr(student_tok, attr), getattr(other_tok, attr)
+    served = isinstance(other_tok, dict)
+    if served:
+        ours = tokenizer_info(student_tok)
+        if other_tok["vocab_hash"] != ours["vocab_hash"]:
+            problems.append(f"vocabularies differ ({ours['size']} vs {other_tok['size']} tokens)")
+        specials = other_tok["special_tokens"]
+    else:
+        try:
+            agreement = compare_vocabularies(student_tok.get_vocab(), other_tok.get_vocab(), repr(other_name))
+        except VocabConflict as err:
+            problems.append(str(err))
+        specials = {attr: getattr(other_tok, attr) for attr in SPECIAL_TOKEN_ATTRS}
+    for attr in SPECIAL_TOKEN_ATTRS:
+        a, b = getattr(student_tok, attr), specials.get(attr)
         if a != b and not (attr == "pad_token" and (a is None or b is None)):
             problems.append(f"{attr} differs ({a!r} vs {b!r})")
     if problems:
+        other = f"{other_name!r} ({served_model})" if served else repr(other_name)
+        rule = (
+            "own tokens, so both models must share one tokenizer"
+            if served
+            else "own token ids, so every id both tokenizers know must mean the same token (a teacher may add tokens)"
+        )
         raise ModelLoadError(
-            f"tokenizer mismatch between student {student_name!r} and {other_name!r}: "
+            f"tokenizer mismatch between student {student_name!r} and {other}: "
             + "; ".join(problems)
-            + ". On-policy distillation scores the student's own token ids, so every id both tokenizers know must "
-            "mean the same token (a teacher may add tokens); pick a teacher/reference from the same model family."
+            + f". On-policy distillation scores the student's {rule}; pick a teacher/reference from the same model "
+            "family."
         )
     return agreement

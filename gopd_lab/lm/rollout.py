@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from gopd_lab.config import ConfigError
 from gopd_lab.errors import DataError
 from gopd_lab.lm.models import DEFAULT_DOMAIN
+from gopd_lab.runio import read_jsonl
 
 
 @dataclass
@@ -59,13 +60,11 @@ class Prompts:
 
 def read_prompt_rows(path: str | Path, required: tuple[str, ...] = ("prompt",)) -> list[dict]:
     """Rows of a JSONL prompt file, each checked for the ``required`` fields; one clear error otherwise."""
-    from gopd_lab.tasks.base import read_jsonl
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"prompt file {path} does not exist")
     try:
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, strict=True, numbered=True)
     except ValueError as err:
         raise DataError(str(err)) from None
     for n, row in rows:

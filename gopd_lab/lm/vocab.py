@@ -17,6 +17,8 @@ tokenizers and widths agree exactly, with no padded row, are left untouched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -27,6 +29,26 @@ from torch import nn
 from gopd_lab.lm.logprobs import MASKED_LOGIT
 
 log = logging.getLogger(__name__)
+
+
+SPECIAL_TOKEN_ATTRS = ("bos_token", "eos_token", "pad_token", "unk_token")
+"""The special tokens two tokenizers must agree on (a missing ``pad_token`` on one side is allowed)."""
+
+
+def vocab_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary (token → id), the same on every machine."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
+def tokenizer_info(tokenizer) -> dict:
+    """What a teacher server says of its tokenizer (``GET /info``): the vocabulary's hash and size, the special
+    tokens; :func:`~gopd_lab.lm.models.check_tokenizers` compares it with the student's."""
+    return {
+        "vocab_hash": vocab_hash(tokenizer),
+        "size": len(tokenizer),
+        "special_tokens": {a: getattr(tokenizer, a) for a in SPECIAL_TOKEN_ATTRS},
+    }
 
 
 class VocabConflict(ValueError):

@@ -141,9 +141,14 @@ class Collector:
 
     # ------------------------------------------------------------------ one step
     def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
-        cfg, m = self.cfg, self.models
+        """The step's batch by the method's flags: the student's samples, or expert answers (SFT)."""
         if not self.method.samples_student:
             return self.expert_batch(index)
+        return self.sample(index, row_seeds)
+
+    def sample(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
+        """Stage 1: the student samples a completion of each prompt ``index`` (vLLM when it is the backend)."""
+        cfg, m = self.cfg, self.models
         if self.engine is not None:
             if row_seeds is None:
                 raise ValueError("rollout_backend='vllm' samples every row with its own seed: pass row_seeds")
@@ -178,17 +183,24 @@ class Collector:
             self.engine.sync(student)
 
     def score(self, rollout: Rollout) -> Scored:
-        """Teacher / reference scores of ``rollout``, under the student's autocast (mixed precision), so that
-        ``reference: student`` scores exactly as the student's own forward does (its reward term is 0 at step 0)."""
-        with autocast(self.models.autocast_dtype, self.models.device):
-            return self._score(rollout)
+        """Stage 2 by the method's flags: :meth:`teacher_scores` (G-OPD, SDPO with its self-teacher's view),
+        :meth:`verifier_scores` (GRPO, CHORD) or :meth:`expert_scores` (SFT, off-policy)."""
+        if self.method.uses_lam:
+            return self.teacher_scores(rollout, self_teacher=self.method.self_teacher)
+        if self.method.samples_student:
+            return self.verifier_scores(rollout)
+        return self.expert_scores(rollout)
 
-    def _score(self, rollout: Rollout) -> Scored:
+    def teacher_scores(self, rollout: Rollout, *, self_teacher: bool = False) -> Scored:
+        """G-OPD's stage 2: each row's teacher and (where λ ≠ 1) reference score the student's tokens, the verifier
+        its answer (when there are tasks); ``self_teacher``: SDPO's teacher reads the feedback-augmented prompts.
+        Under the student's autocast (mixed precision), so that ``reference: student`` scores exactly as the
+        student's own forward does (its reward term is 0 at step 0)."""
         cfg, m = self.cfg, self.models
-        rewards = rewards_of(self.tasks, rollout) if self.tasks and self.method.samples_student else None
-        if self.method.uses_lam:  # G-OPD: the teacher and (where λ ≠ 1) the reference score the rollout
+        with autocast(m.autocast_dtype, m.device):
+            rewards = rewards_of(self.tasks, rollout) if self.tasks else None
             teacher_view, extra = None, {}
-            if self.method.self_teacher:
+            if self_teacher:
                 rollout, teacher_view, extra = build_self_teacher_view(
                     rollout, rewards, self.tasks, cfg, m.tokenizer, m.pad_token_id
                 )
@@ -203,10 +215,29 @@ class Collector:
                 always_reference=cfg.always_reference,
                 entropy_threshold=cfg.entropy_threshold if cfg.lam_mode == "entropy" else None,
             )
-            scored.rewards, scored.extra = rewards, extra
-            return scored
-        lp_ref = reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+        scored.rewards, scored.extra = rewards, extra
+        return scored
+
+    def verifier_scores(self, rollout: Rollout) -> Scored:
+        """GRPO's stage 2: the verifier's reward of each sample, the reference's log-probs when a step needs them
+        (``kl_coef > 0``)."""
+        cfg, m = self.cfg, self.models
+        with autocast(m.autocast_dtype, m.device):
+            rewards = rewards_of(self.tasks, rollout) if self.tasks else None
+            lp_ref = (
+                reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+            )
         return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref, rewards=rewards)
+
+    def expert_scores(self, rollout: Rollout) -> Scored:
+        """An expert batch (SFT, off-policy) as the update reads it: no reward, λ = 1, no teacher score (the
+        reference's log-probs only if a step needs them)."""
+        cfg, m = self.cfg, self.models
+        with autocast(m.autocast_dtype, m.device):
+            lp_ref = (
+                reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
+            )
+        return Scored(rollout=rollout, lam=torch.ones(len(rollout)), lp_reference=lp_ref)
 
     def expert_index(self, step: int) -> list[int]:
         """The expert examples of a step's SFT term (their own permutation stream)."""

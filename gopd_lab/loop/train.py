@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gopd_lab.config import RunConfig
-from gopd_lab.errors import NonFiniteError, writing
+from gopd_lab.errors import writing
 from gopd_lab.lm.models import DEFAULT_DOMAIN, Models
 from gopd_lab.lm.precision import autocast
 from gopd_lab.lm.rollout import Prompts, load_prompts, prompts_from_tasks, token_strings
@@ -25,9 +25,10 @@ from gopd_lab.loop.collect import Collector, batch_indices
 from gopd_lab.loop.evaluate import task_evaluator
 from gopd_lab.loop.load import load_models
 from gopd_lab.loop.rundir import prepare_run_dir
-from gopd_lab.loop.schedules import lr_factor, make_optimizer, mu_at
+from gopd_lab.loop.schedules import lr_factor, make_optimizer
+from gopd_lab.loop.step import Batch, StepContext
 from gopd_lab.loop.trackers import Reporter
-from gopd_lab.loop.update import UpdateResult, UpdateSettings, enable_gradient_checkpointing, update
+from gopd_lab.loop.update import UpdateResult, UpdateSettings, enable_gradient_checkpointing
 from gopd_lab.objectives.lineage import LOSS_KINDS
 from gopd_lab.runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from gopd_lab.scale.distributed import Distributed
@@ -164,7 +165,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
-    method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods)
+    method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods): its step is method.step
+    ctx = StepContext(cfg, collector, student, optimizer, settings, dist, out, state=method.new_state(cfg, []))
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
@@ -172,9 +174,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
-        if cfg.lam_mode == "reopd":  # the budget's EMA state: the last logged γ_b before the checkpoint
-            rows = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
-            settings.reopd_gamma = rows[-1].get("reopd_gamma_b") if rows else None
+        logged = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
+        ctx.state = method.new_state(cfg, logged)  # e.g. REOPD's budget: the last logged γ_b before the checkpoint
         collector.after_update(student)  # rollout_backend="vllm": the engine samples from the resumed weights
     if reporter is not None:
         reporter.start(start)  # trackers begin at the resumed step (TensorBoard drops its later events)
@@ -206,53 +207,24 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
         slots = dist.shard(list(enumerate(batch_indices(collector.num_examples, cfg.batch_size, step, cfg.seed))))
         index = [i for _, i in slots for _ in range(cfg.samples_per_prompt)]
         seeds = [row_seed(cfg.seed, step, pos, k) for pos, _ in slots for k in range(cfg.samples_per_prompt)]
-        t0 = time.perf_counter()
-        with (
-            dist.full_params(student, when=method.samples_student),
-            autocast(amp, device),
-        ):  # FSDP: sample on the gathered student
-            rollout = collector.rollout(index, row_seeds=seeds if row_seeded else None)
-        _sync(device)
-        t1 = time.perf_counter()
-        scored = collector.score(rollout)
-        step_mu = None  # μ of this step's SFT term (CHORD's schedule), passed to the update: settings stay fixed
-        if cfg.mu > 0:
-            scored.expert = collector.expert_batch(dist.shard(collector.expert_index(step)))
-            step_mu = mu_at(
-                step,
-                peak=cfg.mu,
-                schedule=cfg.mu_schedule,
-                valley=cfg.mu_valley,
-                warmup=cfg.mu_warmup_steps,
-                total=cfg.steps,
-            )
-        _sync(device)
-        t2 = time.perf_counter()
-        try:
-            result = update(student, optimizer, scored, settings, dist=dist, mu=step_mu)
-        except NonFiniteError as err:
-            kept = latest_checkpoint(out)
-            raise NonFiniteError(
-                f"step {step + 1}: {err} "
-                f"({'the last checkpoint ' + str(kept) + ' is kept' if kept else 'no checkpoint was written'}). "
-                "Look for NaN/inf in the student, teacher or reference weights, or lower lr"
-            ) from None
+        result = method.step(ctx, Batch(step, index, seeds if row_seeded else None))  # the method's recipe
+        scored = ctx.scored
         scheduler.step()
         collector.after_update(student)  # rollout_backend="vllm": the engine samples from the new weights
         if method.self_teacher and cfg.sdpo_teacher == "ema":
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
-        t3 = time.perf_counter()
+        t = {**ctx.times, "update": time.perf_counter()}
         n = step + 1
         metrics = dist.mean_metrics(
             {
                 "step": n,
                 **result.metrics,
                 "lr": scheduler.get_last_lr()[0],
-                "time_rollout": t1 - t0,
-                "time_score": t2 - t1,
-                "time_update": t3 - t2,
-                "time_step": t3 - t0,
+                "time_rollout": t["rollout"] - t["start"],
+                "time_score": t["score"] - t["rollout"],
+                "time_update": t["update"] - t["score"],
+                "time_step": t["update"] - t["start"],
             }
         )
         metrics["step"] = n

@@ -17,16 +17,9 @@ from gopd_lab.config import ConfigError
 from gopd_lab.errors import NonFiniteError
 from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
 from gopd_lab.lm.precision import autocast
-from gopd_lab.methods import Lineage, get_method, lam_stats
-from gopd_lab.objectives import (
-    chord_phi,
-    get_estimator,
-    masked_mean,
-    sft_loss,
-)
-from gopd_lab.objectives.lineage import (
-    forward_kl,
-)
+from gopd_lab.methods import get_method
+from gopd_lab.methods.method import Objective
+from gopd_lab.objectives import chord_phi, get_estimator, masked_mean, sft_loss
 from gopd_lab.scorers.score import Scored
 
 
@@ -58,8 +51,6 @@ class UpdateSettings:
     lineage: dict = field(default_factory=dict)
     """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
     ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
-    reopd_gamma: float | None = None
-    """REOPD's batch budget γ_b after the last batch (the EMA's state; None before the first)."""
     loss_agg: str = "token-mean"
     """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
 
@@ -177,10 +168,14 @@ def update(
     dist=None,
     *,
     mu: float | None = None,
+    objective: Objective | None = None,
 ) -> UpdateResult:
     """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
 
-    ``mu`` is this step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
+    ``objective`` (:class:`~gopd_lab.methods.method.Objective`) gives each micro-batch's ``A_t`` and loss; None =
+    the one of the update rule ``s.method`` (:meth:`~gopd_lab.methods.method.Method.objective`) without state
+    (REOPD's budget then starts afresh: the step context passes the run's). ``mu`` is this
+    step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
 
     The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
     loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
@@ -194,46 +189,27 @@ def update(
     weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
     n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
     parts = micro_batches(len(rollout), s.micro_batch_size)
-    method = get_method(s.method)  # the update rule's recipe (gopd_lab.methods)
+    objective = objective if objective is not None else get_method(s.method).objective(scored, s, dist)
     mu = s.mu if mu is None else mu
-    uses_lam = method.uses_lam
-    grpo_adv = advantages_for(scored, mask, s) if not uses_lam else None  # group-relative: whole batch
-    whole_batch_lam = uses_lam and s.lam_mode != "fixed"  # λ from statistics of the whole batch
     student.train()
     first: UpdateResult | None = None
-    lp_old = lineage = None
-    if whole_batch_lam and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
+    lp_old = None
+    if objective.whole_batch and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
         lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
-        lineage = method.signal(scored, lp_old, s, dist)
+        objective.prepare(lp_old)
     for epoch in range(s.epochs):
         optimizer.zero_grad(set_to_none=True)
-        lps, ents, advs, signals, total, extra = [], [], [], [], 0.0, {}
-        fkl_sum, fkl_states = 0.0, 0
+        lps, ents, advs, total, extra = [], [], [], 0.0, {}
         for start, stop in parts:
             part = scored.rows(start, stop) if len(parts) > 1 else scored
             with autocast(s.autocast_dtype, mask.device):
                 out = _forward(student, part, s)
             old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
-            if grpo_adv is not None:
-                adv = grpo_adv[start:stop]  # (b, C), detached
-            elif not uses_lam:
-                adv = advantages_for(part, old, s)
-            elif lineage is not None:  # λ chosen once for the batch
-                adv = lineage.advantages[start:stop]
-            elif whole_batch_lam:  # one part: it is the whole batch
-                lineage = method.signal(scored, old, s, dist)
-                adv = lineage.advantages
-            else:  # fixed λ: per token, part by part
-                signals.append(method.signal(part, old, s))
-                adv = signals[-1].advantages
-            loss, part_extra = compute_loss(part, out, adv, s, old if epoch > 0 else None)
-            part_weights = weights[start:stop]  # (b, C)
-            n_part = float(part_weights.sum())
-            if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high w·KL(π_T ‖ π_θ) / Σ w
-                fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
-                w_states = part_weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
-                loss = loss + (w_states * fkl).sum() / max(n_part, 1e-12)
-                fkl_sum, fkl_states = fkl_sum + float(fkl.detach().sum()), fkl_states + len(fkl)
+            part_weights = loss_weights(part.rollout.completion_mask, s.loss_agg)  # (b, C) = weights[start:stop]
+            loss, adv, part_extra = objective(
+                part, slice(start, stop), out, old, old if epoch > 0 else None, part_weights
+            )
+            n_part = float(weights[start:stop].sum())
             weight = n_part / n_batch * (1.0 - mu if _mixes_expert(scored, mu) else 1.0)
             (loss.float() * weight).backward()
             total += float(loss.detach()) * weight
@@ -243,8 +219,7 @@ def update(
             advs.append(adv)
         n_local = float(weights.sum())
         extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
-        if s.lam_mode == "entropy":
-            extra["forward_kl"] = fkl_sum / max(fkl_states, 1)
+        extra.update(objective.end_epoch())
         if _mixes_expert(scored, mu):
             sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist, mu=mu)
             total += sft_total
@@ -258,14 +233,11 @@ def update(
         lp_now = torch.cat(lps)  # (B, C)
         if lp_old is None:
             lp_old = lp_now
-        if signals and lineage is None:  # fixed λ computed part by part: one record for the batch
-            lam_t = torch.cat([sig.lam_t for sig in signals])  # (B, C)
-            kind = torch.cat([sig.kind for sig in signals])  # (B, C)
-            lineage = Lineage(torch.cat(advs), lam_t, kind, lam_stats(lam_t, mask.bool()))
         if first is None:
             advantages = torch.cat(advs)
             out_all = StudentOut(lp=lp_now, logp=None, entropy=torch.cat(ents), positions=None)
             first = UpdateResult(_metrics(scored, out_all, advantages, total, grad_norm, extra), lp_now, advantages)
+            lineage = objective.record()
             if lineage is not None:
                 first.metrics.update(lineage.metrics)
                 first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind

@@ -2,7 +2,7 @@
 OPD at λ = 1, ExOPD at λ > 1), ``sdpo``, ``grpo``, ``chord``, ``sft`` and ``offpolicy``."""
 
 from gopd_lab.methods.chord import CHORD
-from gopd_lab.methods.gopd import GOPD, Lineage, lam_stats, lineage_signal
+from gopd_lab.methods.gopd import GOPD, GOPDObjective, LamState, Lineage, lam_stats, lineage_signal
 from gopd_lab.methods.grpo import GRPO
 from gopd_lab.methods.method import METHODS, Method, get_method, register_method
 from gopd_lab.methods.sdpo import SDPO
@@ -11,10 +11,12 @@ from gopd_lab.methods.sft import SFT, OffPolicy
 __all__ = [
     "CHORD",
     "GOPD",
+    "GOPDObjective",
     "GRPO",
     "METHODS",
     "SDPO",
     "SFT",
+    "LamState",
     "Lineage",
     "Method",
     "OffPolicy",

@@ -15,6 +15,13 @@ class GRPO(Method):
     def needs_reference(self, cfg) -> bool:
         return cfg.kl_coef > 0
 
+    def step(self, ctx, batch):
+        """One GRPO step: samples, their rewards, group-relative A_t on every token, the policy-gradient loss."""
+        rollout = ctx.sample(batch)  # stage 1: samples_per_prompt completions (B, C) of each prompt
+        scored = ctx.reward(rollout)  # stage 2: the verifier's reward (B,), lp_reference (B, C) when kl_coef > 0
+        objective = self.objective(scored, ctx.settings)  # stage 3: A_t = group_advantages (B, C), then self.loss
+        return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
+
     def advantages(self, scored, lp_student, settings):
         mask = scored.rollout.completion_mask.float()  # (B, C)
         return group_advantages(scored.rewards, settings.group_size, scale_std=settings.scale_std)[:, None] * mask

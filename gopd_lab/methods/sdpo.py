@@ -15,6 +15,13 @@ class SDPO(GOPD):
     needs_teacher = False
     self_teacher = True
 
+    def step(self, ctx, batch):
+        """One SDPO step: G-OPD's, with the student re-prompted by the verifier's feedback as its own teacher."""
+        rollout = ctx.sample(batch)  # stage 1: the student samples completions (B, C)
+        scored = ctx.score(rollout, self_teacher=True)  # stage 2: feedback → the self-teacher's lp_teacher (B, C)
+        objective = self.objective(scored, ctx.settings, ctx.dist, ctx.state)  # stage 3: G-OPD's A_t and loss
+        return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
+
     def check(self, cfg) -> str | None:
         if "{prompt}" not in cfg.sdpo_template:
             return "sdpo_template must contain {prompt}"

@@ -13,6 +13,13 @@ class SFT(Method):
     samples_student = False
     needs_tasks = True
 
+    def step(self, ctx, batch):
+        """One SFT step: the expert answers, teacher-forced; the loss is their negative log-likelihood."""
+        rollout = ctx.expert(batch)  # stage 1: expert answers (B, C), nothing sampled
+        scored = ctx.unscored(rollout)  # stage 2: nothing to score (λ = 1, no teacher, no reward)
+        objective = self.objective(scored, ctx.settings)  # stage 3: A_t = 0, loss = self.loss (token NLL)
+        return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
+
     def loss(self, scored, out, advantages, weights, settings, lp_old):
         return sft_loss(out.lp, weights)
 

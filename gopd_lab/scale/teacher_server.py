@@ -44,6 +44,7 @@ from torch import nn
 
 from gopd_lab.lm.logprobs import max_context
 from gopd_lab.lm.rollout import Rollout
+from gopd_lab.lm.vocab import tokenizer_info, vocab_hash
 from gopd_lab.scale.teacher_request import BadRequest, parse_score_request
 from gopd_lab.scorers.remote import (
     FULL_VOCAB_LIMIT,
@@ -54,8 +55,6 @@ from gopd_lab.scorers.remote import (
     decode_tensor,
     encode_tensor,
     is_url,
-    tokenizer_info,
-    vocab_hash,
 )
 from gopd_lab.scorers.scorer import score_tokens
 

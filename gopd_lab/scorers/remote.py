@@ -7,7 +7,6 @@ in-process counterpart runs for a local model. Protocol and options: :mod:`gopd_
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import time
@@ -17,13 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gopd_lab.lm.models import ModelLoadError
+from gopd_lab.lm.models import ModelLoadError, check_tokenizers
 from gopd_lab.lm.rollout import Rollout
 
 PROTOCOL = 1
 FULL_VOCAB_LIMIT = 8192
 """Largest vocabulary for which full per-state distributions are sent over the wire (``full``/``jsd``)."""
-SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
 class TeacherUnreachable(ModelLoadError):
@@ -51,20 +49,6 @@ def encode_tensor(t: Tensor) -> dict:
 def decode_tensor(d: dict, device: torch.device | str = "cpu") -> Tensor:
     a = np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"]).newbyteorder("<")).reshape(d["shape"])
     return torch.from_numpy(a.astype(a.dtype.newbyteorder("="))).to(device)
-
-
-def vocab_hash(tokenizer) -> str:
-    """sha256 of the tokenizer's vocabulary (token → id), the same on every machine."""
-    items = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
-
-
-def tokenizer_info(tokenizer) -> dict:
-    return {
-        "vocab_hash": vocab_hash(tokenizer),
-        "size": len(tokenizer),
-        "special_tokens": {a: getattr(tokenizer, a) for a in SPECIAL_TOKENS},
-    }
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -124,23 +108,9 @@ class RemoteScorer:
         return self._info
 
     def check_tokenizer(self, tokenizer, student_name: str) -> None:
-        """Raise :class:`~gopd_lab.lm.models.ModelLoadError` (as ``models.check_tokenizers`` does) unless the
-        server's tokenizer is the student's."""
-        theirs, ours = self.info["tokenizer"], tokenizer_info(tokenizer)
-        problems = []
-        if theirs["vocab_hash"] != ours["vocab_hash"]:
-            problems.append(f"vocabularies differ ({ours['size']} vs {theirs['size']} tokens)")
-        for attr in SPECIAL_TOKENS:
-            a, b = ours["special_tokens"][attr], theirs["special_tokens"].get(attr)
-            if a != b and not (attr == "pad_token" and (a is None or b is None)):
-                problems.append(f"{attr} differs ({a!r} vs {b!r})")
-        if problems:
-            raise ModelLoadError(
-                f"tokenizer mismatch between student {student_name!r} and {self.url!r} ({self.info.get('model')}): "
-                + "; ".join(problems)
-                + ". On-policy distillation scores the student's own tokens, so both models must "
-                "share one tokenizer; pick a teacher/reference from the same model family."
-            )
+        """Raise :class:`~gopd_lab.lm.models.ModelLoadError` unless the server's tokenizer is the student's
+        (:func:`~gopd_lab.lm.models.check_tokenizers` on the server's ``/info``)."""
+        check_tokenizers(tokenizer, self.info["tokenizer"], student_name, self.url, served_model=self.info.get("model"))
 
     def score(
         self,

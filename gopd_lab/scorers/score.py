@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from gopd_lab.config import lam_for
 from gopd_lab.lm.logprobs import (
     Positions,
     _vocab_size,
@@ -130,7 +131,7 @@ def score_rollout(
     teacher_rollout = teacher_rollout if teacher_rollout is not None else rollout
     needs = get_estimator(estimator).needs  # what the estimator needs from scoring
     lam = torch.tensor(
-        [_lam(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device
+        [lam_for(lam_of, d) for d in rollout.domains], dtype=torch.float32, device=rollout.prompt_ids.device
     )
     need_reference = always_reference or bool((lam != 1).any())
     groups: dict[tuple[int, int], tuple[nn.Module, nn.Module | None, list[int]]] = {}
@@ -215,16 +216,6 @@ def reference_logprobs(models: Models, rollout: Rollout, *, chunk_tokens: int = 
         )
         out[torch.as_tensor(rows, device=out.device)] = lp
     return out
-
-
-def _lam(lam_of: dict[str, float] | float, domain: str) -> float:
-    if not isinstance(lam_of, dict):
-        return float(lam_of)
-    if domain in lam_of:
-        return float(lam_of[domain])
-    if "default" in lam_of:
-        return float(lam_of["default"])
-    raise KeyError(f"no lam for domain {domain!r}; lam has {sorted(lam_of)} (add it or a 'default')")
 
 
 @torch.no_grad()  # not inference_mode: per-state outputs are read by the update's autograd graph without a copy

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from gopd_lab.errors import DataError
+from gopd_lab.runio import read_jsonl
 
 Verifier = Callable[[str, str], bool]
 Feedback = Callable[[str, str], str]
@@ -229,45 +230,10 @@ def make_task(
     )
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """Read a JSONL file into ``(line_number, row)`` pairs, skipping blank lines.
-
-    Raises ``ValueError`` naming the file and line for a line that is not a JSON object, and for a
-    file without any row.
-    """
-    rows = []
-    try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().splitlines()
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
-    for line_number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(
-                f"{path}, line {line_number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
-                f"{error.start + 1}); save the file as UTF-8"
-            ) from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {line_number}: not valid JSON ({error})") from None
-        if not isinstance(row, dict):
-            kind = type(row).__name__
-            raise DataError(f"{path}, line {line_number}: expected a JSON object, got {kind}")
-        rows.append((line_number, row))
-    if not rows:
-        raise DataError(f"{path} holds no rows: a task file needs one JSON object per line")
-    return rows
-
-
 def read_prompt_answer_jsonl(path: str | Path) -> list[dict]:
     """Read a JSONL file whose rows must have string fields ``prompt`` and ``answer``."""
     rows = []
-    for line_number, row in read_jsonl(path):
+    for line_number, row in read_jsonl(path, strict=True, numbered=True):
         if not (isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str)):
             raise DataError(
                 f"{path}, line {line_number}: expected string fields 'prompt' and 'answer', found fields {sorted(row)}"

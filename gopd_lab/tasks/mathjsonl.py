@@ -21,7 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from gopd_lab.errors import DataError
-from gopd_lab.tasks.base import Example, Task, read_jsonl
+from gopd_lab.runio import read_jsonl
+from gopd_lab.tasks.base import Example, Task
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)")
 _HASHES = re.compile(r"####\s*([^\n]*)")
@@ -192,7 +193,7 @@ def _few(numbers: list[int], limit: int = 10) -> str:
 
 def is_plain_layout(path: str | Path) -> bool:
     """Whether every row of a JSONL file is the plain ``prompt``/``answer`` layout (no GSM8K/MATH row)."""
-    rows = [row for _, row in read_jsonl(path)]
+    rows = read_jsonl(path, strict=True)
     return all(isinstance(r.get("prompt"), str) and isinstance(r.get("answer"), str) for r in rows) and not any(
         ("question" in r or "problem" in r) for r in rows
     )
@@ -220,7 +221,7 @@ def load_math_jsonl(
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     pairs: dict[str, str] = {}
     unanswered, duplicates = [], []
-    for line_number, row in read_jsonl(path):
+    for line_number, row in read_jsonl(path, strict=True, numbered=True):
         try:
             question, solution = parse_math_row(row, path, line_number)
         except NoFinalAnswer as err:
