@@ -1,8 +1,9 @@
-"""The lineage sweep (sweeps/v1/lineage.yaml): collect its points into a small committed table, and print the
+"""The lineage sweeps (sweeps/v1/lineage.yaml, sweeps/v2/lineage.yaml): collect its points into a small committed table, and print the
 markdown of docs/results.md's lineage section (every arm against λ = 1, paired over training seeds).
 
-    python sweeps/lineage_report.py --collect   # runs/sweeps/lineage → results/v1/lineage.csv (committed)
+    python sweeps/lineage_report.py --collect   # runs/sweeps/v1/lineage → results/v1/lineage.csv (committed)
     python sweeps/lineage_report.py             # results/v1/lineage.csv → markdown tables on stdout
+    python sweeps/lineage_report.py --world v2 --collect   # the same for sweeps/v2/lineage.yaml (results/v2)
 
 The table has one row per point: ``arm``, ``seed``, ``status``, ``wall_seconds``, the final test accuracies
 (``eval_add_greedy_acc``, ``eval_add_mean_acc``) and, averaged over the run's steps, what the arm's rule chose
@@ -85,13 +86,21 @@ def markdown(results: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collect", action="store_true", help=f"read {SWEEP_DIR} and write {TABLE} first")
+    parser.add_argument(
+        "--world", choices=["v1", "v2"], default="v1", help="which world's sweep (sweeps/<world>/lineage.yaml)"
+    )
+    parser.add_argument(
+        "--collect", action="store_true", help="read runs/sweeps/<world>/lineage, write the table first"
+    )
     args = parser.parse_args(argv)
+    sweep_dir, table = ROOT / "runs" / "sweeps" / args.world / "lineage", ROOT / "results" / args.world / "lineage.csv"
     if args.collect:
-        collect()
-    if not TABLE.is_file():
-        sys.exit(f"{TABLE} does not exist: run the sweep, then `python sweeps/lineage_report.py --collect`")
-    print(markdown(pd.read_csv(TABLE)))
+        collect(sweep_dir, table)
+    if not table.is_file():
+        sys.exit(
+            f"{table} does not exist: run the sweep, then `python sweeps/lineage_report.py --world {args.world} --collect`"
+        )
+    print(markdown(pd.read_csv(table)))
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ def reference_table() -> str:
 
 
 def v1_blocks() -> dict[str, str]:
-    """The superseded world-v1 sweeps (results/v1) and the lineage comparison (results/v1/lineage.csv)."""
+    """The superseded world-v1 sweeps (results/v1) and the lineage comparisons (results/<world>/lineage.csv)."""
     sys.path.insert(0, str(Path(__file__).parent))
     import lineage_report
 
@@ -441,6 +441,7 @@ def v1_blocks() -> dict[str, str]:
         "v1_lam_single_teacher": table("lam_single_teacher", ["lam"]),
         "v1_multi_teacher_merge": table("multi_teacher_merge", ["lam"]),
         "lineage": lineage_report.markdown(pd.read_csv(lineage_report.TABLE)),
+        "lineage_v2": lineage_report.markdown(pd.read_csv(V2 / "lineage.csv")),
     }
     return blocks
 
