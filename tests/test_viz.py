@@ -251,3 +251,183 @@ def test_lam_one_rows_without_reference_are_not_offered_a_reference():
         "lam": 1.0,
     }
     assert references(record) == {}
+
+
+# ------------------------------------------------------------------------------------ fixed scales, Σ, chains
+def test_categorical_token_view_has_no_sum():
+    """Regression: a loss_kind (categorical) panel printed "Σ = +0.0000" and its hover card "+0.0000" for a kind."""
+    r = make_record(loss_kind=["reverse", "forward", "gated", "reverse", "reverse"])
+    view = token_views([r, r], quantity=["loss_kind", "advantage"])
+    kind, adv = view.html.split('class="gopd-panel"')[1:]
+    assert "Σ" not in kind and "Σ = +0.0000" in adv  # Σ A_t = 1 - 1 + 0 + 0.5 - 0.5
+    assert "loss_kind (shown) = forward" in kind and "+0.0000" not in kind.split("A_t (stored)")[0]
+    assert "Σ" not in token_view(r, "teacher_rank").html  # a sum of ranks means nothing either
+
+
+def test_lam_range_fixes_the_colour_scale_across_lam():
+    from gopd_lab.viz.tokens import LAM_SCALE, lam_range
+
+    r = make_record()
+    at = {lam: token_values(r, lam=lam) for lam in (1.0, 1.5, 2.0)}
+    scale = lam_range(r, lams=LAM_SCALE)
+    assert scale == pytest.approx(max(abs(v) for lam in (1.0, 2.0) for v in at[lam]))
+    assert all(abs(v) <= scale + 1e-9 for v in at[1.5])  # linear in λ: the ends bound every λ between
+    one, two = (token_views([r], lam=lam, scale_lams=LAM_SCALE) for lam in (1.0, 2.0))
+    assert one.vmax == two.vmax == [scale]
+    assert spans(one.html) != spans(two.html)  # same scale, other colours: λ shows
+    auto_one, auto_two = (token_views([r], lam=lam) for lam in (1.0, 2.0))
+    assert auto_one.vmax != auto_two.vmax  # without it each λ is rescaled to its own max
+    bare = make_record(lp_reference=None, lp_references=None)
+    assert lam_range(bare) == 1.0  # no reference: only the stored A_t (max |A| = 1)
+
+
+def chain_tokens() -> list[str]:
+    """``7+5`` then ``=12`` written as two steps and an answer: ``7+5=12;1<eos>``-like, 9 tokens."""
+    return ["7", "+", "5", "=", "1", "2", ";", "1", "<eos>"]
+
+
+def test_chain_view_draws_steps_first_wrong_and_step_sums():
+    from gopd_lab.viz.chain_view import ChainView, Steps, chain_view, step_sums
+
+    tokens = chain_tokens()
+    opd = [0.1, 0.0, -0.2, 0.0, -0.3, -2.0, 0.0, -0.5, 0.05]
+    grpo = [-0.5] * len(tokens)
+    steps = Steps(spans=((0, 3), (3, 7), (7, 8)), first_wrong_step=1, first_wrong_token=5)
+    view = chain_view(tokens, {"OPD A_t": opd, "GRPO A": grpo}, steps, prompt="7+5=")
+    assert isinstance(view, ChainView) and view._repr_html_() == view.html
+    assert view.step_sums == [step_sums(opd, steps.spans), [-1.5, -2.0, -0.5]]
+    assert view.step_sums[0] == pytest.approx([-0.1, -2.3, -0.5])
+    assert view.vmax == [2.0, 2.0]  # one shared scale by default
+    panels = view.html.split('class="gopd-panel gopd-chain"')[1:]
+    assert len(panels) == 2 and 'data-label="OPD A_t"' in view.html and 'data-label="GRPO A"' in view.html
+    for panel in panels:
+        assert panel.count('<span class="step') == 3 and panel.count('class="step wrong" data-step="1"') == 1
+        assert panel.count('<tr class="step-sum') == 3 and 'class="step-sum wrong" data-step="1"' in panel
+        assert len(re.findall(r'<span class="tok" data-i="\d+"', panel)) == len(tokens)
+        first = re.findall(r'<span class="tok" data-i="(\d+)" data-first-wrong="1"', panel)
+        assert first == ["5"]
+    assert f"background-color:{BLUE}" in re.search(r'data-i="5"[^>]*>', panels[0]).group(0)  # -2 = -vmax
+    assert "OPD A_t = -2.0000" in panels[1] and "GRPO A = -0.5000" in panels[0]  # every credit in each card
+    assert "first wrong step 1 (tokens 3–6, first wrong token #5)" in view.html
+    assert "<eos>" not in view.html and "<script" not in view.html
+    right = chain_view(tokens, {"A": opd}, {"spans": [(0, 3), (3, 7)], "first_wrong_step": None})
+    assert "2 steps, all right" in right.html and 'class="step wrong"' not in right.html
+    assert "data-first-wrong" not in right.html and "✗" not in right.html
+
+
+def test_chain_view_rejects_spans_that_do_not_fit():
+    from types import SimpleNamespace
+
+    from gopd_lab.errors import UserError
+    from gopd_lab.viz.chain_view import Steps, StepSpanError, chain_view
+
+    tokens, values = chain_tokens(), [0.0] * 9
+    assert Steps.of(SimpleNamespace(spans=[[0, 2]], first_wrong_step=0, first_wrong_token=1)).spans == ((0, 2),)
+    bad = [
+        ({"spans": [(0, 3), (2, 5)]}, "not overlapping"),
+        ({"spans": [(0, 12)]}, "within"),
+        ({"spans": [(3, 3)]}, "non-empty"),
+        ({"spans": [(0, 3)], "first_wrong_step": 1}, "first_wrong_step 1"),
+        ({"spans": [(0, 3)], "first_wrong_token": 9}, "first_wrong_token 9"),
+        ({"first_wrong_step": 0}, "needs `spans`"),
+    ]
+    for steps, message in bad:
+        with pytest.raises(StepSpanError, match=message):
+            chain_view(tokens, {"A": values}, steps)
+    with pytest.raises(StepSpanError, match="8 values for 9 tokens"):
+        chain_view(tokens, {"A": values[:8]}, {"spans": [(0, 3)]})
+    with pytest.raises(StepSpanError, match="vmax must be > 0"):
+        chain_view(tokens, {"A": values}, {"spans": [(0, 3)]}, vmax=0.0)
+    assert issubclass(StepSpanError, UserError)
+
+
+def test_grpo_token_advantages_is_what_grpo_trains_on():
+    from types import SimpleNamespace
+
+    from gopd_lab.methods.grpo import GRPO
+    from gopd_lab.objectives import group_advantages, grpo_token_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # two groups of 3
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]] * 2)  # (6, 4)
+    got = grpo_token_advantages(rewards, 3, mask)  # (6, 4)
+    scored = SimpleNamespace(rewards=rewards, rollout=SimpleNamespace(completion_mask=mask))
+    settings = SimpleNamespace(group_size=3, scale_std=True)
+    assert torch.equal(got, GRPO().advantages(scored, None, settings))
+    adv = group_advantages(rewards, 3)
+    assert torch.equal(got[1, :2], adv[1].repeat(2)) and got[1, 2:].abs().sum() == 0  # A on every token, 0 past it
+    assert got[0, 0] > 0 > got[1, 0] and float(got[3, :3].max()) < 0  # the wrong member of group 2: -A everywhere
+
+
+def test_credit_comparison_puts_opd_beside_grpo_on_a_fixed_scale():
+    from gopd_lab.objectives import group_advantages
+    from gopd_lab.viz.chain_view import credit_comparison
+    from gopd_lab.viz.tokens import lam_range
+
+    r = make_record(score=0.0)
+    steps = {"spans": [(0, 2), (2, 4)], "first_wrong_step": 0, "first_wrong_token": 1}
+    view = credit_comparison(r, steps, lams=(1.0, 2.0), group_rewards=[1.0, 0.0, 1.0, 1.0], group_index=1)
+    assert view.labels == ["OPD A_t (λ = 1)", "ExOPD A_t (λ = 2)", "GRPO A (reward 0 in a group of 4)"]
+    assert view.values[0] == pytest.approx(token_values(r, lam=1.0))
+    assert view.values[1] == pytest.approx(token_values(r, lam=2.0))
+    grpo = float(group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 4)[1])
+    assert view.values[2] == pytest.approx([grpo] * 5) and grpo < 0
+    assert view.vmax[0] == view.vmax[1] == pytest.approx(lam_range(r, lams=(1.0, 2.0)))
+    assert view.vmax[2] == pytest.approx(abs(grpo))
+    assert "lp_teacher = -3.0000" in view.html  # the record's log-probs are in the hover card
+    alone = credit_comparison(r, steps, lams=(1.0,))
+    assert alone.vmax == [view.vmax[0]]  # λ = 1 alone: the same fixed scale (LAM_SCALE covers λ = 2)
+
+
+@pytest.fixture(scope="module")
+def add_world_records(tmp_path_factory):
+    """One OPD step of the zoo's student-base on teacher-add (λ = 1.25, reference = the student's start):
+    16 real token records, 4 completions of each of 4 prompts, each with the verifier's score."""
+    from gopd_lab.demo import demo_config
+    from gopd_lab.loop.train import train
+
+    out = tmp_path_factory.mktemp("add-world")
+    cfg = demo_config("add", lam=1.25, steps=1, out_dir=str(out)).replace(
+        batch_size=4, samples_per_prompt=4, log_samples=16, eval_k=0, eval_limit=1
+    )
+    train(cfg, progress=False)
+    return load_samples(cfg.out_dir)
+
+
+def answer_steps(record: dict) -> dict:
+    """A step checker for the add/mul world, where each answer digit is one step: the first wrong step is the
+    first digit that differs from the right answer (``<eos>`` or a missing digit counts as wrong there)."""
+    a, b = (int(x) for x in re.split(r"[+*]", record["prompt"].rstrip("=")))
+    answer = str(a + b if "+" in record["prompt"] else a * b)
+    digits = [i for i, t in enumerate(record["tokens"]) if t.isdigit()]
+    spans = [(i, i + 1) for i in digits]
+    wrong = next((k for k, i in enumerate(digits) if k >= len(answer) or record["tokens"][i] != answer[k]), None)
+    if wrong is None and len(digits) < len(answer):
+        wrong = len(digits) - 1 if digits else None  # too short: the last digit written is where it went off
+    return {"spans": spans, "first_wrong_step": wrong, "first_wrong_token": None if wrong is None else digits[wrong]}
+
+
+@pytest.mark.slow
+def test_credit_comparison_on_the_add_world(add_world_records):
+    """Real records of the embedded world: OPD's A_t at λ = 1 and 2 on a fixed scale beside GRPO's credit from
+    the group's verifier scores, the answer digits drawn as steps."""
+    from gopd_lab.objectives import group_advantages
+    from gopd_lab.viz.chain_view import credit_comparison
+
+    records = add_world_records
+    assert len(records) == 16 and all(r["score"] in (0.0, 1.0) for r in records)
+    for g in range(4):
+        group = records[4 * g : 4 * g + 4]
+        assert len({r["prompt"] for r in group}) == 1  # the 4 completions of one prompt are adjacent
+        rewards = [r["score"] for r in group]
+        for k, r in enumerate(group):
+            steps = answer_steps(r)
+            view = credit_comparison(r, steps, lams=(1.0, 2.0), group_rewards=rewards, group_index=k)
+            n = len(r["tokens"])
+            assert view.values[0] == pytest.approx(token_values(r, lam=1.0), abs=1e-6)
+            assert view.values[1] == pytest.approx(token_values(r, lam=2.0), abs=1e-6)
+            grpo = float(group_advantages(torch.tensor(rewards), 4)[k])
+            assert view.values[2] == pytest.approx([grpo] * n, abs=1e-6)
+            assert view.vmax[0] == view.vmax[1] and len(view.step_sums[0]) == len(steps["spans"])
+            assert view.html.count('<span class="tok"') == 3 * n
+            assert (steps["first_wrong_step"] is None) == (r["score"] == 1.0)
+            assert ("data-first-wrong" in view.html) == (steps["first_wrong_token"] is not None)

@@ -36,6 +36,7 @@ __all__ = [
     "masked_mean",
     "entropy_from_logp",
     "group_advantages",
+    "grpo_token_advantages",
     "kl_k3",
     "sft_loss",
     "chord_phi",
@@ -144,6 +145,17 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale_std: bool = True
     if scale_std:
         centred = centred / (r.std(-1, unbiased=False, keepdim=True) + eps)
     return centred.view(-1)
+
+
+def grpo_token_advantages(
+    rewards: Tensor, group_size: int, mask: Tensor, *, scale_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """GRPO's per-token credit: each completion's group-relative advantage (:func:`group_advantages`) on every
+    one of its tokens, ``A_t = A`` for ``mask_t = 1`` and 0 past the completion (B, C) — the advantage that
+    multiplies each sampled token's log-prob in GRPO's policy gradient. A verifier reward says *that* a
+    completion was wrong, so every token of it gets the same credit; OPD's ``A_t`` says *which* token."""
+    adv = group_advantages(rewards, group_size, scale_std=scale_std, eps=eps)  # (B,)
+    return adv[:, None] * mask.float()  # (B, C)
 
 
 def kl_k3(lp_student: Tensor, lp_reference: Tensor) -> Tensor:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,25 +39,59 @@ import torch
 
 from gopd_lab.objectives import gopd_advantages
 from gopd_lab.runio import atomic_write_text, read_jsonl
+from gopd_lab.viz.token_view import (
+    CARD_CSS,
+    CENTRE,
+    KIND_COLORS,
+    MARKS,
+    MONO,
+    SANS,
+    color,
+    display_token,
+    fmt,
+    format_value,
+    legend_html,
+    quantity_color,
+    quantity_range,
+    symmetric_range,
+    token_span,
+)
+
+__all__ = [
+    "CENTRE",
+    "KIND_COLORS",
+    "LAM_SCALE",
+    "QUANTITIES",
+    "RUN_REFERENCE",
+    "SUMMED",
+    "Record",
+    "TokenView",
+    "advantage_heatmap",
+    "available_quantities",
+    "color",
+    "display_token",
+    "lam_range",
+    "legend_html",
+    "load_samples",
+    "quantity_color",
+    "quantity_range",
+    "references",
+    "symmetric_range",
+    "token_values",
+    "token_view",
+    "token_views",
+]
 
 Record = Mapping[str, Any]
 
 QUANTITIES = ("advantage", "lp_student", "lp_teacher", "lp_reference", "reward", "teacher_rank", "lam", "loss_kind")
 RUN_REFERENCE = "run"
 """Name under which a record's own ``lp_reference`` (the run's reference) is offered."""
-
-NEGATIVE = (33, 102, 172)  # blue, value = -vmax
-ZERO = (255, 255, 255)  # white, value = 0
-POSITIVE = (178, 24, 43)  # red, value = +vmax
-MISSING = (221, 221, 221)  # grey, non-finite value (e.g. a teacher log-prob of -inf)
-KIND_COLORS = {"reverse": (198, 219, 239), "forward": (253, 174, 107), "gated": (189, 189, 189)}
-"""``loss_kind`` colours: light blue = reverse KL (the G-OPD sampled signal), orange = forward KL, grey = no signal."""
-CENTRE = {"lam": 1.0}
-"""The value a quantity's diverging colour scale is centred on (0 unless listed)."""
-_SPECIAL = re.compile(r"^<[|/]?[A-Za-z0-9_.\-]+\|?>$")
-_MARKS = {" ": "·", "\t": "⇥", "\n": "↵", "\r": "␍"}
-_SANS = "font-family:system-ui,-apple-system,'Segoe UI','DejaVu Sans',sans-serif"
-_FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,'DejaVu Sans Mono',monospace"
+SUMMED = ("advantage", "lp_student", "lp_teacher", "lp_reference", "reward")
+"""Quantities whose sum over the completion means something (Σ A_t, a sequence log-prob); a panel of any other
+(a rank, λ_t, the categorical ``loss_kind``) shows no Σ."""
+LAM_SCALE = (1.0, 2.0)
+"""The λ values a fixed advantage colour scale covers by default (:func:`lam_range`): OPD and the course's ExOPD."""
 
 
 def load_samples(path: str | os.PathLike, step: int | None = None) -> list[dict]:
@@ -150,147 +183,45 @@ def token_values(
     return [float(t) - float(r) for t, r in zip(record["lp_teacher"], lp_ref)]  # reward
 
 
-def color(value: float, vmax: float) -> str:
-    """CSS colour of ``value`` on the diverging scale blue (-vmax) / white (0) / red (+vmax)."""
-    if not math.isfinite(value):
-        return "rgb({}, {}, {})".format(*MISSING)
-    t = 0.0 if vmax <= 0 else max(-1.0, min(1.0, value / vmax))
-    end = POSITIVE if t > 0 else NEGATIVE
-    r, g, b = (round(z + abs(t) * (e - z)) for z, e in zip(ZERO, end))
-    return f"rgb({r}, {g}, {b})"
+def _at_lams(record: Record, quantity: str, lams: Sequence[float], reference: str | None) -> list[list[float]]:
+    """``quantity``'s values at each λ of ``lams`` (one row when it does not depend on λ or λ ≠ 1 cannot be
+    computed: a sample with no scored reference)."""
+    if quantity != "advantage" or not references(record):
+        return [token_values(record, quantity, None, reference)]
+    return [token_values(record, quantity, lam, reference) for lam in lams]
 
 
-def quantity_color(quantity: str, value: float, vmax: float) -> str:
-    """CSS colour of a token's ``value`` of ``quantity``: categorical for ``loss_kind``, else :func:`color` of
-    ``value − CENTRE[quantity]``."""
-    if quantity == "loss_kind":
-        return "rgb({}, {}, {})".format(*list(KIND_COLORS.values())[int(value)])
-    return color(value - CENTRE.get(quantity, 0.0), vmax)
-
-
-def quantity_range(quantity: str, values: Sequence[Sequence[float]]) -> float:
-    """The colour scale's half-width for ``quantity``: :func:`symmetric_range` around its centre."""
-    centre = CENTRE.get(quantity, 0.0)
-    return symmetric_range([[v - centre for v in row] for row in values])
-
-
-def _text_color(value: float, vmax: float) -> str:
-    return "#fff" if vmax > 0 and math.isfinite(value) and abs(value) / vmax > 0.55 else "#111"
-
-
-def symmetric_range(values: Sequence[Sequence[float]]) -> float:
-    """Max |value| over the finite values (1.0 when there are none or all are 0)."""
-    finite = [abs(v) for row in values for v in row if math.isfinite(v)]
-    return max(finite, default=0.0) or 1.0
-
-
-def display_token(token: str) -> tuple[str, bool]:
-    """(escaped HTML for ``token`` with whitespace made visible, whether it is a special token).
-
-    Space → ``·``, tab → ``⇥``, newline → ``↵`` (the caller breaks the line), empty → ``∅``; the
-    markers are dimmed. Special tokens (``<eos>``, ``<|im_end|>``, ``</s>``) are returned as is.
-    """
-    if _SPECIAL.match(token):
-        return html.escape(token), True
-    if token == "":
-        return '<span class="ws" style="opacity:0.55">∅</span>', False
-    dim = '<span class="ws" style="opacity:0.55">{}</span>'
-    return "".join(dim.format(_MARKS[ch]) if ch in _MARKS else html.escape(ch) for ch in token), False
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    value = float(value)
-    return f"{value:+.4f}" if math.isfinite(value) else str(value)
+def lam_range(
+    records: Record | Sequence[Record],
+    quantity: str = "advantage",
+    lams: Sequence[float] = LAM_SCALE,
+    reference: str | None = None,
+) -> float:
+    """A colour scale's half-width fixed across λ: the max |value| of ``quantity`` over ``records`` at every λ
+    in ``lams``. A_t is linear in λ, so the scale holds every λ between ``min(lams)`` and ``max(lams)``; views
+    drawn on it (``token_views(..., vmax=lam_range(...))``) change colour as λ moves instead of rescaling.
+    Quantities that do not depend on λ get their plain range."""
+    records = [records] if isinstance(records, Mapping) else list(records)
+    return quantity_range(quantity, [row for r in records for row in _at_lams(r, quantity, lams, reference)])
 
 
 def _hover_rows(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> list[tuple]:
     """(name, value) rows of a token's hover card."""
-    rows = [(f"{quantity} (shown)", _fmt(shown)), ("A_t (stored)", _fmt(record["advantage"][i]))]
-    rows += [(k, _fmt(record[k][i])) for k in ("lp_student", "lp_teacher") if record.get(k) is not None]
+    rows = [(f"{quantity} (shown)", format_value(quantity, shown)), ("A_t (stored)", fmt(record["advantage"][i]))]
+    rows += [(k, fmt(record[k][i])) for k in ("lp_student", "lp_teacher") if record.get(k) is not None]
     if lp_ref is not None and record.get("lp_teacher") is not None and lp_ref[i] is not None:
-        rows.append(("lp_reference", _fmt(lp_ref[i])))
-        rows.append(("reward", _fmt(float(record["lp_teacher"][i]) - float(lp_ref[i]))))
-    rows += [(f"lp_reference[{n}]", _fmt(v[i])) for n, v in (record.get("lp_references") or {}).items()]
+        rows.append(("lp_reference", fmt(lp_ref[i])))
+        rows.append(("reward", fmt(float(record["lp_teacher"][i]) - float(lp_ref[i]))))
+    rows += [(f"lp_reference[{n}]", fmt(v[i])) for n, v in (record.get("lp_references") or {}).items()]
     if record.get("teacher_rank") is not None:
         rows.append(("teacher_rank", str(int(record["teacher_rank"][i]))))
     return rows
 
 
-_CARD_CSS = (
-    ".gopd-tokens .tok{position:relative}"
-    ".gopd-tokens .tok:hover{outline:2px solid #222;outline-offset:0;z-index:3}"
-    ".gopd-tokens .tok:hover>.gopd-card{display:block!important}"
-)
-"""The rules the hover card needs (one ``<style>`` per view); where a front end strips ``<style>`` (an
-untrusted notebook), the cards stay hidden and the colours still show."""
-_CARD_STYLE = (
-    "display:none;position:absolute;left:0;top:calc(100% + 4px);z-index:20;min-width:190px;padding:6px 8px;"
-    "background:#fff;color:#111;border:1px solid #bbb;border-radius:6px;box-shadow:0 4px 14px rgba(0,0,0,.18);"
-    f"font-size:11px;line-height:1.45;white-space:nowrap;text-align:left;font-weight:normal;{_FONT}"
-)
-
-
-def _hover_card(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None, vmax: float) -> str:
-    """A styled card shown while the pointer is on token ``i``: the token, then every number, one per row."""
-    token = html.escape(repr(record["tokens"][i]))
-    swatch = f"display:inline-block;width:10px;height:10px;margin-right:6px;border:1px solid #999;background:{color(shown, vmax)}"
-    head = (
-        f'<div style="font-weight:600;margin-bottom:3px;{_SANS}"><span style="{swatch}"></span>'
-        f'#{i} <span style="{_FONT}">{token}</span></div>'
-    )
-    rows = "".join(
-        f'<tr><td style="padding:0 10px 0 0;color:#555;border:none;background:none">{html.escape(name)}</td>'
-        f'<td style="padding:0;text-align:right;border:none;background:none">{html.escape(value)}</td></tr>'
-        for name, value in _hover_rows(record, i, quantity, shown, lp_ref)
-    )
-    table = f'<table style="border-collapse:collapse;margin:0;font-size:11px">{rows}</table>'
-    return f'<span class="gopd-card" role="tooltip" style="{_CARD_STYLE}">{head}{table}</span>'
-
-
-def _hover(record: Record, i: int, quantity: str, shown: float, lp_ref: list[float] | None) -> str:
-    """The card's numbers as one line of text (the token's ``aria-label``)."""
-    rows = _hover_rows(record, i, quantity, shown, lp_ref)
-    return html.escape(f"#{i} {record['tokens'][i]!r}; " + "; ".join(f"{k} = {v}" for k, v in rows))
-
-
 def _tokens_html(record: Record, values: list[float], vmax: float, quantity: str, lp_ref: list[float] | None) -> str:
-    parts = []
-    for i, (token, value) in enumerate(zip(record["tokens"], values)):
-        text, special = display_token(token)
-        box = "outline:1px solid #777;outline-offset:-1px;font-size:0.85em;" if special else ""
-        parts.append(
-            f'<span class="tok" data-i="{i}" aria-label="{_hover(record, i, quantity, value, lp_ref)}" '
-            f'style="background-color:{quantity_color(quantity, value, vmax)};'
-            f"color:{_text_color(value - CENTRE.get(quantity, 0.0), vmax) if quantity != 'loss_kind' else '#111'};{box}"
-            f'padding:1px 1px;margin:0 0.5px;border-radius:2px;white-space:pre">{text}'
-            f"{_hover_card(record, i, quantity, value, lp_ref, vmax)}</span>"
-        )
-        parts.append("<br>" if "\n" in token else "<wbr>")
-    return "".join(parts)
-
-
-def legend_html(quantity: str, vmax: float, cells: int = 21) -> str:
-    """A small gradient bar (inline-coloured cells) with the -vmax / 0 / +vmax numbers beneath (centred on
-    ``CENTRE[quantity]``); for ``loss_kind`` one swatch per kind."""
-    if quantity == "loss_kind":
-        swatches = "".join(
-            f'<span style="background-color:rgb({r}, {g}, {b});padding:0 4px;margin-right:6px">{k}</span>'
-            for k, (r, g, b) in KIND_COLORS.items()
-        )
-        return f'<div class="legend" style="margin-top:6px;font-size:11px;color:#111;{_FONT}">{swatches} loss</div>'
-    centre = CENTRE.get(quantity, 0.0)
-    steps = [vmax * (2 * k / (cells - 1) - 1) for k in range(cells)]
-    bar = "".join(f'<span style="background-color:{color(v, vmax)}">&nbsp;</span>' for v in steps)
-    cell = "padding:0;font-size:11px;color:#555;background:#fff"
-    num = f"{cell};border:none;text-align"
-    return (
-        f'<table class="legend" style="border-collapse:collapse;margin-top:6px;{_FONT}">'
-        f'<tr><td colspan="3" style="{cell};border:1px solid #ccc;line-height:1;white-space:nowrap">{bar}</td>'
-        f'<td rowspan="2" style="{cell};border:none;padding-left:6px;vertical-align:top">{html.escape(quantity)}</td>'
-        f'</tr><tr><td style="{num}:left">{centre - vmax:.3g}</td><td style="{num}:center">{centre:g}</td>'
-        f'<td style="{num}:right">{centre + vmax:+.3g}</td></tr></table>'
+    return "".join(
+        token_span(token, i, value, vmax, quantity, _hover_rows(record, i, quantity, value, lp_ref))
+        for i, (token, value) in enumerate(zip(record["tokens"], values))
     )
 
 
@@ -316,14 +247,15 @@ def _panel_html(
         caption += f" (λ={record.get('lam', 1.0) if lam is None else lam:g}, reference {ref_name})"
     elif quantity in ("lp_reference", "reward"):
         caption += f" (reference {ref_name})"
-    total = sum(v for v in values if math.isfinite(v))
+    if quantity in SUMMED:
+        caption += f" · Σ = {sum(v for v in values if math.isfinite(v)):+.4f}"
     head = html.escape(_default_label(record) if label is None else label)
     prompt = html.escape(str(record.get("prompt", "")))
     return (
         f'<div class="gopd-panel" style="flex:1 1 320px;min-width:0;margin:4px 0">'
         f'<div style="font-weight:600;font-size:12px">{head}</div>'
-        f'<div style="font-size:11px;color:#555">{html.escape(caption)} · Σ = {total:+.4f}</div>'
-        f'<div style="line-height:1.9;font-size:13px;overflow-wrap:break-word;{_FONT}">'
+        f'<div style="font-size:11px;color:#555">{html.escape(caption)}</div>'
+        f'<div style="line-height:1.9;font-size:13px;overflow-wrap:break-word;{MONO}">'
         f'<span class="prompt" style="color:#777;white-space:pre-wrap">{prompt}</span>'
         f"{_tokens_html(record, values, vmax, quantity, lp_ref)}</div>{legend_html(quantity, vmax)}</div>"
     )
@@ -367,26 +299,40 @@ def token_views(
     reference: str | None | Sequence[str | None] = None,
     vmax: float | None = None,
     side_by_side: bool = True,
+    scale_lams: Sequence[float] | None = None,
 ) -> TokenView:
     """Several records as labelled panels, side by side (wrapping) or stacked.
 
     ``quantity``, ``lam`` and ``reference`` are one value for all panels or a list with one per
     record, so the same record can be compared under two references or two λ. Panels showing the
-    same quantity share one colour scale (``vmax``, default the max |value| among them).
+    same quantity share one colour scale: ``vmax`` if given; else, with ``scale_lams`` (e.g. ``LAM_SCALE``),
+    the advantage scale is fixed across those λ (:func:`lam_range` of the panels' records), so the same
+    records drawn at another λ keep the same scale; else the max |value| among the panels shown.
     """
     n = len(records)
     quantities = _per_panel(quantity, n, "quantity")
     lams, refs = _per_panel(lam, n, "lam"), _per_panel(reference, n, "reference")
     names = [None] * n if labels is None else _per_panel(list(labels), n, "labels")
     values = [token_values(r, q, lm, rf) for r, q, lm, rf in zip(records, quantities, lams, refs)]
-    scale = {q: vmax or quantity_range(q, [v for v, q2 in zip(values, quantities) if q2 == q]) for q in set(quantities)}
+
+    def scale_of(q: str) -> float:
+        if vmax:
+            return vmax
+        if scale_lams is not None and q == "advantage":
+            rows = [
+                row for r, q2, rf in zip(records, quantities, refs) if q2 == q for row in _at_lams(r, q, scale_lams, rf)
+            ]
+            return quantity_range(q, rows)
+        return quantity_range(q, [v for v, q2 in zip(values, quantities) if q2 == q])
+
+    scale = {q: scale_of(q) for q in set(quantities)}
     panels = [
         _panel_html(r, v, scale[q], q, lm, rf, lb)
         for r, v, q, lm, rf, lb in zip(records, values, quantities, lams, refs, names)
     ]
     flow = "display:flex;flex-wrap:wrap;gap:8px 24px" if side_by_side else "display:block"
-    style = f"{flow};color:#111;background:#fff;padding:4px;{_SANS}"
-    body = f'<div class="gopd-tokens" style="{style}">{"".join(panels)}<style>{_CARD_CSS}</style></div>'
+    style = f"{flow};color:#111;background:#fff;padding:4px;{SANS}"
+    body = f'<div class="gopd-tokens" style="{style}">{"".join(panels)}<style>{CARD_CSS}</style></div>'
     return TokenView(body, values, [scale[q] for q in quantities])
 
 
@@ -413,7 +359,7 @@ def advantage_heatmap(
     values = [token_values(r, quantity, lam, reference) for r in records]
     width = max((len(v) for v in values), default=0)
     z = [v + [None] * (width - len(v)) for v in values]  # (S, width), padded past each completion
-    visible = [[html.escape("".join(_MARKS.get(ch, ch) for ch in t)) for t in r["tokens"]] for r in records]
+    visible = [[html.escape("".join(MARKS.get(ch, ch) for ch in t)) for t in r["tokens"]] for r in records]
     text = [row + [""] * (width - len(row)) for row in visible]
     labels = [f"{i}: {_default_label(r)}" for i, r in enumerate(records)]
     fig = go.Figure(

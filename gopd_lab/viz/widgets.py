@@ -14,16 +14,20 @@ import html
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from gopd_lab.viz.chain_view import Steps, chain_view
+from gopd_lab.viz.token_view import format_value
 from gopd_lab.viz.tokens import (
     CENTRE,
+    LAM_SCALE,
     Record,
     available_quantities,
+    lam_range,
     load_samples,
     quantity_color,
     quantity_range,
@@ -52,7 +56,7 @@ def bars_html(values: Sequence[float], tokens: Sequence[str], vmax: float, quant
         up = f"height:{h:.1f}px;align-self:flex-end" if finite and d >= 0 else "height:0"
         down = f"height:{h:.1f}px" if finite and d < 0 else "height:0"
         bar = f"width:14px;background:{quantity_color(quantity, v, scale)};border:1px solid #888;box-sizing:border-box"
-        label = html.escape(f"{i}: {tok} · {quantity} = {v:+.4f}")
+        label = html.escape(f"{i}: {tok} · {quantity} = {format_value(quantity, v)}")
         cols.append(
             f'<div title="{label}" style="display:flex;flex-direction:column;align-items:center;margin:0 1px">'
             f'<div style="height:60px;display:flex"><div style="{bar};{up}"></div></div>'
@@ -134,6 +138,13 @@ class TokenExplorer:
     log-probs, with ``lp_reference`` the chosen scored reference. ``html`` is the token view,
     ``figure`` the values per position, ``summary()`` one line of text. ``widget`` builds the
     ipywidgets controls, which call the ``set_*`` methods.
+
+    The colour scale: ``vmax`` fixes it for everything; by default (``vmax=None``) it is fixed per sample,
+    quantity and reference across the λ of ``scale_lams`` and the sample's own λ (:func:`viz.tokens.lam_range`),
+    so moving the λ slider changes the colours, not the scale (λ past that range saturates).
+    ``scale_lams=None`` rescales to the values shown at every λ instead. ``steps`` (one
+    :class:`viz.chain_view.Steps` or step checker result per record, or a function of the record returning
+    one or None) draws the steps, the first wrong step and the Σ of A_t per step in the token view.
     """
 
     def __init__(
@@ -145,11 +156,17 @@ class TokenExplorer:
         lam: float | None = None,
         reference: str | None = None,
         vmax: float | None = None,
+        scale_lams: Sequence[float] | None = LAM_SCALE,
+        steps: Sequence[Any] | Callable[[Record], Any] | None = None,
     ):
         if not records:
             raise ValueError("no token records to explore (is samples.jsonl empty?)")
         self.records = list(records)
         self.vmax = vmax
+        self.scale_lams = None if scale_lams is None else tuple(float(x) for x in scale_lams)
+        if steps is not None and not callable(steps) and len(steps) != len(self.records):
+            raise ValueError(f"steps has {len(steps)} entries for {len(self.records)} records")
+        self._steps = steps
         self.quantity, self.reference = "advantage", None
         self.lam = float(self.records[index].get("lam", 1.0)) if 0 <= index < len(self.records) else 1.0
         self._controls: dict[str, Any] | None = None
@@ -231,21 +248,39 @@ class TokenExplorer:
         """The per-token values shown for the current state."""
         return token_values(self.record, self.quantity, self.lam, self.reference)
 
+    def scale(self) -> float:
+        """The colour scale's half-width for the current state (see the class docstring)."""
+        if self.vmax:
+            return self.vmax
+        if self.scale_lams is None or self.quantity != "advantage":
+            return quantity_range(self.quantity, [self.current_values()])
+        lams = sorted({*self.scale_lams, float(self.record.get("lam", 1.0))})
+        return lam_range(self.record, self.quantity, lams, self.reference)
+
+    def steps(self) -> Steps | None:
+        """The current sample's steps (from ``steps``), or None."""
+        if self._steps is None:
+            return None
+        found = self._steps(self.record) if callable(self._steps) else self._steps[self.index]
+        return None if found is None else Steps.of(found)
+
     @property
     def bars(self) -> str:
         """The values per position as HTML bars (the widget's plot; ``figure`` is the same as a plotly figure)."""
         values = self.current_values()
-        return bars_html(
-            values,
-            [repr(t) for t in self.record["tokens"]],
-            self.vmax or quantity_range(self.quantity, [values]),
-            self.quantity,
-        )
+        return bars_html(values, [repr(t) for t in self.record["tokens"]], self.scale(), self.quantity)
 
     @property
     def html(self) -> str:
-        """The token view HTML for the current state."""
-        return token_view(self.record, self.quantity, self.lam, self.reference, self.vmax).html
+        """The token view HTML for the current state (a chain view when the sample has steps)."""
+        steps = self.steps()
+        if steps is None or self.quantity != "advantage":
+            return token_view(self.record, self.quantity, self.lam, self.reference, self.scale()).html
+        label = f"A_t (λ={self.lam:g}, reference {self.reference or 'none'})"
+        credits = {label: self.current_values()}
+        return chain_view(
+            self.record["tokens"], credits, steps, vmax=self.scale(), prompt=self.record.get("prompt", "")
+        ).html
 
     def summary(self) -> str:
         """One line: sample, domain, verifier score, Σ A_t at the current λ/reference and as stored."""
@@ -260,7 +295,7 @@ class TokenExplorer:
 
     def _render(self) -> None:
         values = self.current_values()
-        vmax = self.vmax or quantity_range(self.quantity, [values])
+        vmax = self.scale()
         tokens = [repr(t) for t in self.record["tokens"]]
         with self.figure.batch_update():
             bar = self.figure.data[0]
@@ -271,6 +306,9 @@ class TokenExplorer:
             line = self.figure.data[1]
             line.x, line.y = (list(range(len(lam_t))), lam_t) if lam_t and self.quantity != "lam" else ([], [])
             self.figure.layout.yaxis.title.text = self.quantity
+            centre = CENTRE.get(self.quantity, 0.0)  # a fixed scale fixes the axis too: λ moves the bars
+            fixed = self.quantity != "loss_kind" and (self.vmax or self.scale_lams is not None)
+            self.figure.layout.yaxis.range = [centre - 1.05 * vmax, centre + 1.05 * vmax] if fixed else None
         if self._controls is not None:
             self._sync_controls()
 
@@ -343,7 +381,8 @@ class TokenExplorer:
 def explore(records: Sequence[Record] | str | os.PathLike, **kwargs: Any) -> TokenExplorer:
     """A ``TokenExplorer`` of token records (or of a run dir / ``samples.jsonl``), shown as its widget.
 
-    Keyword arguments go to ``TokenExplorer`` (``index``, ``quantity``, ``lam``, ``reference``, ``vmax``).
+    Keyword arguments go to ``TokenExplorer`` (``index``, ``quantity``, ``lam``, ``reference``, ``vmax``,
+    ``scale_lams``, ``steps``).
     """
     if isinstance(records, (str, os.PathLike)):
         records = load_samples(records)
