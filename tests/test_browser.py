@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gopd_lab.viz import token_view, token_views
+from gopd_lab.viz import color, token_view, token_views
 
 pytestmark = pytest.mark.browser
 
@@ -129,3 +129,87 @@ def test_token_view_survives_nbconvert_html_export(page, tmp_path):
     assert page.locator("span.tok").count() == len(TOKENS)
     assert background(page, 'span.tok[data-i="0"]') == RED
     assert background(page, 'span.tok[data-i="7"]') == BLUE
+
+
+CHAIN = ["3", "+", "9", "=", "1", "2", ";", "4", "+", "5", "=", "9", ";", "<eos>"]
+CHAIN_STEPS = {"spans": [(0, 7), (7, 13)], "first_wrong_step": 1, "first_wrong_token": 11}
+
+
+def chain_record() -> dict:
+    """A chain completion whose second step is wrong (``4+5=9`` written where ``4+6`` was due), with its
+    mistake carrying the most negative A_t."""
+    advantage = [0.1, 0.0, 0.05, 0.0, 0.2, 0.1, 0.0, -0.6, 0.0, -0.2, 0.0, -2.5, -0.1, 0.0]
+    lp_student = [-0.1 - 0.03 * (i % 4) for i in range(len(CHAIN))]
+    return {
+        **make_record(),
+        "prompt": "3+9;4+6?",
+        "tokens": CHAIN,
+        "completion": "".join(CHAIN[:-1]),
+        "lp_student": lp_student,
+        "lp_teacher": [s + a for s, a in zip(lp_student, advantage)],
+        "lp_reference": [s - 0.15 * (i % 3) for i, s in enumerate(lp_student)],
+        "lp_references": None,
+        "advantage": advantage,
+        "teacher_rank": None,
+        "lam": 1.0,
+        "score": 0.0,
+    }
+
+
+def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam(page, tmp_path):
+    from gopd_lab.viz.chain_view import WRONG, credit_comparison
+    from gopd_lab.viz.tokens import LAM_SCALE
+
+    record, rewards = chain_record(), [1.0, 0.0, 1.0, 0.0]
+    views = [
+        credit_comparison(record, CHAIN_STEPS, lams=(lam,), group_rewards=rewards, group_index=1, scale_lams=LAM_SCALE)
+        for lam in (1.0, 2.0)
+    ]
+    assert views[0].vmax[0] == views[1].vmax[0]  # one fixed scale for both λ
+    path = views[0].save(tmp_path / "chain.html")
+    page.set_viewport_size({"width": 1100, "height": 420})
+    page.goto(path.as_uri())
+
+    panels = page.locator(".gopd-chain")
+    assert panels.count() == 2 and page.locator("span.tok").count() == 2 * len(CHAIN)
+    opd, grpo = '.gopd-chain[data-label^="OPD"]', '.gopd-chain[data-label^="GRPO"]'
+    assert page.locator(f"{opd} span.step").count() == 2
+    wrong = page.locator(f"{opd} span.step.wrong")
+    r, g, b = (int(WRONG[i : i + 2], 16) for i in (1, 3, 5))
+    assert wrong.evaluate("e => getComputedStyle(e).borderTopColor") == f"rgb({r}, {g}, {b})"
+    assert wrong.evaluate("e => getComputedStyle(e).borderTopWidth") == "2px"
+    right = page.locator(f'{opd} span.step[data-step="0"]')
+    assert right.evaluate("e => getComputedStyle(e).borderTopWidth") == "1px"
+    mistake = f'{opd} span.tok[data-first-wrong="1"]'
+    assert page.get_attribute(mistake, "data-i") == "11"
+    assert background(page, mistake) == color(-2.5, views[0].vmax[0]) != WHITE  # on the scale fixed over λ 1–2
+    assert "inset" in page.eval_on_selector(mistake, "e => getComputedStyle(e).boxShadow")
+    grpo_tokens = page.eval_on_selector_all(
+        f"{grpo} span.tok", "es => es.map(e => getComputedStyle(e).backgroundColor)"
+    )
+    assert len(set(grpo_tokens)) == 1 and grpo_tokens[0] == BLUE  # GRPO: the same credit on every token
+
+    sums = page.locator(f"{opd} table.step-sums")
+    tokens_box = page.locator(f"{opd} .chain-tokens").bounding_box()
+    sums_box = sums.bounding_box()
+    assert sums_box["x"] >= tokens_box["x"] + tokens_box["width"] - 1, "the per-step sums sit beside the tokens"
+    assert "step 1" in sums.inner_text() and "-3.400" in sums.inner_text()  # -0.6 - 0.2 - 2.5 - 0.1
+
+    card = f"{mistake} .gopd-card"
+    assert not page.locator(card).is_visible()
+    page.hover(mistake)
+    text = page.inner_text(card)
+    assert page.locator(card).is_visible() and "OPD A_t (λ = 1)" in text and "GRPO A" in text and "lp_teacher" in text
+    page.mouse.move(0, 0)
+
+    shot = tmp_path / "chain_view.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("GOPD_LAB_SCREENSHOT_DIR"):
+        out = Path(os.environ["GOPD_LAB_SCREENSHOT_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, out / "chain_view.png")
+
+    before = background(page, '.gopd-chain span.tok[data-i="7"]')  # the first panel: A_t at λ = 1, then 2
+    page.goto(views[1].save(tmp_path / "chain_lam2.html").as_uri())
+    after = background(page, '.gopd-chain span.tok[data-i="7"]')
+    assert before != after, "on the fixed scale, λ = 2 colours the same token differently"

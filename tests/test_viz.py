@@ -361,7 +361,7 @@ def test_grpo_token_advantages_is_what_grpo_trains_on():
 def test_credit_comparison_puts_opd_beside_grpo_on_a_fixed_scale():
     from gopd_lab.objectives import group_advantages
     from gopd_lab.viz.chain_view import credit_comparison
-    from gopd_lab.viz.tokens import lam_range
+    from gopd_lab.viz.tokens import LAM_SCALE, lam_range
 
     r = make_record(score=0.0)
     steps = {"spans": [(0, 2), (2, 4)], "first_wrong_step": 0, "first_wrong_token": 1}
@@ -374,8 +374,9 @@ def test_credit_comparison_puts_opd_beside_grpo_on_a_fixed_scale():
     assert view.vmax[0] == view.vmax[1] == pytest.approx(lam_range(r, lams=(1.0, 2.0)))
     assert view.vmax[2] == pytest.approx(abs(grpo))
     assert "lp_teacher = -3.0000" in view.html  # the record's log-probs are in the hover card
-    alone = credit_comparison(r, steps, lams=(1.0,))
-    assert alone.vmax == [view.vmax[0]]  # λ = 1 alone: the same fixed scale (LAM_SCALE covers λ = 2)
+    alone = credit_comparison(r, steps, lams=(1.0,), scale_lams=LAM_SCALE)
+    assert alone.vmax == [view.vmax[0]]  # λ = 1 alone on the scale fixed over λ = 1..2: the same scale
+    assert credit_comparison(r, steps).vmax == [lam_range(r, lams=(1.0,))]  # default: the λ shown
 
 
 @pytest.fixture(scope="module")

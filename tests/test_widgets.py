@@ -111,3 +111,47 @@ def test_live_plot_missing_metric_is_nan():
     live.on_step(0, {})
     live.on_step(1, {"loss": 2.0})
     assert live.redraws == 2 and live.history["loss"][1] == 2.0 and live.history["loss"][0] != live.history["loss"][0]
+
+
+def test_lam_slider_changes_the_colours_not_the_scale():
+    """Regression (issue 25): the explorer rescaled its colours to every λ, so moving the slider looked the same."""
+    from gopd_lab.viz.tokens import LAM_SCALE, lam_range
+
+    r = make_record()
+    ex = TokenExplorer([r])
+    fixed = lam_range(r, lams=sorted({*LAM_SCALE, r["lam"]}))
+    before_html, before_colours = ex.html, list(ex.figure.data[0].marker.color)
+    assert ex.scale() == pytest.approx(fixed)
+    ex.set_lam(2.0)
+    assert ex.scale() == pytest.approx(fixed) and ex.figure.layout.yaxis.range == pytest.approx(
+        (-1.05 * fixed, 1.05 * fixed)
+    )
+    assert list(ex.figure.data[0].marker.color) != before_colours and ex.html != before_html
+    assert f"({-fixed:.3g}" not in ex.bars and f"±{fixed:.3g}" in ex.bars  # the bars keep the fixed scale
+    rescaled = TokenExplorer([r], scale_lams=None)  # the old behaviour on request: each λ on its own max
+    rescaled.set_lam(2.0)
+    assert rescaled.scale() == pytest.approx(max(abs(v) for v in expected(r, 2.0, r["lp_reference"]).tolist()))
+    assert TokenExplorer([r], vmax=0.5).scale() == 0.5
+
+
+def test_explorer_draws_steps_when_given():
+    from gopd_lab.viz.chain_view import Steps
+
+    steps = Steps(spans=((0, 1), (1, 2)), first_wrong_step=1, first_wrong_token=1)
+    ex = TokenExplorer([make_record(), make_record(index=1)], steps=lambda rec: steps if rec["index"] == 0 else None)
+    assert 'class="step wrong" data-step="1"' in ex.html and "Σ per step" in ex.html
+    ex.set_lam(2.0)
+    assert "A_t (λ=2, reference run)" in ex.html
+    ex.set_quantity("lp_teacher")  # other quantities: the plain token view
+    assert "Σ per step" not in ex.html
+    ex.set_sample(1)
+    ex.set_quantity("advantage")
+    assert "Σ per step" not in ex.html  # this sample has no steps
+    with pytest.raises(ValueError, match="steps has 1 entries for 2 records"):
+        TokenExplorer([make_record(), make_record()], steps=[steps])
+
+
+def test_loss_kind_bars_name_the_kind():
+    """Regression (issue 26): the per-position bars of a categorical quantity said "loss_kind = +0.0000"."""
+    ex = TokenExplorer([make_record(loss_kind=["reverse", "gated", "forward"])], quantity="loss_kind")
+    assert "loss_kind = gated" in ex.bars and "loss_kind = +" not in ex.bars

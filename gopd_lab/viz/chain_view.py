@@ -22,7 +22,7 @@ import torch
 from gopd_lab.errors import UserError
 from gopd_lab.objectives import grpo_token_advantages
 from gopd_lab.viz.token_view import CARD_CSS, MONO, SANS, color, fmt, legend_html, symmetric_range, token_span
-from gopd_lab.viz.tokens import LAM_SCALE, Record, TokenView, lam_range, references, token_values
+from gopd_lab.viz.tokens import Record, TokenView, lam_range, references, token_values
 
 WRONG = "#e66101"
 """The first wrong step's frame and its first wrong token's underline (orange: off the blue–red credit scale)."""
@@ -112,7 +112,7 @@ def _sums_table(sums: list[float], steps: Steps, vmax: float) -> str:
     rows = []
     for k, total in enumerate(sums):
         wrong = k == steps.first_wrong_step
-        mark = f'<span style="color:{WRONG};font-weight:700">✗</span>' if wrong else ""
+        mark = f'<span style="color:{WRONG};font-weight:700">✗ </span>' if wrong else ""
         shade = f"background-color:{color(total, vmax)};color:{'#fff' if abs(total) / vmax > 0.55 else '#111'}"
         rows.append(
             f'<tr class="step-sum{" wrong" if wrong else ""}" data-step="{k}"><td style="{cell};color:#555">'
@@ -256,14 +256,14 @@ def credit_comparison(
     group_index: int = 0,
     scale_std: bool = True,
     reference: str | None = None,
-    scale_lams: Sequence[float] = LAM_SCALE,
+    scale_lams: Sequence[float] = (),
     side_by_side: bool = True,
 ) -> ChainView:
     """A token record's OPD credit beside GRPO's credit on the same completion, its steps drawn.
 
     One panel per λ in ``lams``: ``A_t = gopd_advantages(lp_student, lp_teacher, lp_reference, lam=λ)`` of the
-    stored log-probs, on one colour scale fixed across ``lams`` and ``scale_lams`` (:func:`lam_range`), so λ
-    changes the colours, not the scale. With ``group_rewards`` (the verifier rewards of the group of
+    stored log-probs, on one colour scale fixed across ``lams`` and ``scale_lams`` (:func:`lam_range`); give
+    ``scale_lams=LAM_SCALE`` to views drawn one λ at a time so that λ changes their colours, not their scale. With ``group_rewards`` (the verifier rewards of the group of
     completions of this prompt that the record is member ``group_index`` of), one more panel: GRPO's credit,
     ``grpo_token_advantages`` — the same group-relative advantage on every token — on its own scale.
     """
