@@ -1,9 +1,12 @@
 """Figures and HTML views of gopd_lab runs; they return objects and never display.
 
-Token-level views live in ``viz_tokens`` (coloured completions, the batch heatmap), run-level plots
-in ``viz_runs`` (training and eval curves, stage timings). Import either from here.
+Token-level views live in ``viz.tokens`` (coloured completions, a colour scale fixed across λ, the batch
+heatmap; drawn with the pieces of ``viz.token_view``) and ``viz.chain_view`` (a completion's steps, its first
+wrong step, Σ A_t per step, OPD beside GRPO credit); run-level plots in ``viz.runs`` (training and eval curves,
+stage timings). Import any from here.
 """
 
+from gopd_lab.viz.chain_view import ChainView, Steps, StepSpanError, chain_view, credit_comparison, step_sums
 from gopd_lab.viz.runs import (
     PALETTE,
     eval_curves,
@@ -15,12 +18,14 @@ from gopd_lab.viz.runs import (
     training_curves,
 )
 from gopd_lab.viz.tokens import (
+    LAM_SCALE,
     QUANTITIES,
     RUN_REFERENCE,
     TokenView,
     advantage_heatmap,
     available_quantities,
     color,
+    lam_range,
     load_samples,
     references,
     token_values,
@@ -29,6 +34,14 @@ from gopd_lab.viz.tokens import (
 )
 
 __all__ = [
+    "LAM_SCALE",
+    "ChainView",
+    "StepSpanError",
+    "Steps",
+    "chain_view",
+    "credit_comparison",
+    "lam_range",
+    "step_sums",
     "PALETTE",
     "QUANTITIES",
     "RUN_REFERENCE",

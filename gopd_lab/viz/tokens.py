@@ -19,9 +19,11 @@ Quantities a token can be coloured by (``QUANTITIES``):
 - ``loss_kind``: which loss each token got (``reverse``, ``forward`` KL or ``gated`` out, ``docs/lineage.md``),
   a categorical colouring.
 
-Everything here computes or renders; nothing displays. The HTML is inline-styled (no script, no CDN), so it
-shows in JupyterLab, untrusted notebooks, nbconvert and offline; one ``<style>`` rule shows a token's hover card
-(every number of the token, styled), and where a front end strips it the colours still show.
+Everything here computes or renders; nothing displays. Tokens are drawn with ``viz.token_view`` (colours,
+span, hover card, legend): inline-styled HTML (no script, no CDN), so it shows in JupyterLab, untrusted
+notebooks, nbconvert and offline; one ``<style>`` rule shows a token's hover card (every number of the token,
+styled), and where a front end strips it the colours still show. A colour scale is per view by default;
+:func:`lam_range` (or ``token_views(..., scale_lams=LAM_SCALE)``) fixes it across λ so that λ changes colours.
 """
 
 from __future__ import annotations
