@@ -155,3 +155,16 @@ def test_loss_kind_bars_name_the_kind():
     """Regression (issue 26): the per-position bars of a categorical quantity said "loss_kind = +0.0000"."""
     ex = TokenExplorer([make_record(loss_kind=["reverse", "gated", "forward"])], quantity="loss_kind")
     assert "loss_kind = gated" in ex.bars and "loss_kind = +" not in ex.bars
+
+
+def test_explorer_opens_a_grpo_sample_with_a_reference():
+    """Regression: a GRPO sample with a KL reference (lp_reference logged, lp_teacher None) crashed the explorer,
+    which recomputed A_t from the missing teacher log-probs."""
+    grpo = make_record(lp_teacher=None, lp_references=None, teacher_rank=None, lam=1.0, advantage=[0.5, 0.5, 0.5])
+    ex = TokenExplorer([make_record(), grpo], lam=2.0)
+    ex.set_sample(1)
+    assert ex.lam == 1.0 and ex.current_values() == [0.5, 0.5, 0.5] and ex.scale() == 0.5
+    with pytest.raises(ValueError, match="no lp_teacher"):
+        ex.set_lam(2.0)
+    box = ex.widget
+    assert ex._controls["lam"].disabled and box is ex.widget

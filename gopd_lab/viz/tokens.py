@@ -151,6 +151,12 @@ def token_values(
         raise ValueError(f"unknown quantity {quantity!r}; choose one of {QUANTITIES}")
     if quantity == "advantage" and lam is None and reference is None:
         return [float(v) for v in record["advantage"]]
+    if quantity == "advantage" and record.get("lp_teacher") is None:  # GRPO / SFT: the stored A_t is all there is
+        if lam is not None and float(lam) != float(record.get("lam", 1.0)):
+            raise ValueError(
+                f"this sample has no lp_teacher (a {record.get('method', 'teacher-free')} sample): A_t cannot be recomputed at λ = {lam:g}"
+            )
+        return [float(v) for v in record["advantage"]]
     if quantity in ("lp_student", "lp_teacher"):
         if record.get(quantity) is None:
             raise ValueError(f"this sample has no {quantity} (a {record.get('method', 'teacher-free')} sample)")
@@ -186,9 +192,9 @@ def token_values(
 
 
 def _at_lams(record: Record, quantity: str, lams: Sequence[float], reference: str | None) -> list[list[float]]:
-    """``quantity``'s values at each λ of ``lams`` (one row when it does not depend on λ or λ ≠ 1 cannot be
-    computed: a sample with no scored reference)."""
-    if quantity != "advantage" or not references(record):
+    """``quantity``'s values at each λ of ``lams`` (one row when it does not depend on λ or cannot be
+    recomputed: a sample with no scored reference or no teacher, e.g. GRPO's)."""
+    if quantity != "advantage" or not references(record) or record.get("lp_teacher") is None:
         return [token_values(record, quantity, None, reference)]
     return [token_values(record, quantity, lam, reference) for lam in lams]
 

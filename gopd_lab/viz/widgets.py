@@ -206,7 +206,8 @@ class TokenExplorer:
     def set_sample(self, index: int) -> None:
         """Show record ``index``; λ, reference and quantity stay where the sample has them.
 
-        A sample with no scored reference falls back to λ = 1 (plain OPD, the reference cancels).
+        A sample with no scored reference falls back to λ = 1 (plain OPD, the reference cancels); a sample with
+        no teacher (GRPO, SFT) shows its stored A_t at its own λ.
         """
         if not 0 <= index < len(self.records):
             raise IndexError(f"sample {index} out of range (0..{len(self.records) - 1})")
@@ -216,6 +217,8 @@ class TokenExplorer:
             self.reference = names[0] if names else None
         if self.reference is None:
             self.lam = 1.0
+        if self.record.get("lp_teacher") is None:
+            self.lam = float(self.record.get("lam", 1.0))
         if self.quantity not in available_quantities(self.record):
             self.quantity = "advantage"
         self._render()
@@ -234,6 +237,8 @@ class TokenExplorer:
             raise ValueError(f"lam must be > 0, got {lam}")
         if lam != 1 and self.reference is None:
             raise ValueError("this sample has no scored reference (lp_reference is null): only λ = 1 can be shown")
+        if self.record.get("lp_teacher") is None and lam != self.lam:
+            raise ValueError("this sample has no lp_teacher (a teacher-free sample): A_t is shown as stored")
         self.lam = float(lam)
         self._render()
 
@@ -323,7 +328,8 @@ class TokenExplorer:
             c["reference"].value = self.reference
             c["reference"].disabled = not self.references()
             c["lam"].value = self.lam
-            c["lam"].disabled = self.reference is None or self.quantity != "advantage"
+            no_teacher = self.record.get("lp_teacher") is None
+            c["lam"].disabled = self.reference is None or no_teacher or self.quantity != "advantage"
             c["view"].value = self.html
             c["bars"].value = self.bars
             c["summary"].value = self.summary()
