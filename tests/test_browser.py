@@ -213,3 +213,20 @@ def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam
     page.goto(views[1].save(tmp_path / "chain_lam2.html").as_uri())
     after = background(page, '.gopd-chain span.tok[data-i="7"]')
     assert before != after, "on the fixed scale, λ = 2 colours the same token differently"
+
+
+def test_explorer_lam_slider_changes_colours_on_its_fixed_scale(page, tmp_path):
+    """Regression (issue 25): the explorer rescaled to every λ, so moving its slider left the picture as it was."""
+    from gopd_lab.viz import TokenView
+    from gopd_lab.viz.widgets import TokenExplorer
+
+    ex = TokenExplorer([make_record()])
+    shown = {}
+    for lam in (1.25, 2.0):
+        ex.set_lam(lam)
+        page.goto(TokenView(ex.html, [], []).save(tmp_path / f"explorer_{lam:g}.html").as_uri())
+        shown[lam] = page.eval_on_selector_all("span.tok", "es => es.map(e => getComputedStyle(e).backgroundColor)")
+        shown[lam, "legend"] = page.inner_text("table.legend")
+    assert shown[1.25, "legend"] == shown[2.0, "legend"], "one colour scale for every λ"
+    changed = sum(a != b for a, b in zip(shown[1.25], shown[2.0]))
+    assert changed >= len(TOKENS) // 2, f"only {changed} of {len(TOKENS)} tokens changed colour"
