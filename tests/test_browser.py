@@ -131,18 +131,19 @@ def test_token_view_survives_nbconvert_html_export(page, tmp_path):
     assert background(page, 'span.tok[data-i="7"]') == BLUE
 
 
-CHAIN = ["3", "+", "9", "=", "1", "2", ";", "4", "+", "5", "=", "9", ";", "<eos>"]
-CHAIN_STEPS = {"spans": [(0, 7), (7, 13)], "first_wrong_step": 1, "first_wrong_token": 11}
+CHAIN = [*"8+5+0=13,3+4+0=7>73", "<eos>"]  # 38+45 worked out column by column, the first carry dropped
+CHAIN_STEPS = {"steps": [(0, 9), (9, 16), (16, 20)], "first_wrong_step": 1, "first_wrong_token": 13}
 
 
 def chain_record() -> dict:
-    """A chain completion whose second step is wrong (``4+5=9`` written where ``4+6`` was due), with its
-    mistake carrying the most negative A_t."""
-    advantage = [0.1, 0.0, 0.05, 0.0, 0.2, 0.1, 0.0, -0.6, 0.0, -0.2, 0.0, -2.5, -0.1, 0.0]
+    """``38+45=`` worked out with the first carry dropped (``3+4+0`` where ``3+4+1`` was due), the slip carrying
+    the most negative A_t and the consequences (``=7``, ``73``) some more."""
+    advantage = [0.1, 0.0, 0.05, 0.0, 0.0, 0.0, 0.2, 0.1, 0.0, 0.0, 0.0, 0.05, 0.0, -2.5, -0.1, -0.6]
+    advantage += [0.0, -0.3, 0.0, 0.05]  # the answer step: >, 7 (8 was due), 3, <eos>
     lp_student = [-0.1 - 0.03 * (i % 4) for i in range(len(CHAIN))]
     return {
         **make_record(),
-        "prompt": "3+9;4+6?",
+        "prompt": "38+45=",
         "tokens": CHAIN,
         "completion": "".join(CHAIN[:-1]),
         "lp_student": lp_student,
@@ -173,7 +174,7 @@ def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam
     panels = page.locator(".gopd-chain")
     assert panels.count() == 2 and page.locator("span.tok").count() == 2 * len(CHAIN)
     opd, grpo = '.gopd-chain[data-label^="OPD"]', '.gopd-chain[data-label^="GRPO"]'
-    assert page.locator(f"{opd} span.step").count() == 2
+    assert page.locator(f"{opd} span.step").count() == 3
     wrong = page.locator(f"{opd} span.step.wrong")
     r, g, b = (int(WRONG[i : i + 2], 16) for i in (1, 3, 5))
     assert wrong.evaluate("e => getComputedStyle(e).borderTopColor") == f"rgb({r}, {g}, {b})"
@@ -181,7 +182,7 @@ def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam
     right = page.locator(f'{opd} span.step[data-step="0"]')
     assert right.evaluate("e => getComputedStyle(e).borderTopWidth") == "1px"
     mistake = f'{opd} span.tok[data-first-wrong="1"]'
-    assert page.get_attribute(mistake, "data-i") == "11"
+    assert page.get_attribute(mistake, "data-i") == "13" and page.inner_text(mistake).startswith("0")
     assert background(page, mistake) == color(-2.5, views[0].vmax[0]) != WHITE  # on the scale fixed over λ 1–2
     assert "inset" in page.eval_on_selector(mistake, "e => getComputedStyle(e).boxShadow")
     grpo_tokens = page.eval_on_selector_all(
@@ -193,7 +194,7 @@ def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam
     tokens_box = page.locator(f"{opd} .chain-tokens").bounding_box()
     sums_box = sums.bounding_box()
     assert sums_box["x"] >= tokens_box["x"] + tokens_box["width"] - 1, "the per-step sums sit beside the tokens"
-    assert "step 1" in sums.inner_text() and "-3.400" in sums.inner_text()  # -0.6 - 0.2 - 2.5 - 0.1
+    assert "step 1" in sums.inner_text() and "-3.150" in sums.inner_text()  # 0.05 - 2.5 - 0.1 - 0.6
 
     card = f"{mistake} .gopd-card"
     assert not page.locator(card).is_visible()
@@ -209,9 +210,9 @@ def test_chain_view_draws_steps_marks_the_mistake_and_keeps_the_scale_across_lam
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, out / "chain_view.png")
 
-    before = background(page, '.gopd-chain span.tok[data-i="7"]')  # the first panel: A_t at λ = 1, then 2
+    before = background(page, '.gopd-chain span.tok[data-i="15"]')  # the first panel: A_t at λ = 1, then 2
     page.goto(views[1].save(tmp_path / "chain_lam2.html").as_uri())
-    after = background(page, '.gopd-chain span.tok[data-i="7"]')
+    after = background(page, '.gopd-chain span.tok[data-i="15"]')
     assert before != after, "on the fixed scale, λ = 2 colours the same token differently"
 
 

@@ -323,6 +323,17 @@ def test_chain_view_rejects_spans_that_do_not_fit():
 
     tokens, values = chain_tokens(), [0.0] * 9
     assert Steps.of(SimpleNamespace(spans=[[0, 2]], first_wrong_step=0, first_wrong_token=1)).spans == ((0, 2),)
+    check = SimpleNamespace(steps=[(0, 4), (4, 9)], first_wrong_step=1, first_wrong_token=5)  # a checker's `steps`
+    named = Steps.of(check, names=["column 1", "answer"])
+    assert named == Steps(((0, 4), (4, 9)), 1, 5, ("column 1", "answer"))
+    view = chain_view(tokens, {"A": values}, named)
+    assert (
+        "first wrong step 1 (answer)" in view.html
+        and ">column 1</td>" in view.html
+        and "step = 1 (answer)" in view.html
+    )
+    with pytest.raises(StepSpanError, match="1 step names for 2 steps"):
+        chain_view(tokens, {"A": values}, Steps.of(check, names=["answer"]))
     bad = [
         ({"spans": [(0, 3), (2, 5)]}, "not overlapping"),
         ({"spans": [(0, 12)]}, "within"),

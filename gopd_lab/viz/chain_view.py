@@ -41,20 +41,28 @@ class Steps:
     spans: tuple[tuple[int, int], ...]
     first_wrong_step: int | None = None
     first_wrong_token: int | None = None
+    names: tuple[str, ...] = ()
+    """Optional step names for the per-step summary (e.g. ``column 1`` … ``answer``); ``step k`` without."""
 
     @classmethod
-    def of(cls, check: Steps | Mapping[str, Any] | Any) -> Steps:
-        """``Steps`` from a checker's result: a ``Steps``, a mapping or an object with ``spans``,
-        ``first_wrong_step`` and ``first_wrong_token``."""
+    def of(cls, check: Steps | Mapping[str, Any] | Any, names: Sequence[str] = ()) -> Steps:
+        """``Steps`` from a checker's result: a ``Steps``, a mapping or an object with ``spans`` (or ``steps``),
+        ``first_wrong_step`` and ``first_wrong_token``; ``names`` name the steps."""
         if isinstance(check, Steps):
-            return check
+            return (
+                check if not names else cls(check.spans, check.first_wrong_step, check.first_wrong_token, tuple(names))
+            )
         get = check.get if isinstance(check, Mapping) else lambda k, d=None: getattr(check, k, d)
-        spans = get("spans")
+        spans = get("spans", None)
+        spans = get("steps", None) if spans is None else spans
         if spans is None:
             raise StepSpanError(f"a step checker's result needs `spans` ([start, end) token ranges), got {check!r}")
-        return cls(
-            tuple((int(a), int(b)) for a, b in spans), get("first_wrong_step", None), get("first_wrong_token", None)
-        )
+        wrong, token = get("first_wrong_step", None), get("first_wrong_token", None)
+        return cls(tuple((int(a), int(b)) for a, b in spans), wrong, token, tuple(names or get("names", ()) or ()))
+
+    def name(self, k: int) -> str:
+        """Step ``k``'s name."""
+        return self.names[k] if k < len(self.names) else f"step {k}"
 
     def check(self, n_tokens: int) -> Steps:
         """Raise :class:`StepSpanError` unless the spans and indices fit a completion of ``n_tokens``; returns self."""
@@ -66,6 +74,8 @@ class Steps:
                     f"order, not overlapping and within [0, {n_tokens}) (are they token indices of this completion?)"
                 )
             end = b
+        if self.names and len(self.names) != len(self.spans):
+            raise StepSpanError(f"{len(self.names)} step names for {len(self.spans)} steps")
         wrong, tok = self.first_wrong_step, self.first_wrong_token
         if wrong is not None and not 0 <= wrong < len(self.spans):
             raise StepSpanError(f"first_wrong_step {wrong} is not one of the {len(self.spans)} steps")
@@ -116,7 +126,7 @@ def _sums_table(sums: list[float], steps: Steps, vmax: float) -> str:
         shade = f"background-color:{color(total, vmax)};color:{'#fff' if abs(total) / vmax > 0.55 else '#111'}"
         rows.append(
             f'<tr class="step-sum{" wrong" if wrong else ""}" data-step="{k}"><td style="{cell};color:#555">'
-            f'{mark}step {k}</td><td style="{cell};{shade}">{total:+.3f}</td></tr>'
+            f'{mark}{html.escape(steps.name(k))}</td><td style="{cell};{shade}">{total:+.3f}</td></tr>'
         )
     head = f'<tr><td colspan="2" style="{cell};color:#555;text-align:left">Σ per step</td></tr>'
     return (
@@ -183,12 +193,19 @@ def _panel(
     )
 
 
+def _step_label(steps: Steps, k: int | None) -> str:
+    if k is None:
+        return "none"
+    return f"{k} ({steps.names[k]})" if steps.names else str(k)
+
+
 def _verdict(steps: Steps) -> str:
     if steps.first_wrong_step is None:
         return f"{len(steps.spans)} steps, all right"
     a, b = steps.spans[steps.first_wrong_step]
     tok = "" if steps.first_wrong_token is None else f", first wrong token #{steps.first_wrong_token}"
-    return f"{len(steps.spans)} steps; first wrong step {steps.first_wrong_step} (tokens {a}–{b - 1}{tok})"
+    named = f" ({steps.names[steps.first_wrong_step]})" if steps.names else ""
+    return f"{len(steps.spans)} steps; first wrong step {steps.first_wrong_step}{named} (tokens {a}–{b - 1}{tok})"
 
 
 def chain_view(
@@ -224,7 +241,7 @@ def chain_view(
     extra = dict(details or {})
     rows = [
         [(name, fmt(row[i])) for name, row in zip(labels, values)]
-        + [("step", "none" if of[i] is None else str(of[i]))]
+        + [("step", _step_label(steps, of[i]))]
         + ([("first wrong token", "yes")] if i == steps.first_wrong_token else [])
         + [(name, fmt(col[i])) for name, col in extra.items() if col is not None]
         for i in range(len(tokens))
