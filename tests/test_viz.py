@@ -319,7 +319,7 @@ def test_chain_view_rejects_spans_that_do_not_fit():
     from types import SimpleNamespace
 
     from gopd_lab.errors import UserError
-    from gopd_lab.viz.chain_view import Steps, StepSpanError, chain_view
+    from gopd_lab.viz.chain_view import Steps, StepSpanError, chain_view, credit_comparison
 
     tokens, values = chain_tokens(), [0.0] * 9
     assert Steps.of(SimpleNamespace(spans=[[0, 2]], first_wrong_step=0, first_wrong_token=1)).spans == ((0, 2),)
@@ -349,6 +349,10 @@ def test_chain_view_rejects_spans_that_do_not_fit():
         chain_view(tokens, {"A": values[:8]}, {"spans": [(0, 3)]})
     with pytest.raises(StepSpanError, match="vmax must be > 0"):
         chain_view(tokens, {"A": values}, {"spans": [(0, 3)]}, vmax=0.0)
+    with pytest.raises(StepSpanError, match="no credits"):
+        chain_view(tokens, {}, {"spans": [(0, 3)]})
+    with pytest.raises(StepSpanError, match="no lp_teacher"):
+        credit_comparison(make_record(lp_teacher=None), {"spans": [(0, 3)]})
     assert issubclass(StepSpanError, UserError)
 
 

@@ -140,9 +140,9 @@ def _panel(
     values: list[float],
     rows: list[list[tuple[str, str]]],
     steps: Steps,
+    sums: list[float],
     vmax: float,
     sums_vmax: float,
-    quantity: str,
     prompt: str,
 ) -> str:
     of = steps.step_of(len(tokens))
@@ -172,7 +172,7 @@ def _panel(
                 i,
                 value,
                 vmax,
-                quantity,
+                "advantage",
                 rows[i],
                 attrs=' data-first-wrong="1"' if first else "",
                 style=f"box-shadow:inset 0 -3px 0 {WRONG};" if first else "",
@@ -180,7 +180,6 @@ def _panel(
         )
     if open_step is not None:
         parts.append("</span>")
-    sums = step_sums(values, steps.spans)
     total = sum(v for v in values if math.isfinite(v))
     return (
         f'<div class="gopd-panel gopd-chain" data-label="{html.escape(label)}" style="flex:1 1 420px;min-width:0;margin:4px 0">'
@@ -229,6 +228,8 @@ def chain_view(
     lists every credit's value there, its step, and each of ``details`` (e.g. ``lp_student``).
     """
     steps = Steps.of(steps).check(len(tokens))
+    if not credits:
+        raise StepSpanError("no credits to show: give at least one label → per-token values")
     labels = list(credits)
     values = [[float(v) for v in credits[name]] for name in labels]
     for name, row in zip(labels, values):
@@ -247,8 +248,8 @@ def chain_view(
         for i in range(len(tokens))
     ]
     panels = [
-        _panel(name, tokens, row, rows, steps, vm, sv, "advantage", prompt)
-        for name, row, vm, sv in zip(labels, values, scales, sums_scale)
+        _panel(name, tokens, row, rows, steps, sm, vm, sv, prompt)
+        for name, row, sm, vm, sv in zip(labels, values, sums, scales, sums_scale)
     ]
     flow = "display:flex;flex-wrap:wrap;gap:8px 28px" if side_by_side else "display:block"
     head = f'<div class="chain-title" style="flex:1 1 100%;font-size:12px;color:#333">{html.escape(title or "")}'
@@ -280,11 +281,16 @@ def credit_comparison(
 
     One panel per λ in ``lams``: ``A_t = gopd_advantages(lp_student, lp_teacher, lp_reference, lam=λ)`` of the
     stored log-probs, on one colour scale fixed across ``lams`` and ``scale_lams`` (:func:`lam_range`); give
-    ``scale_lams=LAM_SCALE`` to views drawn one λ at a time so that λ changes their colours, not their scale. With ``group_rewards`` (the verifier rewards of the group of
-    completions of this prompt that the record is member ``group_index`` of), one more panel: GRPO's credit,
-    ``grpo_token_advantages`` — the same group-relative advantage on every token — on its own scale.
+    ``scale_lams=LAM_SCALE`` to views drawn one λ at a time, so that λ changes their colours, not their scale.
+    With ``group_rewards`` (the verifier rewards of the group of completions of this prompt, the record being
+    member ``group_index``), one more panel: GRPO's credit, ``grpo_token_advantages`` — the same group-relative
+    advantage on every token — on its own scale.
     """
     tokens = list(record["tokens"])
+    if record.get("lp_teacher") is None:
+        raise StepSpanError(
+            "this sample has no lp_teacher (a GRPO or SFT sample): OPD's A_t needs a teacher's log-probs"
+        )
     if any(lam != 1 for lam in lams) and not references(record):
         raise StepSpanError("this sample has no scored reference (lp_reference is null): only λ = 1 can be shown")
     credits = {f"{_method(lam)} A_t (λ = {lam:g})": token_values(record, "advantage", lam, reference) for lam in lams}
