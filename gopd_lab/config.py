@@ -16,6 +16,10 @@ from gopd_lab.errors import ConfigError
 from gopd_lab.methods import METHODS, get_method
 from gopd_lab.objectives import ESTIMATORS, get_estimator
 from gopd_lab.objectives.lineage import LAM_MODES
+from gopd_lab.plugins import load_plugins, resolve_plugin
+from gopd_lab.tasks.arith import WORLDS
+from gopd_lab.tasks.arith import world as current_world
+from gopd_lab.teacher_types import unknown_type as unknown_teacher_type
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
@@ -38,6 +42,14 @@ fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up).
 class RunConfig:
     """Everything one G-OPD run needs. Saved as ``config.json`` in the run dir."""
 
+    plugins: list[str] | str = field(default_factory=list)
+    """Your extensions, imported first thing in validation (so the fields below may name what they register: a
+    task, estimator, method or teacher type): module names on ``sys.path`` or ``.py`` files (kept as absolute
+    paths, so a resumed run and every sweep point import the same file). See docs/extending.md."""
+    world: str = ""
+    """The embedded data world the tasks and ``zoo:`` models come from: ``v2`` or ``v1``; empty = the
+    ``GOPD_LAB_WORLD`` environment variable, else ``v2``. Recorded in config.json, so a resumed run or a reader
+    knows which weights ``zoo:teacher-add`` meant; loading a run's models and tasks switches to it."""
     method: str = "gopd"
     """``gopd`` (OPD / G-OPD / ExOPD from a teacher), ``sdpo`` (the teacher is the student re-prompted with
     feedback), ``sft`` (supervised on the tasks' answers), ``offpolicy`` (SFT on completions the teacher
@@ -46,7 +58,9 @@ class RunConfig:
     student: str = ""
     """Student model: a Hugging Face hub id or a local directory (loaded with ``from_pretrained``)."""
     teacher: str | dict[str, str] = ""
-    """Teacher: an id/path, or ``{domain: id/path}`` for multi-teacher runs (each prompt's domain picks its teacher)."""
+    """Teacher: an id/path, ``zoo:<name>``, a teacher server's URL, a registered teacher type ``<type>:<argument>``
+    (``ensemble:zoo:teacher-add,zoo:teacher-mul``, :mod:`gopd_lab.teacher_types`), or ``{domain: ...}`` for
+    multi-teacher runs (each prompt's domain picks its teacher)."""
     reference: str | dict[str, str] = "student"
     """Reference π_R: ``"student"`` (the student's initial weights), an id/path (e.g. the teacher's pre-RL base,
     "reward correction"), or ``{domain: ...}``. Never run when λ = 1."""
@@ -235,6 +249,18 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
             setattr(self, name, _json_text(name, getattr(self, name)))
+        if isinstance(self.plugins, str):  # "a.py,b" from the shell or a papermill parameter
+            self.plugins = [p.strip() for p in self.plugins.split(",") if p.strip()]
+        if not isinstance(self.plugins, list):
+            raise ConfigError(f"plugins must be a list of module names or .py paths, got {self.plugins!r}")
+        self.plugins = [resolve_plugin(p) if isinstance(p, str) else p for p in self.plugins]
+        load_plugins(self.plugins)  # before any check: they register what the fields below may name
+        try:
+            self.world = self.world or current_world()  # the variable only defaults the field
+        except ValueError as err:
+            raise ConfigError(f"{err} (or set world= in the config)") from None
+        if self.world not in WORLDS:
+            raise ConfigError(f"world must be one of {sorted(WORLDS)} (or empty: $GOPD_LAB_WORLD), got {self.world!r}")
         from gopd_lab.config_checks import check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
@@ -340,6 +366,11 @@ class RunConfig:
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
+        for role in ("teacher", "reference"):
+            specs = getattr(self, role)
+            for spec in specs.values() if isinstance(specs, dict) else [specs]:
+                if reason := unknown_teacher_type(spec):
+                    raise ConfigError(f"{role}: {reason}")
         unknown = [t for t in self.report_targets if t not in REPORT_TO]
         if unknown:
             raise ConfigError(f"report_to must be one of {REPORT_TO} or a list of them, got {unknown}")

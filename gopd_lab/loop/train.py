@@ -34,6 +34,7 @@ from gopd_lab.runio import append_jsonl, atomic_write_json, keep_steps_upto, rea
 from gopd_lab.scale.distributed import Distributed
 from gopd_lab.scorers.score import Scored
 from gopd_lab.scorers.self_teacher import ema_update
+from gopd_lab.tasks.arith import use_world
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
 
@@ -120,6 +121,7 @@ def train(
     ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
     """
     out = Path(cfg.out_dir)
+    use_world(cfg.world)  # the data world the tasks and zoo: models come from (recorded in config.json)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     # a missing tracker package was refused by the config (before this clears anything or loads any model)
     prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
