@@ -21,7 +21,11 @@ from gopd_lab.tasks.arith import WORLDS
 from gopd_lab.tasks.arith import world as current_world
 from gopd_lab.teacher_types import unknown_type as unknown_teacher_type
 
+RUN_RECORD = "run_record"
+"""The key of ``config.json`` beside the fields: what the run was made with (world, resolved models, evaluator,
+version, git commit, command line; ``gopd_lab.loop.record``). Reading a config file skips it."""
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
+LAM_SCHEDULES = ("constant", "linear")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRL_ALIASES = {
     "learning_rate": "lr",
@@ -66,6 +70,14 @@ class RunConfig:
     "reward correction"), or ``{domain: ...}``. Never run when λ = 1."""
     lam: float | dict[str, float] = 1.0
     """Reward scale λ > 0: 1 = OPD, (0, 1) interpolation, > 1 ExOPD. A float or ``{domain: λ}``."""
+    lam_schedule: str = "constant"
+    """λ over the steps, beside ``mu_schedule``: ``constant`` (``lam`` throughout) or ``linear`` (from ``lam_start``
+    at step 0 to ``lam`` at step ``lam_warmup_steps``, then ``lam``; per domain with a ``{domain: λ}``). Applied
+    when the step scores (``ctx.score``), before any target is formed. ``lam_mode='fixed'`` only."""
+    lam_start: float = 1.0
+    """λ at step 0 of the ``linear`` ``lam_schedule`` (1 = start as OPD)."""
+    lam_warmup_steps: int = 0
+    """Steps of the ``linear`` ``lam_schedule`` from ``lam_start`` to ``lam``."""
     estimator: str = "sampled"
     """Update estimator: ``sampled`` (policy gradient on sampled tokens), ``full`` (per-state KL to the target over
     the whole vocabulary), ``topk`` (same on the teacher's top-k plus a tail bucket), ``jsd`` (generalised JSD(β))."""
@@ -236,6 +248,15 @@ class RunConfig:
     ``(1/B') Σ_b (Σ_t m·ℓ / Σ_t m)`` over the ``B'`` non-empty rows (every completion weighs the same; the
     official verl G-OPD run's effective normalisation). See docs/metrics.md."""
 
+    headroom_check: str = "off"
+    """Before a fresh run trains: does each task's teacher know the task? ``off``; ``warn`` or ``refuse``: its
+    greedy accuracy on ``headroom_prompts`` test prompts of each task below ``headroom_min_acc`` warns, or stops
+    the run with a message naming the task and the teacher ("no teacher here knows this task")."""
+    headroom_prompts: int = 16
+    """Test prompts per task the headroom check decodes (greedy, the teacher alone)."""
+    headroom_min_acc: float = 0.1
+    """The teacher's greedy accuracy below which the headroom check warns or refuses."""
+
     # -- report_to: metrics to experiment trackers (gopd_lab.loop.trackers)
     report_to: str | list[str] = "none"
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
@@ -375,6 +396,28 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"report_to must be one of {REPORT_TO} or a list of them, got {unknown}")
         self._check_lam_mode()
+        self._check_lam_schedule()
+        if self.headroom_check not in ("off", "warn", "refuse"):
+            raise ConfigError(f"headroom_check must be off, warn or refuse, got {self.headroom_check!r}")
+        if self.headroom_prompts < 1 or not 0.0 <= self.headroom_min_acc <= 1.0:
+            raise ConfigError(
+                f"need headroom_prompts >= 1 and headroom_min_acc in [0, 1], got {self.headroom_prompts}, "
+                f"{self.headroom_min_acc}"
+            )
+
+    def _check_lam_schedule(self) -> None:
+        if self.lam_schedule not in LAM_SCHEDULES:
+            raise ConfigError(f"lam_schedule must be one of {LAM_SCHEDULES}, got {self.lam_schedule!r}")
+        if not (math.isfinite(self.lam_start) and self.lam_start > 0) or self.lam_warmup_steps < 0:
+            raise ConfigError(
+                f"need lam_start > 0 and lam_warmup_steps >= 0, got {self.lam_start}, {self.lam_warmup_steps}"
+            )
+        if self.lam_schedule == "constant":
+            return
+        if self.lam_warmup_steps < 1:
+            raise ConfigError("lam_schedule='linear' ramps over lam_warmup_steps: set lam_warmup_steps >= 1")
+        if not get_method(self.method).uses_lam or self.lam_mode != "fixed":
+            raise ConfigError(f"lam_schedule='linear' needs method {_lam_methods()} with lam_mode='fixed'")
 
     def _check_lam_mode(self) -> None:
         """The lineage's knobs (issue 15): every knob's range whatever the mode, then what the mode needs."""
@@ -435,11 +478,6 @@ class RunConfig:
         return self.lam_mode in ("reopd", "agopd")
 
     @property
-    def rl_method(self) -> str:
-        """The update rule behind the method: ``gopd`` (G-OPD advantages), ``grpo`` or ``sft``."""
-        return get_method(self.method).update_rule
-
-    @property
     def task_names(self) -> list[str]:
         """``tasks`` as a list of names (a comma-separated string is split)."""
         if isinstance(self.tasks, str):
@@ -471,6 +509,7 @@ class RunConfig:
         and its options this way, then validates once)."""
         names = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
+        data.pop(RUN_RECORD, None)  # a run's config.json: the record of what it was made with, not a field
         for alias, name in TRL_ALIASES.items():
             if alias in data:
                 if name in data:

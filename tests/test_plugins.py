@@ -40,8 +40,8 @@ class PluginSampled(Estimator):
     needs = SAMPLED_TOKENS
     uses_advantages = True
 
-    def loss(self, out, scored, advantages, weights, settings, lp_old):
-        return sampled_loss(out.lp, advantages, weights)
+    def loss(self, x):
+        return sampled_loss(x.out.lp, x.advantages, x.weights)
 
 
 @register_method

@@ -119,6 +119,7 @@ def task_evaluator(tasks: dict, tokenizer, **kwargs):
     def run(model: nn.Module, step: int) -> list[dict]:
         return evaluate(model, tokenizer, tasks, **kwargs).to_dict("records")
 
+    run.settings = {"tasks": sorted(tasks), **kwargs}  # what config.json's run record says of the evaluation
     return run
 
 

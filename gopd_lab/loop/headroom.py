@@ -12,19 +12,29 @@ own logits are returned, so decoding is bit-for-bit the same as decoding that mo
 
 :func:`headroom_curve` evaluates the target over a list of λ: the accuracy a student distilled with
 that λ could at best approach. If it does not rise above λ = 1, extrapolation has nothing to find.
+
+:func:`check_headroom` is the check before a run (``RunConfig.headroom_check``): does the teacher know the task
+at all? Its greedy accuracy on a few test prompts of each task; below ``headroom_min_acc`` there is nothing to
+distil ("no teacher here knows this task"), and the run warns or refuses before it trains.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import pandas as pd
 from torch import nn
 
+from gopd_lab.errors import ConfigError
 from gopd_lab.lm.target import TargetModel
-from gopd_lab.loop.evaluate import evaluate_target
+from gopd_lab.loop.evaluate import evaluate, evaluate_target
 
-__all__ = ["TargetModel", "headroom_curve"]
+__all__ = ["HeadroomError", "TargetModel", "check_headroom", "headroom_curve", "teacher_accuracy"]
+
+
+class HeadroomError(ConfigError):
+    """The teacher does not know a task it is asked to teach (``headroom_check='refuse'``)."""
 
 
 def headroom_curve(
@@ -42,3 +52,42 @@ def headroom_curve(
     for lam, frame in zip(lams, frames):
         frame.insert(0, "lam", float(lam))
     return pd.concat(frames, ignore_index=True)
+
+
+def teacher_accuracy(models, tasks: dict, *, prompts: int, max_new_tokens: int) -> pd.DataFrame:
+    """Greedy accuracy of each task's teacher (``models.teacher_for(domain)``) on its first ``prompts`` test
+    prompts: columns ``domain``, ``teacher``, ``greedy_acc``, ``n``. A teacher without weights here (a server) is
+    left out."""
+    rows = []
+    for domain, task in tasks.items():
+        teacher = models.teacher_for(domain)
+        if not isinstance(teacher, nn.Module):
+            continue
+        table = evaluate(teacher, models.tokenizer, {domain: task}, k=0, max_new_tokens=max_new_tokens, limit=prompts)
+        name = models.names.get(f"teacher/{domain}", models.names.get("teacher/default", "?"))
+        rows.append({"domain": domain, "teacher": name, **table.iloc[0][["greedy_acc", "n"]].to_dict()})
+    return pd.DataFrame(rows, columns=["domain", "teacher", "greedy_acc", "n"])
+
+
+def check_headroom(models, tasks: dict, cfg) -> pd.DataFrame | None:
+    """``cfg.headroom_check``: ``off`` (None), else :func:`teacher_accuracy` on ``cfg.headroom_prompts`` prompts per
+    task; a task whose teacher is below ``cfg.headroom_min_acc`` warns (``warn``) or stops the run (``refuse``,
+    :class:`HeadroomError`) with one message naming the task, the teacher and its score."""
+    if cfg.headroom_check == "off" or not tasks or not models.teachers:
+        return None
+    table = teacher_accuracy(models, tasks, prompts=cfg.headroom_prompts, max_new_tokens=cfg.max_new_tokens)
+    weak = table[table.greedy_acc < cfg.headroom_min_acc]
+    if len(weak):
+        found = "; ".join(
+            f"task {r.domain!r}: teacher {r.teacher!r} answers {r.greedy_acc:.0%} of {int(r.n)} test prompts greedily"
+            for r in weak.itertuples()
+        )
+        message = (
+            f"no teacher here knows this task ({found}; below headroom_min_acc={cfg.headroom_min_acc:g}): distilling "
+            "from it cannot teach the task. Give a teacher that knows it (a checkpoint trained on the task), or "
+            "set headroom_check='off' to train anyway"
+        )
+        if cfg.headroom_check == "refuse":
+            raise HeadroomError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return table

@@ -29,6 +29,7 @@ from gopd_lab.objectives.estimator import (
     TEACHER_DISTRIBUTION,
     TEACHER_TOPK,
     Estimator,
+    LossInput,
     get_estimator,
     register_estimator,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "TEACHER_DISTRIBUTION",
     "TEACHER_TOPK",
     "Estimator",
+    "LossInput",
     "get_estimator",
     "register_estimator",
     "Full",
