@@ -165,3 +165,16 @@ def test_the_checkpoint_loader_knows_no_method_and_no_served_teacher():
     assert "methods" in load and "scorers.remote" in load and "scorers.self_teacher" in load
     source = (PACKAGE / "loop" / "load.py").read_text()
     assert "cfg.method ==" not in source and '"sdpo"' not in source
+
+
+def test_the_package_docstrings_name_only_their_own_modules():
+    """A folder's docstring lists its modules as ``name``; each one is a module of that folder, and every module of
+    the folder is listed (names of other folders are written out, ``gopd_lab.lm.logprobs``)."""
+    import re
+
+    for folder in ("loop", "scorers", "scale", "lm"):
+        doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
+        named = {n for n in re.findall(r"``([a-z_]+)``", doc)}
+        modules = {p.stem for p in (PACKAGE / folder).glob("*.py")} - {"__init__"}
+        assert named <= modules, (folder, named - modules)
+        assert modules <= named, (folder, modules - named)
