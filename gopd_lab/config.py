@@ -17,8 +17,6 @@ from gopd_lab.methods import METHODS, get_method
 from gopd_lab.objectives import ESTIMATORS, get_estimator
 from gopd_lab.objectives.lineage import LAM_MODES
 from gopd_lab.plugins import load_plugins, resolve_plugin
-from gopd_lab.tasks.arith import WORLDS
-from gopd_lab.tasks.arith import world as current_world
 from gopd_lab.teacher_types import unknown_type as unknown_teacher_type
 
 RUN_RECORD = "run_record"
@@ -276,6 +274,9 @@ class RunConfig:
             raise ConfigError(f"plugins must be a list of module names or .py paths, got {self.plugins!r}")
         self.plugins = [resolve_plugin(p) if isinstance(p, str) else p for p in self.plugins]
         load_plugins(self.plugins)  # before any check: they register what the fields below may name
+        from gopd_lab.tasks.arith import WORLDS  # here: `python -m gopd_lab.tasks.arith` must not find it imported
+        from gopd_lab.tasks.arith import world as current_world
+
         try:
             self.world = self.world or current_world()  # the variable only defaults the field
         except ValueError as err:

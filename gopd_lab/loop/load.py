@@ -27,7 +27,6 @@ from gopd_lab.lm.vocab import Agreement, align_vocabularies
 from gopd_lab.methods import get_method
 from gopd_lab.scorers.remote import RemoteScorer, is_url
 from gopd_lab.scorers.self_teacher import self_teacher
-from gopd_lab.tasks.arith import use_world
 
 
 def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
@@ -37,6 +36,8 @@ def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
 def load_models(cfg: RunConfig) -> Models:
     """Load every model a run needs. Each distinct path is loaded once and shared across domains; ``zoo:`` names
     resolve in the run's data world (``cfg.world``)."""
+    from gopd_lab.tasks.arith import use_world  # here: `python -m gopd_lab.tasks.arith` runs it as __main__
+
     use_world(cfg.world)
     if not cfg.student:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")

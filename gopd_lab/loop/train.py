@@ -36,7 +36,6 @@ from gopd_lab.runio import append_jsonl, atomic_write_json, keep_steps_upto, rea
 from gopd_lab.scale.distributed import Distributed
 from gopd_lab.scorers.score import Scored
 from gopd_lab.scorers.self_teacher import ema_update
-from gopd_lab.tasks.arith import use_world
 
 Evaluator = Callable[[torch.nn.Module, int], list[dict]]
 
@@ -134,6 +133,8 @@ def train(
     ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
     """
     out = Path(cfg.out_dir)
+    from gopd_lab.tasks.arith import use_world  # here: `python -m gopd_lab.tasks.arith` runs it as __main__
+
     use_world(cfg.world)  # the data world the tasks and zoo: models come from (recorded in config.json)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     # a missing tracker package was refused by the config (before this clears anything or loads any model)
