@@ -107,6 +107,7 @@ def test_a_plugin_file_that_is_missing_or_broken_is_one_clear_error(tmp_path):
         RunConfig(plugins=["no_such_module_x"])
 
 
+@pytest.mark.slow
 def test_a_plugin_reaches_the_cli_config_json_and_a_resume(plugin, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative plugin path, recorded absolute
     out = tmp_path / "run"
@@ -132,6 +133,7 @@ def test_a_point_notebook_builds_its_config_from_its_parameters(plugin):
         point_config(params)
 
 
+@pytest.mark.slow
 def test_a_sweep_grid_names_the_plugins_method_and_sets_a_field_the_notebook_does_not_list(plugin, tmp_path):
     """One point of notebooks/experiment_point.ipynb in its own kernel: the plugin is imported there from the
     ``plugins`` parameter; ``lr_schedule`` is no parameter of the notebook but a RunConfig field."""

@@ -188,7 +188,8 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
     uses_teacher = method.needs_teacher and not method.self_teacher
-    headroom = check_headroom(models, tasks, cfg) if ckpt is None and uses_teacher and main else None
+    # every process decides alike (greedy decoding of the unsharded teacher), so a refusal stops them all
+    headroom = check_headroom(models, tasks, cfg) if ckpt is None and uses_teacher else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
         logged = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
