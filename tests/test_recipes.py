@@ -16,7 +16,7 @@ from gopd_lab.loop.load import load_models
 from gopd_lab.loop.schedules import lam_at
 from gopd_lab.loop.step import Batch, StepContext
 from gopd_lab.loop.train import row_seed, train
-from gopd_lab.methods import GOPD, METHODS, LamState, Method, get_method, register_method
+from gopd_lab.methods import GOPD, GRPO, METHODS, LamState, Method, get_method, register_method
 from gopd_lab.scorers.score import score_rollout
 
 PROMPTS = ["12+7=", "3*4=", "9+9=", "100-1=", "7*7="]
@@ -135,6 +135,47 @@ def test_a_recipe_of_its_own_reads_like_the_built_in_one(tiny_dirs, tmp_path):
         assert strip == [{k: v for k, v in r.items() if not k.startswith("time_")} for r in _metrics(mine.out_dir)]
     finally:
         METHODS.pop("test-my-opd")
+
+
+def test_a_recipe_without_ctx_sample_does_not_fail_with_keyerror_rollout(tiny_dirs, tmp_path):
+    """Regression: a recipe that built its batch without ``ctx.sample`` (so no ``rollout`` time mark) made train()
+    fail with ``KeyError: 'rollout'``; its stage times now count toward the next stage."""
+
+    @register_method
+    class OwnBatch(GOPD):
+        name = "test-own-batch"
+
+        def step(self, ctx, batch):
+            rollout = ctx.collector.sample(batch.index, batch.row_seeds)  # no ctx.sample: no rollout mark
+            ctx.times.clear()
+            scored = ctx.score(rollout)
+            return ctx.update(scored, self.objective(scored, ctx.cfg, ctx.dist, ctx.state))
+
+    try:
+        history = train(_cfg(tiny_dirs, tmp_path, method="test-own-batch", steps=2), progress=False)
+        assert len(history) == 2 and (history["time_rollout"] == 0).all()
+    finally:
+        METHODS.pop("test-own-batch")
+
+
+def test_batch_objective_does_not_pass_the_completion_mask_as_lp_student(tiny_dirs, tmp_path):
+    """Regression: ``BatchObjective`` handed the completion mask to ``advantages(scored, lp_student, cfg)`` where the
+    docs promise the student's log-probs; a batch-level A_t now gets None (it is formed before any forward)."""
+    seen = []
+
+    @register_method
+    class Spy(GRPO):
+        name = "test-spy"
+
+        def advantages(self, scored, lp_student, cfg):
+            seen.append(lp_student)
+            return super().advantages(scored, lp_student, cfg)
+
+    try:
+        train(_cfg(tiny_dirs, tmp_path, method="test-spy", tasks="add", prompts="", steps=1), progress=False)
+        assert seen == [None]
+    finally:
+        METHODS.pop("test-spy")
 
 
 def test_the_reopd_budget_is_the_recipes_state():
