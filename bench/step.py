@@ -45,11 +45,12 @@ from _common import (  # noqa: E402
     write_json,
 )
 
+from gopd_lab.config import RunConfig  # noqa: E402
 from gopd_lab.lm.logprobs import CHUNK_BYTES, token_logprobs  # noqa: E402
 from gopd_lab.lm.models import Models  # noqa: E402
 from gopd_lab.lm.rollout import left_pad, position_ids_from_mask, sample  # noqa: E402
 from gopd_lab.loop.schedules import make_optimizer  # noqa: E402
-from gopd_lab.loop.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.loop.update import update  # noqa: E402
 from gopd_lab.scorers.score import score_rollout  # noqa: E402
 
 
@@ -143,7 +144,7 @@ def run(args) -> dict:
     pad = w.tokenizer.pad_token_id
     prompts = w.prompts.select(range(args.batch))
     models = Models(w.student, w.tokenizer, {"default": w.teacher}, {"default": w.reference})
-    settings = UpdateSettings(estimator=args.estimator, chunk_tokens=args.score_chunk_tokens)
+    settings = RunConfig(estimator=args.estimator, score_chunk_tokens=args.score_chunk_tokens)
     opt = make_optimizer(
         [p for p in w.student.parameters() if p.requires_grad],  # as train() builds it: fused AdamW
         argparse.Namespace(optimizer="adamw", lr=1e-4, weight_decay=0.01),

@@ -35,11 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import build_world, print_table, set_threads, stats, task_prompts, write_json  # noqa: E402
 
+from gopd_lab.config import RunConfig  # noqa: E402
 from gopd_lab.lm.logprobs import full_logprobs  # noqa: E402
 from gopd_lab.lm.models import Models  # noqa: E402
 from gopd_lab.lm.rollout import sample  # noqa: E402
 from gopd_lab.loop.schedules import make_optimizer  # noqa: E402
-from gopd_lab.loop.update import UpdateSettings, update  # noqa: E402
+from gopd_lab.loop.update import update  # noqa: E402
 from gopd_lab.scorers.score import score_rollout  # noqa: E402
 
 SETTINGS = {  # lr / steps: enough for the reverse KL to move visibly in a few steps, not so much that it overshoots
@@ -75,7 +76,7 @@ def run_gopd(base, teacher, tok, prompts, args, batch) -> dict:
         argparse.Namespace(optimizer="adamw", lr=args.lr, weight_decay=0.0),
     )  # fused AdamW, as train() uses
     models = Models(student, tok, {"default": teacher})
-    settings = UpdateSettings(estimator="full", max_grad_norm=1.0)
+    settings = RunConfig(estimator="full", max_grad_norm=1.0)
     gen = torch.Generator().manual_seed(0)
     times, cpu, losses, lengths = [], [], [], []
     for step in range(args.steps):

@@ -16,8 +16,14 @@ from gopd_lab.errors import ConfigError
 from gopd_lab.methods import METHODS, get_method
 from gopd_lab.objectives import ESTIMATORS, get_estimator
 from gopd_lab.objectives.lineage import LAM_MODES
+from gopd_lab.plugins import load_plugins, resolve_plugin
+from gopd_lab.teacher_types import unknown_type as unknown_teacher_type
 
+RUN_RECORD = "run_record"
+"""The key of ``config.json`` beside the fields: what the run was made with (world, resolved models, evaluator,
+version, git commit, command line; ``gopd_lab.loop.record``). Reading a config file skips it."""
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
+LAM_SCHEDULES = ("constant", "linear")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 TRL_ALIASES = {
     "learning_rate": "lr",
@@ -38,6 +44,14 @@ fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up).
 class RunConfig:
     """Everything one G-OPD run needs. Saved as ``config.json`` in the run dir."""
 
+    plugins: list[str] | str = field(default_factory=list)
+    """Your extensions, imported first thing in validation (so the fields below may name what they register: a
+    task, estimator, method or teacher type): module names on ``sys.path`` or ``.py`` files (kept as absolute
+    paths, so a resumed run and every sweep point import the same file). See docs/extending.md."""
+    world: str = ""
+    """The embedded data world the tasks and ``zoo:`` models come from: ``v2`` or ``v1``; empty = the
+    ``GOPD_LAB_WORLD`` environment variable, else ``v2``. Recorded in config.json, so a resumed run or a reader
+    knows which weights ``zoo:teacher-add`` meant; loading a run's models and tasks switches to it."""
     method: str = "gopd"
     """``gopd`` (OPD / G-OPD / ExOPD from a teacher), ``sdpo`` (the teacher is the student re-prompted with
     feedback), ``sft`` (supervised on the tasks' answers), ``offpolicy`` (SFT on completions the teacher
@@ -46,12 +60,22 @@ class RunConfig:
     student: str = ""
     """Student model: a Hugging Face hub id or a local directory (loaded with ``from_pretrained``)."""
     teacher: str | dict[str, str] = ""
-    """Teacher: an id/path, or ``{domain: id/path}`` for multi-teacher runs (each prompt's domain picks its teacher)."""
+    """Teacher: an id/path, ``zoo:<name>``, a teacher server's URL, a registered teacher type ``<type>:<argument>``
+    (``ensemble:zoo:teacher-add,zoo:teacher-mul``, :mod:`gopd_lab.teacher_types`), or ``{domain: ...}`` for
+    multi-teacher runs (each prompt's domain picks its teacher)."""
     reference: str | dict[str, str] = "student"
     """Reference π_R: ``"student"`` (the student's initial weights), an id/path (e.g. the teacher's pre-RL base,
     "reward correction"), or ``{domain: ...}``. Never run when λ = 1."""
     lam: float | dict[str, float] = 1.0
     """Reward scale λ > 0: 1 = OPD, (0, 1) interpolation, > 1 ExOPD. A float or ``{domain: λ}``."""
+    lam_schedule: str = "constant"
+    """λ over the steps, beside ``mu_schedule``: ``constant`` (``lam`` throughout) or ``linear`` (from ``lam_start``
+    at step 0 to ``lam`` at step ``lam_warmup_steps``, then ``lam``; per domain with a ``{domain: λ}``). Applied
+    when the step scores (``ctx.score``), before any target is formed. ``lam_mode='fixed'`` only."""
+    lam_start: float = 1.0
+    """λ at step 0 of the ``linear`` ``lam_schedule`` (1 = start as OPD)."""
+    lam_warmup_steps: int = 0
+    """Steps of the ``linear`` ``lam_schedule`` from ``lam_start`` to ``lam``."""
     estimator: str = "sampled"
     """Update estimator: ``sampled`` (policy gradient on sampled tokens), ``full`` (per-state KL to the target over
     the whole vocabulary), ``topk`` (same on the teacher's top-k plus a tail bucket), ``jsd`` (generalised JSD(β))."""
@@ -222,6 +246,15 @@ class RunConfig:
     ``(1/B') Σ_b (Σ_t m·ℓ / Σ_t m)`` over the ``B'`` non-empty rows (every completion weighs the same; the
     official verl G-OPD run's effective normalisation). See docs/metrics.md."""
 
+    headroom_check: str = "off"
+    """Before a fresh run trains: does each task's teacher know the task? ``off``; ``warn`` or ``refuse``: its
+    greedy accuracy on ``headroom_prompts`` test prompts of each task below ``headroom_min_acc`` warns, or stops
+    the run with a message naming the task and the teacher ("no teacher here knows this task")."""
+    headroom_prompts: int = 16
+    """Test prompts per task the headroom check decodes (greedy, the teacher alone)."""
+    headroom_min_acc: float = 0.1
+    """The teacher's greedy accuracy below which the headroom check warns or refuses."""
+
     # -- report_to: metrics to experiment trackers (gopd_lab.loop.trackers)
     report_to: str | list[str] = "none"
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
@@ -235,6 +268,21 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
             setattr(self, name, _json_text(name, getattr(self, name)))
+        if isinstance(self.plugins, str):  # "a.py,b" from the shell or a papermill parameter
+            self.plugins = [p.strip() for p in self.plugins.split(",") if p.strip()]
+        if not isinstance(self.plugins, list):
+            raise ConfigError(f"plugins must be a list of module names or .py paths, got {self.plugins!r}")
+        self.plugins = [resolve_plugin(p) if isinstance(p, str) else p for p in self.plugins]
+        load_plugins(self.plugins)  # before any check: they register what the fields below may name
+        from gopd_lab.tasks.arith import WORLDS  # here: `python -m gopd_lab.tasks.arith` must not find it imported
+        from gopd_lab.tasks.arith import world as current_world
+
+        try:
+            self.world = self.world or current_world()  # the variable only defaults the field
+        except ValueError as err:
+            raise ConfigError(f"{err} (or set world= in the config)") from None
+        if self.world not in WORLDS:
+            raise ConfigError(f"world must be one of {sorted(WORLDS)} (or empty: $GOPD_LAB_WORLD), got {self.world!r}")
         from gopd_lab.config_checks import check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
@@ -340,10 +388,37 @@ class RunConfig:
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")
         if isinstance(self.teacher, dict) and not self.teacher:
             raise ConfigError("teacher is an empty dict; give {domain: path} or one path")
+        for role in ("teacher", "reference"):
+            specs = getattr(self, role)
+            for spec in specs.values() if isinstance(specs, dict) else [specs]:
+                if reason := unknown_teacher_type(spec):
+                    raise ConfigError(f"{role}: {reason}")
         unknown = [t for t in self.report_targets if t not in REPORT_TO]
         if unknown:
             raise ConfigError(f"report_to must be one of {REPORT_TO} or a list of them, got {unknown}")
         self._check_lam_mode()
+        self._check_lam_schedule()
+        if self.headroom_check not in ("off", "warn", "refuse"):
+            raise ConfigError(f"headroom_check must be off, warn or refuse, got {self.headroom_check!r}")
+        if self.headroom_prompts < 1 or not 0.0 <= self.headroom_min_acc <= 1.0:
+            raise ConfigError(
+                f"need headroom_prompts >= 1 and headroom_min_acc in [0, 1], got {self.headroom_prompts}, "
+                f"{self.headroom_min_acc}"
+            )
+
+    def _check_lam_schedule(self) -> None:
+        if self.lam_schedule not in LAM_SCHEDULES:
+            raise ConfigError(f"lam_schedule must be one of {LAM_SCHEDULES}, got {self.lam_schedule!r}")
+        if not (math.isfinite(self.lam_start) and self.lam_start > 0) or self.lam_warmup_steps < 0:
+            raise ConfigError(
+                f"need lam_start > 0 and lam_warmup_steps >= 0, got {self.lam_start}, {self.lam_warmup_steps}"
+            )
+        if self.lam_schedule == "constant":
+            return
+        if self.lam_warmup_steps < 1:
+            raise ConfigError("lam_schedule='linear' ramps over lam_warmup_steps: set lam_warmup_steps >= 1")
+        if not get_method(self.method).uses_lam or self.lam_mode != "fixed":
+            raise ConfigError(f"lam_schedule='linear' needs method {_lam_methods()} with lam_mode='fixed'")
 
     def _check_lam_mode(self) -> None:
         """The lineage's knobs (issue 15): every knob's range whatever the mode, then what the mode needs."""
@@ -404,11 +479,6 @@ class RunConfig:
         return self.lam_mode in ("reopd", "agopd")
 
     @property
-    def rl_method(self) -> str:
-        """The update rule behind the method: ``gopd`` (G-OPD advantages), ``grpo`` or ``sft``."""
-        return get_method(self.method).update_rule
-
-    @property
     def task_names(self) -> list[str]:
         """``tasks`` as a list of names (a comma-separated string is split)."""
         if isinstance(self.tasks, str):
@@ -440,6 +510,7 @@ class RunConfig:
         and its options this way, then validates once)."""
         names = {f.name for f in dataclasses.fields(cls)}
         data = dict(data)
+        data.pop(RUN_RECORD, None)  # a run's config.json: the record of what it was made with, not a field
         for alias, name in TRL_ALIASES.items():
             if alias in data:
                 if name in data:

@@ -117,7 +117,8 @@ def check_tasks(cfg) -> None:
             continue
         raise ConfigError(
             f"tasks: unknown task {name!r}; registered tasks are {known} (or give a .jsonl path; "
-            "register_task(...) a task of your own before creating the RunConfig)"
+            "register_task(...) a task of your own before creating the RunConfig, or name the module that "
+            "registers it in plugins=[...])"
         )
 
 

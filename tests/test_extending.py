@@ -1,5 +1,6 @@
 """docs/extending.md works as written: its ```python blocks, run top to bottom in one fresh interpreter (a new
-estimator, teacher type, task and method, each trained for two steps on the zoo)."""
+estimator, teacher type, task and method, a λ ramp, a GKD-style mixed on/off-policy method, each trained for two
+steps on the zoo, and a plugin file named in a config)."""
 
 import os
 import re
@@ -19,8 +20,9 @@ def python_blocks(path: Path) -> list[str]:
 def test_the_page_has_one_example_per_extension_point():
     text = (ROOT / "docs/extending.md").read_text()
     blocks = python_blocks(ROOT / "docs/extending.md")
-    assert len(blocks) == 5
-    for call in ("register_estimator", "models.teachers", "register_task", "register_method"):
+    assert len(blocks) == 8
+    assert 'policy="teacher"' in text and "ctx.score(rollout, lam=lam)" in text
+    for call in ("register_estimator", "register_teacher_type", "register_task", "register_method", "plugins"):
         assert call in text
 
 

@@ -6,9 +6,10 @@ import copy
 import pytest
 import torch
 
+from gopd_lab.config import RunConfig
 from gopd_lab.lm.models import Models, freeze
 from gopd_lab.lm.rollout import encode_prompts, sample
-from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.loop.update import update
 from gopd_lab.scorers.score import score_rollout
 from gopd_lab.world.tiny import tiny_model
 from gopd_lab.world.tokenizer import build_char_tokenizer
@@ -59,8 +60,8 @@ def test_micro_batched_bf16_autocast_step_on_cuda_matches_the_whole_batch(world,
     out = []
     for micro in (0, 4):
         s = copy.deepcopy(student)
-        settings = UpdateSettings(estimator=estimator, micro_batch_size=micro, autocast_dtype=torch.bfloat16)
-        update(s, torch.optim.SGD(s.parameters(), lr=1.0), scored, settings)
+        cfg = RunConfig(estimator=estimator, micro_batch_size=micro)
+        update(s, torch.optim.SGD(s.parameters(), lr=1.0), scored, cfg, autocast_dtype=torch.bfloat16)
         out.append(torch.cat([p.detach().flatten() for p in s.parameters()]))
     assert torch.allclose(out[0], out[1], atol=1e-3)  # bf16 matmuls: equal up to bf16 rounding of the sums
 

@@ -1,9 +1,10 @@
-"""The package's layout is its architecture: folders import each other without a cycle.
+"""The package's layout is its architecture: folders import each other without a cycle, and so do modules.
 
 Every ``import`` of every module is read with ``ast`` (function-local ones included: an import inside a function to
-dodge a cycle is still a dependency). A module inside a folder (``gopd_lab/loop/train.py``) counts as its folder
-(``loop``), a top-level module (``gopd_lab/config.py``) as itself. ``gopd_lab/__init__.py`` (which re-exports the
-public names) and the deprecated re-export modules at old paths sit above everything and are left out.
+dodge a cycle is still a dependency). In the folder graph a module inside a folder (``gopd_lab/loop/train.py``)
+counts as its folder (``loop``), a top-level module (``gopd_lab/config.py``) as itself; in the module graph every
+module is its own node (a package's ``__init__`` is the package's name). ``gopd_lab/__init__.py`` (which re-exports
+the public names) and the deprecated re-export modules at old paths sit above everything and are left out.
 """
 
 import ast
@@ -55,6 +56,40 @@ def folder_graph() -> dict[str, set[str]]:
     return graph
 
 
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """``{module: modules it imports}`` over the package, every module its own node (``lm.models``; a package is
+    its ``__init__``). ``from gopd_lab.lm import vocab`` is an edge to ``lm.vocab`` when that is a module."""
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = _module_name(path)
+        if src in SHIMS or src == "":
+            continue
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                here = src.split(".") if path.name == "__init__.py" else src.split(".")[:-1]
+                if node.level:
+                    base = here[: len(here) - node.level + 1]
+                    mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                elif node.module and node.module.split(".")[0] == "gopd_lab":
+                    mod = node.module.partition(".")[2]
+                else:
+                    continue
+                for alias in node.names:  # `from gopd_lab.lm import vocab`: the submodule itself
+                    sub = f"{mod}.{alias.name}" if mod else alias.name
+                    targets.add(sub if sub in modules else mod)
+            elif isinstance(node, ast.Import):
+                targets.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("gopd_lab."))
+        graph[src] = {t for t in targets if t and t != src and t not in SHIMS}
+    return graph
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of ``graph`` as a list of nodes (first == last), or None."""
     state: dict[str, int] = {}
@@ -84,6 +119,28 @@ def test_the_folders_import_each_other_without_a_cycle():
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
 
 
+EXEMPT_EDGES = {("tasks.base", "tasks.hfdata")}
+"""The one module cycle left, tasks.base → tasks.hfdata → tasks.mathjsonl → tasks.base: another change rewrites
+tasks/hfdata.py and removes it; the lead deletes this exemption when the two are merged."""
+
+
+def test_no_module_imports_itself_through_others():
+    """No cycle at module granularity either (function-local imports included): lm/ once ran logprobs → rollout →
+    models → vocab → logprobs for one constant, loop/ evaluate ↔ headroom."""
+    graph = module_graph()
+    assert {"lm.models", "lm.logprobs", "loop.train", "methods.gopd", "config"} <= set(graph)
+    for a, b in EXEMPT_EDGES:
+        graph[a].discard(b)
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+def test_the_module_graph_sees_the_cycles_it_forbids():
+    graph = module_graph()
+    assert "lm.vocab" in graph["lm.logprobs"] and "lm.target" in graph["loop.evaluate"]
+    graph["lm.vocab"].add("lm.logprobs")  # the old constant's import
+    assert find_cycle(graph) is not None
+
+
 def test_the_cycle_finder_sees_the_old_flat_cycle():
     """Today's layout would fail: the flat modules' eleven-module cycle (models ↔ score ↔ teacher_server…)."""
     old = {"models": {"teacher_server", "zoo"}, "teacher_server": {"models", "scoring"}, "zoo": {"train"}}
@@ -108,3 +165,16 @@ def test_the_checkpoint_loader_knows_no_method_and_no_served_teacher():
     assert "methods" in load and "scorers.remote" in load and "scorers.self_teacher" in load
     source = (PACKAGE / "loop" / "load.py").read_text()
     assert "cfg.method ==" not in source and '"sdpo"' not in source
+
+
+def test_the_package_docstrings_name_only_their_own_modules():
+    """A folder's docstring lists its modules as ``name``; each one is a module of that folder, and every module of
+    the folder is listed (names of other folders are written out, ``gopd_lab.lm.logprobs``)."""
+    import re
+
+    for folder in ("loop", "scorers", "scale", "lm"):
+        doc = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
+        named = {n for n in re.findall(r"``([a-z_]+)``", doc)}
+        modules = {p.stem for p in (PACKAGE / folder).glob("*.py")} - {"__init__"}
+        assert named <= modules, (folder, named - modules)
+        assert modules <= named, (folder, modules - named)

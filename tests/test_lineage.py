@@ -10,7 +10,6 @@ import torch
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.lm.rollout import Rollout
 from gopd_lab.loop.train import train
-from gopd_lab.loop.update import UpdateSettings
 from gopd_lab.methods import LamState, lineage_signal
 from gopd_lab.objectives import (
     agopd_lambda,
@@ -131,12 +130,14 @@ def _scored(b=2, c=3, **kw) -> Scored:
     return Scored(**base)
 
 
-def _settings(mode: str, **knobs) -> UpdateSettings:
+def _settings(mode: str, **knobs) -> RunConfig:
+    """A config with ``lam_mode`` and knobs set after validation (the rule's math alone, e.g. a fixed ``mode`` on
+    a config without the method it would need)."""
     cfg = RunConfig(tasks="add")
-    s = UpdateSettings.from_config(cfg)
-    s.lam_mode = mode
-    s.lineage.update(knobs)
-    return s
+    cfg.lam_mode = mode
+    for name, value in knobs.items():
+        setattr(cfg, name, value)
+    return cfg
 
 
 def test_lineage_signal_fixed_equals_plain_gopd_advantages():
@@ -257,9 +258,8 @@ def test_entropy_mode_loss_is_forward_kl_above_and_opd_below_the_threshold(tiny_
     losses = {}
     for name, threshold in (("all", -1.0), ("none", 1e9)):
         scored = score_rollout(models, rollout, 1.0, entropy_threshold=threshold)
-        s = UpdateSettings.from_config(cfg)
-        s.lam_mode = "entropy"
-        s.lineage["entropy_threshold"] = threshold
+        s = cfg.replace(lam_mode="entropy")
+        s.entropy_threshold = threshold  # -1: every state is above it (a value validation refuses)
         losses[name] = update(models.student, opt, scored, s).metrics
     with torch.no_grad():
         want, _ = jsd_loss(
@@ -270,7 +270,7 @@ def test_entropy_mode_loss_is_forward_kl_above_and_opd_below_the_threshold(tiny_
         )
     assert losses["all"]["entropy_high_frac"] == 1.0 and losses["none"]["entropy_high_frac"] == 0.0
     assert losses["all"]["loss"] == pytest.approx(float(want), rel=1e-5)
-    fixed = update(models.student, opt, score_rollout(models, rollout, 1.0), UpdateSettings.from_config(cfg))
+    fixed = update(models.student, opt, score_rollout(models, rollout, 1.0), cfg)
     assert losses["none"]["loss"] == pytest.approx(fixed.metrics["loss"], rel=1e-6)
 
 

@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
+from gopd_lab.config import RunConfig
 from gopd_lab.lm.models import Models, freeze
 from gopd_lab.lm.rollout import encode_prompts, sample, teacher_forced
-from gopd_lab.loop.update import UpdateSettings, enable_gradient_checkpointing, micro_batches, update
+from gopd_lab.loop.update import enable_gradient_checkpointing, micro_batches, update
 from gopd_lab.scorers.score import Scored, score_rollout
 from gopd_lab.world.tiny import tiny_model
 from gopd_lab.world.tokenizer import build_char_tokenizer
@@ -56,17 +57,17 @@ def _scored(world, method: str, estimator: str) -> Scored:
 
 CASES = [
     ("gopd", "sampled", {}),
-    ("gopd", "sampled", {"epochs": 2, "clip_eps": 0.2}),
+    ("gopd", "sampled", {"epochs_per_batch": 2, "clip_eps": 0.2}),
     ("gopd", "full", {}),
     ("gopd", "full", {"lazy": True}),  # the target formed chunk by chunk in the update (forced at this size)
     ("gopd", "topk", {}),
     ("gopd", "jsd", {"jsd_beta": 0.5}),
     ("sft", "sampled", {}),
-    ("grpo", "sampled", {"group_size": 2, "kl_coef": 0.1}),
-    ("chord", "sampled", {"group_size": 2, "mu": 0.3}),
+    ("grpo", "sampled", {"samples_per_prompt": 2, "kl_coef": 0.1}),
+    ("chord", "sampled", {"samples_per_prompt": 2, "mu": 0.3}),
     ("gopd", "sampled", {"loss_agg": "seq-mean-token-mean"}),
     ("gopd", "full", {"loss_agg": "seq-mean-token-mean"}),
-    ("chord", "sampled", {"group_size": 2, "mu": 0.3, "loss_agg": "seq-mean-token-mean"}),
+    ("chord", "sampled", {"samples_per_prompt": 2, "mu": 0.3, "loss_agg": "seq-mean-token-mean"}),
 ]
 
 
@@ -76,8 +77,7 @@ def _step(world, method, estimator, kw, micro: int, checkpointing: bool = False)
     if checkpointing:
         enable_gradient_checkpointing(student)
     optimizer = torch.optim.SGD(student.parameters(), lr=1.0)  # weight change = the (clipped) gradient itself
-    rl = {"chord": "grpo"}.get(method, method)
-    s = UpdateSettings(method=rl, estimator=estimator, micro_batch_size=micro, **kw)
+    s = RunConfig(method=method, estimator=estimator, micro_batch_size=micro, **kw)
     result = update(student, optimizer, _scored(world, method, estimator), s)
     return student, result
 
@@ -191,13 +191,14 @@ def test_micro_batches_leave_every_lam_mode_unchanged(world, lam_mode, epochs):
     def step(micro):
         student = copy.deepcopy(models.student)
         optimizer = torch.optim.SGD(student.parameters(), lr=1.0)
-        s = UpdateSettings(
+        s = RunConfig(
             method="gopd",
             estimator="sampled",
             micro_batch_size=micro,
             lam_mode=lam_mode,
-            lineage=knobs,
-            epochs=epochs,
+            tasks="add" if lam_mode == "gated" else "",
+            **knobs,
+            epochs_per_batch=epochs,
             clip_eps=0.2 if epochs > 1 else None,
         )
         return student, update(student, optimizer, scored, s)

@@ -13,8 +13,8 @@ from gopd_lab.lm.logprobs import student_forward, token_logprobs
 from gopd_lab.lm.rollout import encode_prompts, sample
 from gopd_lab.loop.load import load_models
 from gopd_lab.loop.schedules import mu_at
-from gopd_lab.loop.update import UpdateSettings, compute_loss, expert_sft_loss, mix_expert_sft
-from gopd_lab.objectives import chord_phi, group_advantages, sft_loss
+from gopd_lab.loop.update import expert_sft_loss, update
+from gopd_lab.objectives import chord_phi, group_advantages, sampled_loss, sft_loss
 from gopd_lab.scorers.score import Scored
 from gopd_lab.scorers.self_teacher import build_self_teacher_view, ema_update, feedback_texts, teacher_prompt
 from gopd_lab.tasks import load_tasks
@@ -72,15 +72,15 @@ def grpo_batch(tiny_dirs):
 @pytest.mark.parametrize("mu", [0.0, 1.0])
 def test_mu_zero_is_grpo_and_mu_one_is_phi_weighted_sft(grpo_batch, mu):
     student, scored = grpo_batch
-    s = UpdateSettings(method="grpo", group_size=2, mu=mu)
+    cfg = RunConfig(method="grpo", samples_per_prompt=2, mu=mu)
+    result = update(student, torch.optim.SGD(student.parameters(), lr=0.0), scored, cfg)
     out = student_forward(student, scored.rollout)
     adv = group_advantages(scored.rewards, 2)[:, None] * scored.rollout.completion_mask
-    grpo, _ = compute_loss(scored, out, adv, s, None)
-    mixed, extra = mix_expert_sft(student, grpo, scored.expert, s)
-    sft, _ = expert_sft_loss(student, scored.expert, s)
+    grpo, _ = sampled_loss(out.lp, adv, scored.rollout.completion_mask.float())  # on-policy: −mean A_t
+    sft, _ = expert_sft_loss(student, scored.expert, cfg)
     target = grpo if mu == 0 else sft
-    assert mixed.item() == pytest.approx(target.item(), abs=1e-7)
-    assert extra["mu"] == mu
+    assert result.metrics["loss"] == pytest.approx(target.item(), abs=1e-6)
+    assert result.metrics.get("mu", 0.0) == mu
     # the φ-weighted SFT value by hand
     lp = token_logprobs(student, scored.expert)
     mask = scored.expert.completion_mask.float()

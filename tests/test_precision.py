@@ -9,7 +9,7 @@ from gopd_lab import RunConfig
 from gopd_lab.lm.models import Models, freeze
 from gopd_lab.lm.rollout import encode_prompts, sample
 from gopd_lab.loop.load import load_models
-from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.loop.update import update
 from gopd_lab.scorers.score import score_rollout
 from gopd_lab.world.tiny import tiny_model
 from gopd_lab.world.tokenizer import build_char_tokenizer
@@ -35,7 +35,7 @@ def _step(student, teacher, rollout, estimator, autocast_dtype, lr):
     scored = score_rollout(Models(student, None, {"default": teacher}), rollout, 1.0, estimator=estimator)
     before = _matrices(student)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
-    result = update(student, optimizer, scored, UpdateSettings(estimator=estimator, autocast_dtype=autocast_dtype))
+    result = update(student, optimizer, scored, RunConfig(estimator=estimator), autocast_dtype=autocast_dtype)
     after = _matrices(student)
     changed = sum(int((after[n] != before[n]).sum()) for n in before) / sum(v.numel() for v in before.values())
     return result, changed
@@ -62,9 +62,7 @@ def test_the_autocast_step_is_close_to_the_float32_step(world, estimator):
         s = copy.deepcopy(student)
         scored = score_rollout(Models(s, None, {"default": teacher}), rollout, 1.0, estimator=estimator)
         before = _matrices(s)
-        update(
-            s, torch.optim.SGD(s.parameters(), lr=1.0), scored, UpdateSettings(estimator=estimator, autocast_dtype=amp)
-        )
+        update(s, torch.optim.SGD(s.parameters(), lr=1.0), scored, RunConfig(estimator=estimator), autocast_dtype=amp)
         after = _matrices(s)
         deltas[amp] = torch.cat([(after[n] - before[n]).flatten() for n in before])
     cos = torch.nn.functional.cosine_similarity(deltas[None], deltas[torch.bfloat16], dim=0)
@@ -159,10 +157,9 @@ def test_reference_student_scores_like_the_student_at_step_0_under_bf16(tiny_dir
     assert next(models.reference_for("x").parameters()).dtype == torch.float32
     prompts = encode_prompts(models.tokenizer, ["12+7=", "ab", "x", "9-2="])
     collector = Collector(cfg, models, {}, prompts, torch.Generator().manual_seed(0), tmp_path)
-    rollout = collector.rollout([0, 1, 2, 3])
-    scored = collector.score(rollout)
-    settings = UpdateSettings.from_config(cfg, models.autocast_dtype)
-    lp_student = _rollout_logprobs(models.student, scored, [(0, len(rollout))], settings)
+    rollout = collector.sample([0, 1, 2, 3])
+    scored = collector.teacher_scores(rollout, cfg.lam)
+    lp_student = _rollout_logprobs(models.student, scored, [(0, len(rollout))], cfg, models.autocast_dtype)
     mask = rollout.completion_mask.bool()
     gap = (lp_student - scored.lp_reference)[mask].abs().max()
     assert gap < 1e-5, gap

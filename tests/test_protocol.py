@@ -1,7 +1,5 @@
 """The comparison protocol: loss aggregation (closed forms), the on-policy temperature rule, a fixed evaluation seed."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -9,8 +7,10 @@ from gopd_lab import RunConfig, train
 from gopd_lab.config import ConfigError
 from gopd_lab.lm.logprobs import student_forward
 from gopd_lab.lm.rollout import Rollout
-from gopd_lab.loop.update import UpdateSettings, compute_loss, loss_weights
-from gopd_lab.objectives import masked_mean
+from gopd_lab.loop.update import loss_weights, update
+from gopd_lab.methods import get_method
+from gopd_lab.methods.method import Objective
+from gopd_lab.objectives import LossInput, masked_mean
 from gopd_lab.scorers.score import Scored
 from gopd_lab.world.tiny import tiny_model
 
@@ -44,6 +44,24 @@ def ragged():
     return student, rollout
 
 
+class GivenAdvantages(Objective):
+    """The method's loss with advantages given by hand (instead of its own A_t)."""
+
+    def __init__(self, advantages, cfg):
+        self.advantages, self.cfg = advantages, cfg
+
+    def __call__(self, part, rows, out, lp_student, lp_old, weights):
+        A_t = self.advantages[rows]  # (b, C)
+        loss, metrics = get_method(self.cfg.method).loss(LossInput(out, part, A_t, weights, self.cfg, lp_old))
+        return loss, A_t, metrics
+
+
+def loss_of(student, scored, advantages, cfg) -> float:
+    """The loss :func:`update` reports for ``advantages`` (a step of lr 0: the weights stay)."""
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
+    return update(student, optimizer, scored, cfg, objective=GivenAdvantages(advantages, cfg)).metrics["loss"]
+
+
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_sampled_and_full_losses_follow_the_aggregation_by_hand(ragged, agg):
     student, rollout = ragged
@@ -57,27 +75,25 @@ def test_sampled_and_full_losses_follow_the_aggregation_by_hand(ragged, agg):
 
     adv = torch.tensor([[0.5, -1.0, 2.0, 0.0], [3.0, 0.0, 0.0, 0.0], [-2.0, 1.0, 0.0, 0.0]])
     scored = Scored(rollout=rollout, lam=torch.ones(3), lp_teacher=torch.zeros(3, 4))
-    s = UpdateSettings(method="gopd", estimator="sampled", loss_agg=agg)
-    out = student_forward(student, rollout)
-    loss, _ = compute_loss(scored, out, adv, s, None)
-    assert loss.item() == pytest.approx(-by_hand(adv).item(), rel=1e-6)  # on-policy: ratio 1, loss = −mean A
+    s = RunConfig(method="gopd", estimator="sampled", loss_agg=agg)
+    loss = loss_of(student, scored, adv, s)
+    assert loss == pytest.approx(-by_hand(adv).item(), rel=1e-6)  # on-policy: ratio 1, loss = −mean A
 
     out = student_forward(student, rollout, full=True)
     target = torch.log_softmax(torch.randn(out.logp.shape, generator=torch.Generator().manual_seed(0)), -1)
     scored.target = target
-    loss, _ = compute_loss(scored, out, adv, dataclasses.replace(s, estimator="full"), None)
+    loss = loss_of(student, scored, adv, s.replace(estimator="full"))
     kl = (out.logp.exp() * (out.logp - target)).sum(-1)  # (N,) per-state KL
-    assert loss.item() == pytest.approx(by_hand(out.positions.scatter(kl.detach())).item(), rel=1e-5)
+    assert loss == pytest.approx(by_hand(out.positions.scatter(kl.detach())).item(), rel=1e-5)
 
 
 def test_the_two_aggregations_differ_on_ragged_rows(ragged):
     student, rollout = ragged
     adv = torch.tensor([[1.0, 1.0, 1.0, 0.0], [-3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     scored = Scored(rollout=rollout, lam=torch.ones(3), lp_teacher=torch.zeros(3, 4))
-    out = student_forward(student, rollout)
-    token, _ = compute_loss(scored, out, adv, UpdateSettings(loss_agg="token-mean"), None)
-    seq, _ = compute_loss(scored, out, adv, UpdateSettings(loss_agg="seq-mean-token-mean"), None)
-    assert token.item() == pytest.approx(0.0) and seq.item() == pytest.approx(-(1 - 3 + 0) / 3)
+    token = loss_of(student, scored, adv, RunConfig(loss_agg="token-mean"))
+    seq = loss_of(student, scored, adv, RunConfig(loss_agg="seq-mean-token-mean"))
+    assert token == pytest.approx(0.0, abs=1e-7) and seq == pytest.approx(-(1 - 3 + 0) / 3)
 
 
 def test_temperature_other_than_1_is_refused_where_the_update_is_on_policy():

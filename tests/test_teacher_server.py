@@ -17,7 +17,7 @@ from gopd_lab.lm.models import ModelLoadError, Models, load_model, load_tokenize
 from gopd_lab.lm.rollout import Rollout, left_pad
 from gopd_lab.loop.load import load_models
 from gopd_lab.loop.train import train
-from gopd_lab.loop.update import UpdateSettings, advantages_for
+from gopd_lab.methods import get_method
 from gopd_lab.scale import teacher_server
 from gopd_lab.scale.teacher_server import (
     RemoteScorer,
@@ -129,8 +129,9 @@ def test_remote_scoring_equals_in_process(local, servers, estimator, mode):
     ):
         _close(getattr(got, name), getattr(want, name))
     lp_student = token_logprobs(local["student"], ro)
-    settings = UpdateSettings(estimator=estimator)
-    _close(advantages_for(got, lp_student, settings), advantages_for(want, lp_student, settings))
+    cfg = RunConfig(estimator=estimator)
+    gopd = get_method("gopd")  # G-OPD's A_t from the remote and the in-process scores
+    _close(gopd.advantages(got, lp_student, cfg), gopd.advantages(want, lp_student, cfg))
 
 
 def test_remote_jsd_target_and_reference_logprobs(local, servers):

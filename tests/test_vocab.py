@@ -10,7 +10,7 @@ from gopd_lab.lm.models import ModelLoadError
 from gopd_lab.lm.rollout import encode_prompts, sample
 from gopd_lab.lm.vocab import VocabConflict, compare_vocabularies
 from gopd_lab.loop.load import load_models
-from gopd_lab.loop.update import UpdateSettings, update
+from gopd_lab.loop.update import update
 from gopd_lab.scorers.score import score_rollout
 from gopd_lab.world.tiny import tiny_config
 from gopd_lab.world.tokenizer import build_char_tokenizer
@@ -163,7 +163,7 @@ def test_every_estimator_runs_with_padded_and_extended_vocabularies(models, esti
         assert scored.target.shape == (int(ro.completion_mask.sum()), N_CHAR + 4)
     student = copy.deepcopy(models.student)
     before = [p.detach().clone() for p in student.parameters()]
-    result = update(student, torch.optim.SGD(student.parameters(), lr=0.1), scored, UpdateSettings(estimator=estimator))
+    result = update(student, torch.optim.SGD(student.parameters(), lr=0.1), scored, RunConfig(estimator=estimator))
     assert all(torch.isfinite(torch.tensor(float(v))) for v in result.metrics.values())
     assert any(not torch.equal(p, q) for p, q in zip(student.parameters(), before))
     assert all(torch.isfinite(p).all() for p in student.parameters())

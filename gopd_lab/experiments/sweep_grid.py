@@ -8,11 +8,11 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gopd_lab.config import ConfigError, load_yaml, parse_value
+from gopd_lab.config import ConfigError, RunConfig, load_yaml, parse_value
 
 INJECTED = ("out_dir", "torch_threads")
 """Parameters the sweep sets itself: ``out_dir`` (required: the point's run dir) and ``torch_threads``
@@ -122,7 +122,17 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
             if isinstance(target, ast.Name) and target.id not in params:
                 value = getattr(node, "value", None)
                 params[target.id] = _literal(ast.get_source_segment(cells[0].source, value)) if value else None
+    if any(c.cell_type == "code" and "point_config(" in c.source for c in nb.cells):
+        params = {**config_defaults(), **params}  # it reads every RunConfig field: each one is a parameter
     return params
+
+
+def config_defaults() -> dict[str, Any]:
+    """``{field: default}`` of :class:`RunConfig` (the parameters a :func:`point_config` notebook also takes)."""
+    out = {}
+    for f in fields(RunConfig):
+        out[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+    return out
 
 
 def _literal(source: str | None) -> Any:
@@ -130,6 +140,31 @@ def _literal(source: str | None) -> Any:
         return ast.literal_eval(source) if source is not None else None
     except (ValueError, SyntaxError):
         return source
+
+
+# ----------------------------------------------------------------------------- a point's config
+_KERNEL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+"""Names IPython puts in a notebook's namespace (not parameters)."""
+
+
+def point_config(namespace: dict[str, Any], *, knobs: tuple[str, ...] = (), **fixed: Any) -> RunConfig:
+    """A point notebook's :class:`RunConfig` from its parameters: every public plain value of ``namespace``
+    (the notebook's ``globals()`` right after its parameters cell and papermill's injected one) except the
+    notebook's own ``knobs`` (``torch_threads``, an arm's name), plus ``fixed``, through
+    :meth:`RunConfig.from_dict`. A parameter that is no config field is one :class:`ConfigError` naming it, so a
+    new field, a plugin's method or task can be swept without editing the notebook."""
+    plain = (str, int, float, bool, list, dict, type(None))
+    params = {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and k not in _KERNEL_NAMES and k not in knobs and isinstance(v, plain)
+    }
+    try:
+        return RunConfig.from_dict({**params, **fixed})
+    except ConfigError as err:
+        if str(err).startswith("unknown config field"):
+            raise ConfigError(f"{err} (a knob of the notebook itself? pass it in knobs=...)") from None
+        raise
 
 
 # ----------------------------------------------------------------------------- grid → points

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gopd_lab.lm.precision import compute_dtype
 from gopd_lab.lm.rollout import Rollout, position_ids_from_mask
+from gopd_lab.lm.vocab import MASKED_LOGIT  # the logit of a token the student may not emit
 
 CHUNK_BYTES = 32 * 2**20
 """Float32 logits per chunk on CPU when ``chunk_tokens == 0``: ~55 rows at V = 151,936, so the LM head (``V × H``) is
@@ -28,9 +29,6 @@ and 64 MiB (the chunk no longer fits the last-level cache)."""
 CUDA_CHUNK_BYTES = 2**30
 """The same on CUDA: ~1,700 rows at V = 151,936, so the LM head (``V × H``) is read once per ~1,700 positions
 instead of once per 13; the chunk's logits are a small share of an accelerator's memory."""
-MASKED_LOGIT = -1e4
-"""The logit of a token the student may not emit (see :mod:`gopd_lab.lm.vocab`): ``exp`` of it is exactly 0 in float32,
-and unlike ``-inf`` it keeps ``p · log p`` and ``log p − log q`` finite (0 and a number) at those tokens."""
 
 
 @dataclass

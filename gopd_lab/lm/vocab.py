@@ -9,7 +9,7 @@ When the vocabularies or the output widths differ, every model's logits are brou
 width ``W`` and one set of *allowed* ids: those in the student's tokenizer, in every teacher's / reference's
 tokenizer and below every output width. Ids on one side only and the rows an output layer is padded with beyond
 its tokenizer (151,936 vs 152,064 between Qwen2.5 sizes; Qwen3's 151,936 rows over ~151,669 tokens, even with
-a teacher of the same tokenizer and width) get the logit :data:`~gopd_lab.lm.logprobs.MASKED_LOGIT`:
+a teacher of the same tokenizer and width) get the logit :data:`MASKED_LOGIT`:
 the student never samples them, and each distribution (teacher, reference, target, student) is renormalised
 over the allowed ids, so every estimator compares distributions of the same support and width. Models whose
 tokenizers and widths agree exactly, with no padded row, are left untouched.
@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gopd_lab.lm.logprobs import MASKED_LOGIT
-
 log = logging.getLogger(__name__)
+
+MASKED_LOGIT = -1e4
+"""The logit of a token the student may not emit: ``exp`` of it is exactly 0 in float32, and unlike ``-inf`` it
+keeps ``p · log p`` and ``log p − log q`` finite (0 and a number) at those tokens."""
 
 
 SPECIAL_TOKEN_ATTRS = ("bos_token", "eos_token", "pad_token", "unk_token")

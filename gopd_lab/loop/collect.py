@@ -6,6 +6,7 @@
 - ``grpo`` / ``chord``: the student samples, the verifier rewards it (reference log-probs for a KL term).
 - ``sft`` / ``offpolicy``: teacher-forced batches of expert answers (the tasks', or the teacher's own
   completions generated once at the start).
+- A recipe may also have the teacher sample some or all rows (``ctx.sample(batch, policy=...)``).
 - Any method with ``mu > 0`` also carries an expert batch for the μ-weighted SFT term.
 """
 
@@ -50,7 +51,6 @@ class Collector:
         self, cfg: RunConfig, models: Models, tasks: dict, prompts: Prompts, generator: torch.Generator, out_dir: Path
     ):
         self.cfg, self.models, self.tasks, self.prompts, self.gen = cfg, models, tasks, prompts, generator
-        self.lam_of = {d: cfg.lam_for(d) for d in set(prompts.domains)}
         student = models.student
         self.max_context = max_context(student)
         self.method = method = get_method(cfg.method)
@@ -140,14 +140,13 @@ class Collector:
         )
 
     # ------------------------------------------------------------------ one step
-    def rollout(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
-        """The step's batch by the method's flags: the student's samples, or expert answers (SFT)."""
-        if not self.method.samples_student:
-            return self.expert_batch(index)
-        return self.sample(index, row_seeds)
-
-    def sample(self, index: list[int], row_seeds: list[int] | None = None) -> Rollout:
-        """Stage 1: the student samples a completion of each prompt ``index`` (vLLM when it is the backend)."""
+    def sample(
+        self, index: list[int], row_seeds: list[int] | None = None, *, teacher_rows: list[bool] | None = None
+    ) -> Rollout:
+        """Stage 1: the student samples a completion of each prompt ``index`` (vLLM when it is the backend); the
+        rows marked in ``teacher_rows`` are sampled by their domain's teacher instead (off-policy)."""
+        if teacher_rows is not None and any(teacher_rows):
+            return self._sample_mixed(index, row_seeds, teacher_rows)
         cfg, m = self.cfg, self.models
         if self.engine is not None:
             if row_seeds is None:
@@ -177,23 +176,48 @@ class Collector:
         r.prompt_index = list(index)
         return r
 
+    def _sample_mixed(self, index: list[int], row_seeds: list[int] | None, teacher_rows: list[bool]) -> Rollout:
+        """Rows sampled by their domain's teacher (``teacher_rows``) and by the student (the others), one
+        :func:`~gopd_lab.lm.rollout.sample` per model, merged back into the batch's row order."""
+        cfg, m = self.cfg, self.models
+        groups: dict[int, tuple[torch.nn.Module, list[int]]] = {}  # model id → (model, rows)
+        for row, (i, by_teacher) in enumerate(zip(index, teacher_rows)):
+            model = m.teacher_for(self.prompts.domains[i]) if by_teacher else None
+            if model is not None and not isinstance(model, torch.nn.Module):  # a RemoteScorer
+                raise ConfigError("a teacher given as a URL only scores tokens; sampling from it needs its weights")
+            groups.setdefault(id(model), (model, []))[1].append(row)
+        parts = []
+        for model, rows in groups.values():
+            if model is None:  # the student's rows, its own sampler (vLLM when it is the backend)
+                seeds = None if row_seeds is None else [row_seeds[r] for r in rows]
+                parts.append((rows, self.sample([index[r] for r in rows], seeds)))
+                continue
+            part = sample(
+                model,
+                self.prompts.select([index[r] for r in rows]),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                eos_token_id=m.stop_token_ids,
+                pad_token_id=m.pad_token_id,
+                tokenizer=m.tokenizer,
+                generator=self.gen,
+                max_context=max_context(model) or self.max_context,
+                row_seeds=None if row_seeds is None else [row_seeds[r] for r in rows],
+            )
+            part.prompt_index = [index[r] for r in rows]
+            parts.append((rows, part))
+        return merge_rollouts(parts, len(index), m.pad_token_id)
+
     def after_update(self, student: torch.nn.Module) -> None:
         """After each optimizer step: copy the student's new weights into the vLLM engine (when one samples)."""
         if self.engine is not None:
             self.engine.sync(student)
 
-    def score(self, rollout: Rollout) -> Scored:
-        """Stage 2 by the method's flags: :meth:`teacher_scores` (G-OPD, SDPO with its self-teacher's view),
-        :meth:`verifier_scores` (GRPO, CHORD) or :meth:`expert_scores` (SFT, off-policy)."""
-        if self.method.uses_lam:
-            return self.teacher_scores(rollout, self_teacher=self.method.self_teacher)
-        if self.method.samples_student:
-            return self.verifier_scores(rollout)
-        return self.expert_scores(rollout)
-
-    def teacher_scores(self, rollout: Rollout, *, self_teacher: bool = False) -> Scored:
-        """G-OPD's stage 2: each row's teacher and (where λ ≠ 1) reference score the student's tokens, the verifier
-        its answer (when there are tasks); ``self_teacher``: SDPO's teacher reads the feedback-augmented prompts.
+    def teacher_scores(self, rollout: Rollout, lam: float | dict[str, float], *, self_teacher: bool = False) -> Scored:
+        """G-OPD's stage 2: each row's teacher and (where its λ ≠ 1) reference score the rollout's tokens at ``lam``
+        (one float or ``{domain: λ}``, applied before any target is formed), the verifier its answer (when there
+        are tasks); ``self_teacher``: SDPO's teacher reads the feedback-augmented prompts.
         Under the student's autocast (mixed precision), so that ``reference: student`` scores exactly as the
         student's own forward does (its reward term is 0 at step 0)."""
         cfg, m = self.cfg, self.models
@@ -207,7 +231,7 @@ class Collector:
             scored = score_rollout(
                 m,
                 rollout,
-                self.lam_of,
+                lam,
                 estimator=cfg.estimator,
                 topk=cfg.topk,
                 chunk_tokens=cfg.score_chunk_tokens,
@@ -242,6 +266,30 @@ class Collector:
     def expert_index(self, step: int) -> list[int]:
         """The expert examples of a step's SFT term (their own permutation stream)."""
         return batch_indices(len(self.expert), self.cfg.batch_size, step, self.cfg.seed + 7919)
+
+
+def merge_rollouts(parts: list[tuple[list[int], Rollout]], n: int, pad_token_id: int) -> Rollout:
+    """One :class:`Rollout` of ``n`` rows from ``parts`` ``[(rows, rollout)]`` (each part's rows in batch order):
+    prompts re-padded on the left and completions on the right to the widest part."""
+    if len(parts) == 1 and parts[0][0] == list(range(n)):
+        return parts[0][1]
+    ref = parts[0][1]
+    width_p = max(r.prompt_ids.shape[1] for _, r in parts)
+    width_c = max(r.completion_ids.shape[1] for _, r in parts)
+    prompt_ids = ref.prompt_ids.new_full((n, width_p), pad_token_id)  # (B, P)
+    prompt_mask = ref.prompt_mask.new_zeros((n, width_p))  # (B, P)
+    completion_ids = ref.completion_ids.new_full((n, width_c), pad_token_id)  # (B, C)
+    completion_mask = ref.completion_mask.new_zeros((n, width_c))  # (B, C)
+    texts, completions, domains, prompt_index = [None] * n, [None] * n, [None] * n, [None] * n
+    for rows, r in parts:
+        at = torch.as_tensor(rows, dtype=torch.long, device=prompt_ids.device)
+        p, c = r.prompt_ids.shape[1], r.completion_ids.shape[1]
+        prompt_ids[at, width_p - p :], prompt_mask[at, width_p - p :] = r.prompt_ids, r.prompt_mask
+        completion_ids[at, :c], completion_mask[at, :c] = r.completion_ids, r.completion_mask
+        for j, row in enumerate(rows):
+            texts[row], completions[row], domains[row] = r.prompts[j], r.completions[j], r.domains[j]
+            prompt_index[row] = r.prompt_index[j] if r.prompt_index else row
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, completions, domains, prompt_index)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from gopd_lab.lm.logprobs import max_context
 from gopd_lab.lm.rollout import Prompts, prompts_from_tasks, sample
+from gopd_lab.lm.target import TargetModel
 
 
 def generate(
@@ -118,6 +119,7 @@ def task_evaluator(tasks: dict, tokenizer, **kwargs):
     def run(model: nn.Module, step: int) -> list[dict]:
         return evaluate(model, tokenizer, tasks, **kwargs).to_dict("records")
 
+    run.settings = {"tasks": sorted(tasks), **kwargs}  # what config.json's run record says of the evaluation
     return run
 
 
@@ -131,9 +133,7 @@ def evaluate_target(
     **kwargs,
 ) -> pd.DataFrame:
     """:func:`evaluate` of the token-level G-OPD target ``π_R^(1−λ)·π_T^λ`` (log-probs combined at every
-    decoding step, see :class:`gopd_lab.loop.headroom.TargetModel`): the same arguments (``k``, ``seed``,
+    decoding step, see :class:`gopd_lab.lm.target.TargetModel`): the same arguments (``k``, ``seed``,
     ``limit``, ``temperature``, ...), prompts and columns. ``lam = 1`` is exactly ``evaluate(teacher)``,
     ``lam = 0`` exactly ``evaluate(reference)``, with the same seed."""
-    from gopd_lab.loop.headroom import TargetModel
-
     return evaluate(TargetModel(teacher, reference, lam), tokenizer, tasks, **kwargs)

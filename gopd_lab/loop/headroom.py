@@ -1,9 +1,9 @@
 """The G-OPD target as a decodable model: how good is the policy that G-OPD distils toward?
 
 At λ the token-level G-OPD target is ``π_λ(·|s) ∝ π_R(·|s)^(1−λ) · π_T(·|s)^λ`` (see docs/metrics.md,
-"The target's headroom"). :class:`TargetModel` wraps a teacher and a reference so that each decoding
-step returns ``λ·log π_T + (1 − λ)·log π_R`` as its logits (the softmax of which is ``π_λ``); the
-ordinary sampler and :func:`gopd_lab.loop.evaluate.evaluate` then decode and score it like any model,
+"The target's headroom"). :class:`TargetModel` (:mod:`gopd_lab.lm.target`, re-exported here) wraps a teacher
+and a reference so that each decoding step returns ``λ·log π_T + (1 − λ)·log π_R`` as its logits (the softmax
+of which is ``π_λ``); the ordinary sampler and :func:`gopd_lab.loop.evaluate.evaluate` then decode and score it like any model,
 greedy (argmax of ``π_λ``) and sampled (from ``π_λ`` at the sampling temperature). Each wrapped model
 keeps its own key-value cache.
 
@@ -12,80 +12,29 @@ own logits are returned, so decoding is bit-for-bit the same as decoding that mo
 
 :func:`headroom_curve` evaluates the target over a list of λ: the accuracy a student distilled with
 that λ could at best approach. If it does not rise above λ = 1, extrapolation has nothing to find.
+
+:func:`check_headroom` is the check before a run (``RunConfig.headroom_check``): does the teacher know the task
+at all? Its greedy accuracy on a few test prompts of each task; below ``headroom_min_acc`` there is nothing to
+distil ("no teacher here knows this task"), and the run warns or refuses before it trains.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
+from gopd_lab.errors import ConfigError
+from gopd_lab.lm.target import TargetModel
+from gopd_lab.loop.evaluate import evaluate, evaluate_target
 
-@dataclass
-class _TargetOutput:
-    logits: torch.Tensor
-    past_key_values: Any
-
-
-class TargetModel(nn.Module):
-    """``teacher`` and ``reference`` (causal LMs on one vocabulary) decoded as the G-OPD target at ``lam``.
-
-    ``forward`` takes the keyword arguments of a Hugging Face causal LM (``input_ids``, ``attention_mask``,
-    ``position_ids``, ``past_key_values``, ``use_cache``, ``logits_to_keep``) and returns ``logits`` =
-    ``lam·log_softmax(teacher) + (1 − lam)·log_softmax(reference)`` (float32) and the pair of caches.
-    """
-
-    def __init__(self, teacher: nn.Module, reference: nn.Module, lam: float):
-        super().__init__()
-        if not (isinstance(lam, (int, float)) and lam >= 0 and lam == lam and lam != float("inf")):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        self.teacher, self.reference, self.lam = teacher, reference, float(lam)
-        vt, vr = _vocab(teacher), _vocab(reference)
-        if vt is not None and vr is not None and vt != vr:
-            raise ValueError(
-                f"teacher and reference have different vocabularies ({vt} vs {vr} tokens); "
-                "the target needs both on one tokenizer"
-            )
-
-    def forward(self, *, past_key_values=None, **kwargs) -> _TargetOutput:
-        """One decoding step of both models. ``past_key_values`` is the pair of caches this method returned
-        (anything else, e.g. the empty cache a decode loop starts with, starts both models afresh)."""
-        cache_t, cache_r = past_key_values if isinstance(past_key_values, tuple) else (None, None)
-        if self.lam == 1.0:  # π_R^0 · π_T: the teacher alone, its own logits
-            logits, cache = _step(self.teacher, cache_t, kwargs)
-            return _TargetOutput(logits, None if cache is None else (cache, None))
-        if self.lam == 0.0:  # the reference alone
-            logits, cache = _step(self.reference, cache_r, kwargs)
-            return _TargetOutput(logits, None if cache is None else (None, cache))
-        logits_t, cache_t = _step(self.teacher, cache_t, kwargs)
-        logits_r, cache_r = _step(self.reference, cache_r, kwargs)
-        lp_t = torch.log_softmax(logits_t.float(), dim=-1)  # (B, T, V)
-        lp_r = torch.log_softmax(logits_r.float(), dim=-1)
-        logits = self.lam * lp_t + (1.0 - self.lam) * lp_r  # log of π_R^(1-λ)·π_T^λ, unnormalised
-        caches = None if cache_t is None or cache_r is None else (cache_t, cache_r)  # None: re-feed the sequence
-        return _TargetOutput(logits, caches)
+__all__ = ["HeadroomError", "TargetModel", "check_headroom", "headroom_curve", "teacher_accuracy"]
 
 
-def _step(model: nn.Module, cache, kwargs: dict) -> tuple[torch.Tensor, Any]:
-    """``model``'s logits for one decoding step and its key-value cache (None for a model without one), passed
-    under the keyword its ``forward`` takes (``cache`` or ``past_key_values``, :func:`~gopd_lab.lm.rollout.cache_argument`)."""
-    from gopd_lab.lm.rollout import cache_argument, new_cache
-
-    key = cache_argument(model)
-    if key is None or not kwargs.get("use_cache", False):
-        return model(**{k: v for k, v in kwargs.items() if k != "use_cache"}).logits, None
-    cache = cache if cache is not None else new_cache(model)
-    out = model(**{key: cache}, **kwargs)
-    return out.logits, getattr(out, key, None) or cache  # the output field has the argument's name
-
-
-def _vocab(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "vocab_size", None)
+class HeadroomError(ConfigError):
+    """The teacher does not know a task it is asked to teach (``headroom_check='refuse'``)."""
 
 
 def headroom_curve(
@@ -99,9 +48,46 @@ def headroom_curve(
     """Accuracy of the target at every λ in ``lams``: the rows of :func:`~gopd_lab.loop.evaluate.evaluate_target`
     with a ``lam`` column (``kwargs`` go to it: ``k``, ``seed``, ``limit``, ``max_new_tokens``, ...).
     Every λ uses the same ``seed``, so the curve compares the targets on the same random stream."""
-    from gopd_lab.loop.evaluate import evaluate_target
-
     frames = [evaluate_target(teacher, reference, tokenizer, tasks, lam=lam, **kwargs) for lam in lams]
     for lam, frame in zip(lams, frames):
         frame.insert(0, "lam", float(lam))
     return pd.concat(frames, ignore_index=True)
+
+
+def teacher_accuracy(models, tasks: dict, *, prompts: int, max_new_tokens: int) -> pd.DataFrame:
+    """Greedy accuracy of each task's teacher (``models.teacher_for(domain)``) on its first ``prompts`` test
+    prompts: columns ``domain``, ``teacher``, ``greedy_acc``, ``n``. A teacher without weights here (a server) is
+    left out."""
+    rows = []
+    for domain, task in tasks.items():
+        teacher = models.teacher_for(domain)
+        if not isinstance(teacher, nn.Module):
+            continue
+        table = evaluate(teacher, models.tokenizer, {domain: task}, k=0, max_new_tokens=max_new_tokens, limit=prompts)
+        name = models.names.get(f"teacher/{domain}", models.names.get("teacher/default", "?"))
+        rows.append({"domain": domain, "teacher": name, **table.iloc[0][["greedy_acc", "n"]].to_dict()})
+    return pd.DataFrame(rows, columns=["domain", "teacher", "greedy_acc", "n"])
+
+
+def check_headroom(models, tasks: dict, cfg) -> pd.DataFrame | None:
+    """``cfg.headroom_check``: ``off`` (None), else :func:`teacher_accuracy` on ``cfg.headroom_prompts`` prompts per
+    task; a task whose teacher is below ``cfg.headroom_min_acc`` warns (``warn``) or stops the run (``refuse``,
+    :class:`HeadroomError`) with one message naming the task, the teacher and its score."""
+    if cfg.headroom_check == "off" or not tasks or not models.teachers:
+        return None
+    table = teacher_accuracy(models, tasks, prompts=cfg.headroom_prompts, max_new_tokens=cfg.max_new_tokens)
+    weak = table[table.greedy_acc < cfg.headroom_min_acc]
+    if len(weak):
+        found = "; ".join(
+            f"task {r.domain!r}: teacher {r.teacher!r} answers {r.greedy_acc:.0%} of {int(r.n)} test prompts greedily"
+            for r in weak.itertuples()
+        )
+        message = (
+            f"no teacher here knows this task ({found}; below headroom_min_acc={cfg.headroom_min_acc:g}): distilling "
+            "from it cannot teach the task. Give a teacher that knows it (a checkpoint trained on the task), or "
+            "set headroom_check='off' to train anyway"
+        )
+        if cfg.headroom_check == "refuse":
+            raise HeadroomError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return table

@@ -1,6 +1,6 @@
 """Load a run's models from its config: the student (LoRA adapters when asked), the teachers and references by
-domain (a local checkpoint, ``zoo:<name>`` or a :class:`~gopd_lab.scorers.remote.RemoteScorer` for an ``http://``
-spec), SDPO's self-teacher, and the vocabulary alignment between them."""
+domain (a local checkpoint, ``zoo:<name>``, a :class:`~gopd_lab.scorers.remote.RemoteScorer` for an ``http://``
+spec, or a registered teacher type ``<type>:<argument>``, :mod:`gopd_lab.teacher_types`), SDPO's self-teacher, and the vocabulary alignment between them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 
 from torch import nn
 
+from gopd_lab import teacher_types
 from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import ModelLoadError
 from gopd_lab.lm.models import (
@@ -33,7 +34,11 @@ def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
 
 
 def load_models(cfg: RunConfig) -> Models:
-    """Load every model a run needs. Each distinct path is loaded once and shared across domains."""
+    """Load every model a run needs. Each distinct path is loaded once and shared across domains; ``zoo:`` names
+    resolve in the run's data world (``cfg.world``)."""
+    from gopd_lab.tasks.arith import use_world  # here: `python -m gopd_lab.tasks.arith` runs it as __main__
+
+    use_world(cfg.world)
     if not cfg.student:
         raise ConfigError("student is empty: give a hub id or a local checkpoint directory")
     method = get_method(cfg.method)
@@ -72,6 +77,16 @@ def load_models(cfg: RunConfig) -> Models:
                 # like every scorer, run under the student's autocast: at step 0 it scores exactly as the student
                 initial_student = AdapterDisabled(student) if cfg.lora_r > 0 else freeze(copy.deepcopy(student))
             return initial_student
+        if teacher_types.split_spec(path) is not None:  # "<type>:<argument>": a registered factory builds it
+            if path not in cache:
+                try:
+                    built = teacher_types.build(path, lambda spec: scorer(spec, role))
+                except ValueError as err:
+                    raise ConfigError(f"{role} {path!r}: {err}") from None
+                if built is None:
+                    raise ConfigError(teacher_types.unknown_type(path))
+                cache[path] = freeze(built.to(device))
+            return cache[path]
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.scale.teacher_server`: no weights here
             if path not in cache:
                 cache[path] = RemoteScorer(path, role=role)

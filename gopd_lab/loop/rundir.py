@@ -109,6 +109,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             continue
         if name in saved:
             old = saved[name]
+        elif name == "world":  # a run from before the field: its world was the environment's, not recorded
+            continue
         elif name in defaults:
             f = defaults[name]
             old = f.default_factory() if callable(f.default_factory) else f.default

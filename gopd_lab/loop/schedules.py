@@ -1,4 +1,4 @@
-"""The optimizer and its step schedules: the learning-rate multiplier and CHORD's SFT weight μ_k."""
+"""The optimizer and its step schedules: the learning-rate multiplier, CHORD's SFT weight μ_k and G-OPD's λ_k."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from gopd_lab.config import LAM_SCHEDULES
 
 FUSED_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
@@ -58,3 +60,19 @@ def mu_at(
         return valley + (peak - valley) * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lam_at(
+    step: int, lam: float | dict[str, float], *, schedule: str = "constant", start: float = 1.0, warmup: int = 0
+) -> float | dict[str, float]:
+    """G-OPD's λ at 0-based ``step``: ``constant``: ``lam`` throughout. ``linear``: from ``start`` at step 0 to
+    ``lam`` at step ``warmup`` (``λ_k = start + (lam − start)·min(1, k / warmup)``), then ``lam``; a
+    ``{domain: λ}`` ramps every domain's λ from the same ``start``."""
+    if schedule == "constant" or warmup <= 0:
+        return lam
+    if schedule != "linear":
+        raise ValueError(f"lam_schedule must be one of {LAM_SCHEDULES}, got {schedule!r}")
+    frac = min(1.0, step / warmup)
+    if isinstance(lam, dict):
+        return {d: start + (float(v) - start) * frac for d, v in lam.items()}
+    return start + (float(lam) - start) * frac

@@ -1,9 +1,9 @@
 """What a method's step runs on: :class:`StepContext` puts the stages behind one call each, with the plumbing
 (FSDP gathering, autocast, timing, CHORD's expert batch and μ, the non-finite stop) out of the recipe's way.
 
-A recipe (``gopd_lab.methods``) reads ``rollout = ctx.sample(batch)`` → ``scored = ctx.score(rollout)`` →
-``ctx.update(scored, objective)``; the loop (:func:`gopd_lab.loop.train.train`) makes one context per run and
-one :class:`Batch` per step, calls ``method.step(ctx, batch)`` and logs ``ctx.times``.
+A recipe (``gopd_lab.methods``) reads ``rollout = ctx.sample(batch, policy=...)`` → ``scored = ctx.score(rollout,
+lam=...)`` → ``ctx.update(scored, objective)``; the loop (:func:`gopd_lab.loop.train.train`) makes one context per
+run and one :class:`Batch` per step, calls ``method.step(ctx, batch)`` and logs ``ctx.times``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ from pathlib import Path
 
 import torch
 
-from gopd_lab.config import RunConfig
+from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import NonFiniteError
 from gopd_lab.lm.precision import autocast
 from gopd_lab.lm.rollout import Rollout
 from gopd_lab.loop.checkpoint import latest_checkpoint
 from gopd_lab.loop.collect import Collector
-from gopd_lab.loop.schedules import mu_at
-from gopd_lab.loop.update import UpdateResult, UpdateSettings, update
-from gopd_lab.methods.method import Objective, get_method
+from gopd_lab.loop.schedules import lam_at, mu_at
+from gopd_lab.loop.update import UpdateResult, update
+from gopd_lab.methods.method import Objective
 from gopd_lab.scorers.score import Scored
+
+POLICIES = ("student", "teacher", "expert")
+"""Who makes a step's batch (:meth:`StepContext.sample`); a number in [0, 1] mixes the first two."""
 
 
 @dataclass
@@ -40,13 +43,12 @@ class Batch:
 
 @dataclass
 class StepContext:
-    """The stages of one step, each one call, for a run's student, collector, optimizer and settings."""
+    """The stages of one step, each one call, for a run's config, student, collector and optimizer."""
 
     cfg: RunConfig
     collector: Collector
     student: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    settings: UpdateSettings
     dist: object
     """The run's :class:`~gopd_lab.scale.distributed.Distributed`."""
     out: Path
@@ -63,34 +65,62 @@ class StepContext:
     :class:`~gopd_lab.methods.gopd.LamState`), passed to its objective."""
 
     # ------------------------------------------------------------------ stage 1
-    def sample(self, batch: Batch) -> Rollout:
-        """The student samples the batch's prompts (under FSDP, on the gathered student)."""
-        return self._stage1(batch, lambda: self.collector.sample(batch.index, batch.row_seeds), gather=True)
+    def sample(self, batch: Batch, policy: str | float = "student") -> Rollout:
+        """The batch's completions: ``"student"`` samples them (on-policy; under FSDP on the gathered student),
+        ``"teacher"`` has each row's teacher sample them (off-policy), ``"expert"`` takes the batch's expert
+        answers teacher-forced (SFT: nothing is sampled), and a number ``p`` in [0, 1] lets the teacher sample a
+        share ``p`` of the rows (drawn per row from ``(seed, step)``) and the student the others."""
+        self.step = batch.step
+        if isinstance(policy, (int, float)) and not isinstance(policy, bool):
+            if not 0.0 <= policy <= 1.0:
+                raise ConfigError(f"policy as a number is the teacher's share of the rows, in [0, 1]; got {policy}")
+            draw = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + batch.step + 104_729)
+            by_teacher = (torch.rand(len(batch.index), generator=draw) < policy).tolist()
+        elif policy in POLICIES:
+            by_teacher = [policy == "teacher"] * len(batch.index)
+        else:
+            raise ConfigError(f"policy must be one of {POLICIES} or the teacher's share in [0, 1], got {policy!r}")
 
-    def expert(self, batch: Batch) -> Rollout:
-        """The batch's expert answers, teacher-forced (SFT, off-policy): nothing is sampled."""
-        return self._stage1(batch, lambda: self.collector.expert_batch(batch.index), gather=False)
+        def make() -> Rollout:
+            if policy == "expert":
+                return self.collector.expert_batch(batch.index)
+            return self.collector.sample(batch.index, batch.row_seeds, teacher_rows=by_teacher)
 
-    def rollout(self, batch: Batch) -> Rollout:
-        """The batch by the method's flags (the shared path): the student's samples or expert answers."""
-        gather = self.collector.method.samples_student
-        return self._stage1(batch, lambda: self.collector.rollout(batch.index, batch.row_seeds), gather=gather)
+        return self._stage1(make, gather=policy != "expert" and not all(by_teacher))
 
-    def _stage1(self, batch: Batch, make, gather: bool) -> Rollout:
+    def _stage1(self, make, gather: bool) -> Rollout:
         models = self.collector.models
         self.times.clear()
         self.times["start"] = time.perf_counter()
         with self.dist.full_params(self.student, when=gather), autocast(models.autocast_dtype, models.device):
             rollout = make()
         self._mark("rollout")
-        self.step = batch.step
         return rollout
 
     # ------------------------------------------------------------------ stage 2
-    def score(self, rollout: Rollout, *, self_teacher: bool = False) -> Scored:
-        """G-OPD's scores: each row's teacher and (where λ ≠ 1) reference on the student's tokens; ``self_teacher``:
-        the teacher is the student re-prompted with the verifier's feedback (SDPO)."""
-        return self._stage2(self.collector.teacher_scores(rollout, self_teacher=self_teacher))
+    def lam(self, step: int | None = None) -> float | dict[str, float]:
+        """λ at ``step`` (default: this step) by the run's ``lam`` and ``lam_schedule`` (one float or by domain)."""
+        cfg = self.cfg
+        step = self.step if step is None else step
+        return lam_at(step, cfg.lam, schedule=cfg.lam_schedule, start=cfg.lam_start, warmup=cfg.lam_warmup_steps)
+
+    def score(
+        self, rollout: Rollout, *, lam: float | dict[str, float] | None = None, self_teacher: bool = False
+    ) -> Scored:
+        """G-OPD's scores: each row's teacher and (where λ ≠ 1) reference on the rollout's tokens, with λ applied
+        here, before any target is formed (``full``'s mixed target, ``scored.lam``): ``lam`` one float or
+        ``{domain: λ}``, default :meth:`lam` (the config's, along ``lam_schedule``). ``self_teacher``: the teacher
+        is the student re-prompted with the verifier's feedback (SDPO)."""
+        lam = self.lam() if lam is None else lam
+        if (
+            any(v != 1 for v in (lam.values() if isinstance(lam, dict) else [lam]))
+            and not self.collector.models.references
+        ):
+            raise ConfigError(
+                f"ctx.score(lam={lam}) needs the reference, which a run loads only when its config has a λ ≠ 1 (lam, "
+                "lam_start of lam_schedule) or lam_mode reopd/agopd: set lam in the config to a λ the recipe uses"
+            )
+        return self._stage2(self.collector.teacher_scores(rollout, lam, self_teacher=self_teacher))
 
     def reward(self, rollout: Rollout) -> Scored:
         """GRPO's scores: the verifier's rewards (and the reference's log-probs for a KL term)."""
@@ -100,14 +130,10 @@ class StepContext:
         """An expert batch as the update reads it: no teacher, no reward (SFT)."""
         return self._stage2(self.collector.expert_scores(rollout))
 
-    def collect_scores(self, rollout: Rollout) -> Scored:
-        """The scores by the method's flags (the shared path)."""
-        return self._stage2(self.collector.score(rollout))
-
     def _stage2(self, scored: Scored) -> Scored:
         """Every method's batch carries the expert batch of the μ-weighted SFT term when ``mu > 0``."""
         cfg, collector = self.cfg, self.collector
-        self.mu = None  # μ of this step's SFT term (CHORD's schedule), passed to the update: settings stay fixed
+        self.mu = None  # μ of this step's SFT term (CHORD's schedule), passed to the update
         if cfg.mu > 0:
             scored.expert = collector.expert_batch(self.dist.shard(collector.expert_index(self.step)))
             self.mu = mu_at(
@@ -122,14 +148,20 @@ class StepContext:
         return scored
 
     # ------------------------------------------------------------------ stages 3-4
-    def update(self, scored: Scored, objective: Objective | None = None) -> UpdateResult:
-        """A_t and the loss per micro-batch (``objective``; None = the update rule's), backward, all-reduce, clip,
-        optimizer step (:func:`gopd_lab.loop.update.update`). A non-finite loss stops the run, naming the step."""
-        if objective is None:
-            objective = get_method(self.settings.method).objective(scored, self.settings, self.dist, self.state)
+    def update(self, scored: Scored, objective: Objective) -> UpdateResult:
+        """A_t and the loss per micro-batch (``objective``, e.g. ``method.objective(scored, ctx.cfg, ctx.dist,
+        ctx.state)``), backward, all-reduce, clip, optimizer step (:func:`gopd_lab.loop.update.update`). A
+        non-finite loss stops the run, naming the step."""
         try:
             result = update(
-                self.student, self.optimizer, scored, self.settings, self.dist, mu=self.mu, objective=objective
+                self.student,
+                self.optimizer,
+                scored,
+                self.cfg,
+                self.dist,
+                objective=objective,
+                mu=self.mu,
+                autocast_dtype=self.collector.models.autocast_dtype,
             )
         except NonFiniteError as err:
             kept = latest_checkpoint(self.out)

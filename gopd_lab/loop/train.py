@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from gopd_lab.config import RunConfig
+from gopd_lab.config import RUN_RECORD, RunConfig
 from gopd_lab.errors import writing
 from gopd_lab.lm.models import DEFAULT_DOMAIN, Models
 from gopd_lab.lm.precision import autocast
@@ -23,12 +23,14 @@ from gopd_lab.lm.rollout import Prompts, load_prompts, prompts_from_tasks, token
 from gopd_lab.loop.checkpoint import check_finite, latest_checkpoint, load_checkpoint, save_checkpoint
 from gopd_lab.loop.collect import Collector, batch_indices
 from gopd_lab.loop.evaluate import task_evaluator
+from gopd_lab.loop.headroom import check_headroom
 from gopd_lab.loop.load import load_models
+from gopd_lab.loop.record import run_record
 from gopd_lab.loop.rundir import prepare_run_dir
 from gopd_lab.loop.schedules import lr_factor, make_optimizer
 from gopd_lab.loop.step import Batch, StepContext
 from gopd_lab.loop.trackers import Reporter
-from gopd_lab.loop.update import UpdateResult, UpdateSettings, enable_gradient_checkpointing
+from gopd_lab.loop.update import UpdateResult, enable_gradient_checkpointing
 from gopd_lab.objectives.lineage import LOSS_KINDS
 from gopd_lab.runio import append_jsonl, atomic_write_json, keep_steps_upto, read_jsonl
 from gopd_lab.scale.distributed import Distributed
@@ -54,6 +56,17 @@ def _load_tasks(cfg: RunConfig) -> dict:
     from gopd_lab.tasks import load_tasks
 
     return load_tasks(cfg.task_names)
+
+
+def _evaluator_settings(evaluate) -> dict | None:
+    """What the run's evaluator is: :func:`~gopd_lab.loop.evaluate.task_evaluator`'s settings (tasks, k, limit,
+    seed, ...), or the name of a callable of the caller's own; None without evaluation."""
+    if evaluate is None:
+        return None
+    settings = getattr(evaluate, "settings", None)
+    if settings is not None:
+        return dict(settings)
+    return {"callable": getattr(evaluate, "__qualname__", type(evaluate).__name__)}
 
 
 def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int) -> list[dict]:
@@ -120,6 +133,9 @@ def train(
     ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
     """
     out = Path(cfg.out_dir)
+    from gopd_lab.tasks.arith import use_world  # here: `python -m gopd_lab.tasks.arith` runs it as __main__
+
+    use_world(cfg.world)  # the data world the tasks and zoo: models come from (recorded in config.json)
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     # a missing tracker package was refused by the config (before this clears anything or loads any model)
     prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
@@ -163,15 +179,17 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
     method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods): its step is method.step
-    ctx = StepContext(cfg, collector, student, optimizer, settings, dist, out, state=method.new_state(cfg, []))
+    ctx = StepContext(cfg, collector, student, optimizer, dist, out, state=method.new_state(cfg, []))
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
     row_seeded = cfg.row_seeded_sampling or dist.world > 1 or cfg.rollout_backend == "vllm"
 
     start = 0
     ckpt = latest_checkpoint(out) if cfg.resume else None
+    uses_teacher = method.needs_teacher and not method.self_teacher
+    # every process decides alike (greedy decoding of the unsharded teacher), so a refusal stops them all
+    headroom = check_headroom(models, tasks, cfg) if ckpt is None and uses_teacher else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, student, optimizer, scheduler, gens)
         logged = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= start]
@@ -186,7 +204,10 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
                 keep_steps_upto(out / name, start)
             else:
                 (out / name).unlink(missing_ok=True)
-        atomic_write_json(out / "config.json", cfg.to_dict(), strict=True)
+        record = run_record(cfg, _evaluator_settings(evaluate))  # the world, resolved models, version, commit, argv
+        if headroom is not None:
+            record["headroom_check"] = headroom.to_dict("records")
+        atomic_write_json(out / "config.json", {**cfg.to_dict(), RUN_RECORD: record}, strict=True)
 
     def run_eval(step: int) -> None:
         if evaluate is None:
@@ -215,6 +236,9 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             ema_update(models.teacher_for(DEFAULT_DOMAIN), student, cfg.sdpo_ema_rate)
         _sync(device)
         t = {**ctx.times, "update": time.perf_counter()}
+        t.setdefault("start", t["update"])  # a recipe that skipped a stage: its time counts as the next stage's
+        t.setdefault("rollout", t["start"])
+        t.setdefault("score", t["rollout"])
         n = step + 1
         metrics = dist.mean_metrics(
             {

@@ -8,12 +8,12 @@ its detached log-probs, then the loss is built from the same forward.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from gopd_lab.config import ConfigError
+from gopd_lab.config import ConfigError, RunConfig
 from gopd_lab.errors import NonFiniteError
 from gopd_lab.lm.logprobs import StudentOut, student_forward, student_kl_forward
 from gopd_lab.lm.precision import autocast
@@ -23,66 +23,11 @@ from gopd_lab.objectives import chord_phi, get_estimator, masked_mean, sft_loss
 from gopd_lab.scorers.score import Scored
 
 
-@dataclass
-class UpdateSettings:
-    """The estimator knobs the update uses (a view of :class:`~gopd_lab.config.RunConfig`)."""
-
-    method: str = "gopd"
-    estimator: str = "sampled"
-    gamma: float = 0.0
-    clip_eps: float | None = None
-    jsd_beta: float = 1.0
-    epochs: int = 1
-    max_grad_norm: float | None = 1.0
-    chunk_tokens: int = 0
-    group_size: int = 1
-    kl_coef: float = 0.0
-    scale_std: bool = True
-    mu: float = 0.0
-    """Weight of the SFT term on ``scored.expert`` this step: ``L = (1 − μ)·L + μ·L_SFT``."""
-    phi_weighting: bool = True
-    micro_batch_size: int = 0
-    """Rows per forward/backward (0 = the whole batch); gradients accumulate, the step is unchanged."""
-    autocast_dtype: torch.dtype | None = None
-    """Compute dtype under ``torch.autocast`` (mixed precision with float32 weights); None = the weights' dtype."""
-
-    lam_mode: str = "fixed"
-    """How λ is chosen (``RunConfig.lam_mode``); the lineage's knobs follow (``RunConfig`` documents them)."""
-    lineage: dict = field(default_factory=dict)
-    """``reopd_tau``, ``reopd_gamma_max``, ``reopd_target``, ``reopd_ema``, ``agopd_rho``, ``agopd_lam_max``,
-    ``entropy_threshold`` (the ``RunConfig`` fields of the same names)."""
-    loss_agg: str = "token-mean"
-    """``token-mean`` or ``seq-mean-token-mean`` (see :func:`loss_weights`)."""
-
-    @classmethod
-    def from_config(cls, cfg, autocast_dtype: torch.dtype | None = None) -> UpdateSettings:
-        knobs = ("reopd_tau", "reopd_gamma_max", "reopd_target", "reopd_ema", "agopd_rho", "agopd_lam_max")
-        lineage = {k: getattr(cfg, k) for k in (*knobs, "entropy_threshold")}
-        return cls(
-            method=cfg.rl_method,
-            estimator=cfg.estimator,
-            gamma=cfg.gamma,
-            clip_eps=cfg.clip_eps,
-            jsd_beta=cfg.jsd_beta,
-            epochs=cfg.epochs_per_batch,
-            max_grad_norm=cfg.max_grad_norm,
-            chunk_tokens=cfg.score_chunk_tokens,
-            group_size=cfg.samples_per_prompt,
-            kl_coef=cfg.kl_coef,
-            scale_std=cfg.grpo_scale_std,
-            mu=cfg.mu,
-            phi_weighting=cfg.phi_weighting,
-            lam_mode=cfg.lam_mode,
-            lineage=lineage,
-            micro_batch_size=cfg.micro_batch_size,
-            autocast_dtype=autocast_dtype,
-            loss_agg=cfg.loss_agg,
-        )
-
-    @property
-    def needs_full(self) -> bool:
-        uses_lam = get_method(self.method).uses_lam
-        return uses_lam and (get_estimator(self.estimator).student_full or self.lam_mode == "entropy")
+def needs_full(cfg) -> bool:
+    """Whether the student's forward returns full per-state log-distributions: G-OPD's per-state estimators
+    (``full``, ``topk``, ``jsd``) and the forward KL of ``lam_mode='entropy'``."""
+    uses_lam = get_method(cfg.method).uses_lam
+    return uses_lam and (get_estimator(cfg.estimator).student_full or cfg.lam_mode == "entropy")
 
 
 @dataclass
@@ -111,30 +56,17 @@ def loss_weights(mask: Tensor, loss_agg: str = "token-mean") -> Tensor:
     raise ValueError(f"loss_agg must be token-mean or seq-mean-token-mean, got {loss_agg!r}")
 
 
-def advantages_for(scored: Scored, lp_student: Tensor, s: UpdateSettings) -> Tensor:
-    """Per-token advantages ``(B, C)`` (detached) of the update rule ``s.method`` (:mod:`gopd_lab.methods`): G-OPD's
-    ``A_t``, GRPO's group-relative reward on every token of a sample, zeros for SFT."""
-    return get_method(s.method).advantages(scored, lp_student, s)
-
-
-def compute_loss(
-    scored: Scored, out, advantages: Tensor, s: UpdateSettings, lp_old: Tensor | None
-) -> tuple[Tensor, dict]:
-    """The method's loss from one student forward ``out`` (:class:`~gopd_lab.lm.logprobs.StudentOut`), its
-    per-token terms aggregated by ``s.loss_agg``."""
-    weights = loss_weights(scored.rollout.completion_mask, s.loss_agg)  # (B, C) token weights
-    return get_method(s.method).loss(scored, out, advantages, weights, s, lp_old)
-
-
-def _forward(student: nn.Module, scored: Scored, s: UpdateSettings):
+def _forward(student: nn.Module, scored: Scored, cfg: RunConfig):
     """The student forward the loss needs: fused head + KL for ``full`` (when the model allows), else chunked
     log-probs (with full distributions for ``topk``/``jsd``)."""
-    fused_ok = s.loss_agg == "token-mean"  # the fused KL returns the plain token mean
-    if get_method(s.method).uses_lam and get_estimator(s.estimator).fused_kl and scored.target is not None and fused_ok:
-        out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=s.chunk_tokens)
+    chunk = cfg.score_chunk_tokens
+    fused_ok = cfg.loss_agg == "token-mean"  # the fused KL returns the plain token mean
+    uses_lam = get_method(cfg.method).uses_lam
+    if uses_lam and get_estimator(cfg.estimator).fused_kl and scored.target is not None and fused_ok:
+        out = student_kl_forward(student, scored.rollout, scored.target, chunk_tokens=chunk)
         if out is not None:
             return out
-    return student_forward(student, scored.rollout, full=s.needs_full, chunk_tokens=s.chunk_tokens)
+    return student_forward(student, scored.rollout, full=needs_full(cfg), chunk_tokens=chunk)
 
 
 def enable_gradient_checkpointing(student: nn.Module) -> None:
@@ -164,48 +96,52 @@ def update(
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scored: Scored,
-    s: UpdateSettings,
+    cfg: RunConfig,
     dist=None,
     *,
-    mu: float | None = None,
     objective: Objective | None = None,
+    mu: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> UpdateResult:
-    """One optimizer step per epoch over the batch; metrics from the first (pre-step) forward.
+    """One optimizer step per each of ``cfg.epochs_per_batch`` epochs over the batch; metrics from the first
+    (pre-step) forward. It reads the run's config itself (``cfg``: the estimator, ``loss_agg``,
+    ``micro_batch_size``, ``max_grad_norm``, ``mu``, ``phi_weighting``, ``score_chunk_tokens``).
 
     ``objective`` (:class:`~gopd_lab.methods.method.Objective`) gives each micro-batch's ``A_t`` and loss; None =
-    the one of the update rule ``s.method`` (:meth:`~gopd_lab.methods.method.Method.objective`) without state
-    (REOPD's budget then starts afresh: the step context passes the run's). ``mu`` is this
-    step's weight of the SFT term on ``scored.expert`` (CHORD's schedule, ``mu_at``); None = ``s.mu``.
+    the method's (:meth:`~gopd_lab.methods.method.Method.objective`) without state (REOPD's budget then starts
+    afresh: a recipe passes the run's). ``mu`` is this step's weight of the SFT term on ``scored.expert``
+    (CHORD's schedule, ``mu_at``); None = ``cfg.mu``.
 
-    The batch runs ``s.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
+    The batch runs ``cfg.micro_batch_size`` rows per forward/backward (0 = all at once). Each micro-batch's
     loss is a token mean over its own rows, so it is weighted by ``n_micro / n_batch`` before backward: the
     accumulated gradient is that of the whole batch's token mean, and the step equals the one-pass step.
     With ``dist`` (:class:`~gopd_lab.scale.distributed.Distributed`, N processes) ``n_batch`` is the global token
     count and gradients are summed over processes before clipping, so the step equals a one-process step on
-    the global batch. With ``s.autocast_dtype`` the forward and backward run under ``torch.autocast``
+    the global batch. With ``autocast_dtype`` (the run's mixed precision) the forward and backward run under ``torch.autocast``
     (float32 weights, gradients and optimizer state; log-probs, losses and metrics stay float32)."""
     rollout = scored.rollout
     mask = rollout.completion_mask.float()  # (B, C)
-    weights = loss_weights(mask, s.loss_agg)  # (B, C) each token's share of the loss (s.loss_agg)
+    weights = loss_weights(mask, cfg.loss_agg)  # (B, C) each token's share of the loss (cfg.loss_agg)
     n_batch = _global_tokens(weights, dist)  # the global sum of the weights: tokens, or non-empty rows
-    parts = micro_batches(len(rollout), s.micro_batch_size)
-    objective = objective if objective is not None else get_method(s.method).objective(scored, s, dist)
-    mu = s.mu if mu is None else mu
+    parts = micro_batches(len(rollout), cfg.micro_batch_size)
+    objective = objective if objective is not None else get_method(cfg.method).objective(scored, cfg, dist)
+    mu = cfg.mu if mu is None else mu
+    epochs, amp = cfg.epochs_per_batch, autocast_dtype
     student.train()
     first: UpdateResult | None = None
     lp_old = None
     if objective.whole_batch and len(parts) > 1:  # the rule needs every row's log-probs before the first backward
-        lp_old = _rollout_logprobs(student, scored, parts, s)  # (B, C)
+        lp_old = _rollout_logprobs(student, scored, parts, cfg, amp)  # (B, C)
         objective.prepare(lp_old)
-    for epoch in range(s.epochs):
+    for epoch in range(epochs):
         optimizer.zero_grad(set_to_none=True)
         lps, ents, advs, total, extra = [], [], [], 0.0, {}
         for start, stop in parts:
             part = scored.rows(start, stop) if len(parts) > 1 else scored
-            with autocast(s.autocast_dtype, mask.device):
-                out = _forward(student, part, s)
+            with autocast(amp, mask.device):
+                out = _forward(student, part, cfg)
             old = lp_old[start:stop] if lp_old is not None else out.lp.detach()  # (b, C)
-            part_weights = loss_weights(part.rollout.completion_mask, s.loss_agg)  # (b, C) = weights[start:stop]
+            part_weights = loss_weights(part.rollout.completion_mask, cfg.loss_agg)  # (b, C) = weights[start:stop]
             loss, adv, part_extra = objective(
                 part, slice(start, stop), out, old, old if epoch > 0 else None, part_weights
             )
@@ -221,14 +157,14 @@ def update(
         extra = {k: v / max(n_local, 1e-12) for k, v in extra.items()}
         extra.update(objective.end_epoch())
         if _mixes_expert(scored, mu):
-            sft_total, sft_extra = expert_sft_backward(student, scored.expert, s, dist, mu=mu)
+            sft_total, sft_extra = expert_sft_backward(student, scored.expert, cfg, dist, mu=mu, autocast_dtype=amp)
             total += sft_total
             extra.update(sft_extra)
         params = [p for p in student.parameters() if p.requires_grad]
         if dist is not None:
             dist.all_reduce_grads(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else float("inf"))
-        _check_finite(total, grad_norm, dist, epoch, s.epochs)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+        _check_finite(total, grad_norm, dist, epoch, epochs)
         optimizer.step()
         lp_now = torch.cat(lps)  # (B, C)
         if lp_old is None:
@@ -241,20 +177,23 @@ def update(
             if lineage is not None:
                 first.metrics.update(lineage.metrics)
                 first.lam_t, first.loss_kind = lineage.lam_t, lineage.kind
-        elif s.epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
+        elif epochs > 1:  # batch reuse: report how far the last epoch's policy moved from the rollout's
             first.metrics.update(clip_frac=extra.get("clip_frac", 0.0), approx_kl_old=extra.get("approx_kl_old", 0.0))
     optimizer.zero_grad(set_to_none=True)
     return first
 
 
 @torch.no_grad()
-def _rollout_logprobs(student: nn.Module, scored: Scored, parts: list[tuple[int, int]], s: UpdateSettings) -> Tensor:
+def _rollout_logprobs(
+    student: nn.Module, scored: Scored, parts: list[tuple[int, int]], cfg: RunConfig, amp: torch.dtype | None
+) -> Tensor:
     """``(B, C)`` the student's log-probs on the rollout, micro-batch by micro-batch, without gradients: what
     a whole-batch λ rule reads before the first backward (one extra forward when the batch is split)."""
     lps = []
     for start, stop in parts:
-        with autocast(s.autocast_dtype, scored.rollout.completion_mask.device):
-            out = student_forward(student, scored.rollout.select(range(start, stop)), chunk_tokens=s.chunk_tokens)
+        with autocast(amp, scored.rollout.completion_mask.device):
+            rows = scored.rollout.select(range(start, stop))
+            out = student_forward(student, rows, chunk_tokens=cfg.score_chunk_tokens)
         lps.append(out.lp.float())
     return torch.cat(lps)
 
@@ -285,18 +224,24 @@ def _accumulate(into: dict[str, float], extra: dict[str, float], n: float) -> No
 
 
 def expert_sft_backward(
-    student: nn.Module, expert, s: UpdateSettings, dist=None, *, mu: float | None = None
+    student: nn.Module,
+    expert,
+    cfg: RunConfig,
+    dist=None,
+    *,
+    mu: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """Backward of ``μ·L_SFT`` on the expert batch (``mu``, else ``s.mu``), micro-batched like the update; returns
-    its value (the share of this process) and its metrics."""
-    mu = s.mu if mu is None else mu
-    mask = loss_weights(expert.completion_mask, s.loss_agg)  # (B, C) each token's share (s.loss_agg)
+    """Backward of ``μ·L_SFT`` on the expert batch (``mu``, else ``cfg.mu``), micro-batched like the update;
+    returns its value (the share of this process) and its metrics."""
+    mu = cfg.mu if mu is None else mu
+    mask = loss_weights(expert.completion_mask, cfg.loss_agg)  # (B, C) each token's share (cfg.loss_agg)
     n_batch = _global_tokens(mask, dist)
     total, extra = 0.0, {}
-    for start, stop in micro_batches(len(expert), s.micro_batch_size):
+    for start, stop in micro_batches(len(expert), cfg.micro_batch_size):
         part = expert.select(range(start, stop)) if stop - start < len(expert) else expert
-        with autocast(s.autocast_dtype, mask.device):
-            sft, part_extra = expert_sft_loss(student, part, s)
+        with autocast(autocast_dtype, mask.device):
+            sft, part_extra = expert_sft_loss(student, part, cfg)
         n_part = float(mask[start:stop].sum())
         weight = mu * n_part / n_batch
         (sft.float() * weight).backward()
@@ -306,24 +251,13 @@ def expert_sft_backward(
     return total, {"mu": mu, **{k: v / n_local for k, v in extra.items()}}
 
 
-def expert_sft_loss(student: nn.Module, expert, s: UpdateSettings) -> tuple[Tensor, dict[str, float]]:
-    """SFT on the expert batch, each token weighted by CHORD's ``φ = p(1 − p)`` (detached) when enabled."""
-    out = student_forward(student, expert, chunk_tokens=s.chunk_tokens)
-    mask = loss_weights(expert.completion_mask, s.loss_agg)
-    weights = chord_phi(out.lp) if s.phi_weighting else None
+def expert_sft_loss(student: nn.Module, expert, cfg: RunConfig) -> tuple[Tensor, dict[str, float]]:
+    """SFT on the expert batch (CHORD, Zhang et al. arXiv 2508.11408), each token weighted by CHORD's
+    ``φ = p(1 − p)`` (detached) when ``cfg.phi_weighting``; the update mixes it as ``(1 − μ)·L + μ·L_SFT``."""
+    out = student_forward(student, expert, chunk_tokens=cfg.score_chunk_tokens)
+    mask = loss_weights(expert.completion_mask, cfg.loss_agg)
+    weights = chord_phi(out.lp) if cfg.phi_weighting else None
     return sft_loss(out.lp, mask, weights)
-
-
-def mix_expert_sft(
-    student: nn.Module, loss: Tensor, expert, s: UpdateSettings, scale: float = 1.0
-) -> tuple[Tensor, dict[str, float]]:
-    """``(1 − μ)·loss + μ·L_SFT`` (CHORD, Zhang et al. arXiv 2508.11408; also OPD + expert data)."""
-    sft, extra = expert_sft_loss(student, expert, s)
-    return (1.0 - s.mu) * loss + s.mu * sft * scale, {
-        "mu": s.mu,
-        "sft_loss": float(sft.detach()),
-        "expert_nll": extra["nll"],
-    }
 
 
 def _global_tokens(mask: Tensor, dist) -> float:

@@ -10,7 +10,6 @@ from gopd_lab.methods.method import register_method
 @register_method
 class CHORD(GRPO):
     name = "chord"
-    update_rule = "grpo"
 
     def check(self, cfg) -> str | None:
         if cfg.mu <= 0:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gopd_lab.methods.method import Method, Objective, register_method
-from gopd_lab.objectives import get_estimator, gopd_advantages, masked_mean
+from gopd_lab.objectives import LossInput, get_estimator, gopd_advantages, masked_mean
 from gopd_lab.objectives.lineage import (
     LOSS_KINDS,
     agopd_lambda,
@@ -30,13 +30,14 @@ class GOPD(Method):
     uses_lam = True
 
     def needs_reference(self, cfg) -> bool:
-        return cfg.always_reference or any(lam != 1 for _, lam in cfg.lam_items())
+        ramps = cfg.lam_schedule != "constant" and cfg.lam_start != 1  # λ ≠ 1 during the ramp
+        return cfg.always_reference or ramps or any(lam != 1 for _, lam in cfg.lam_items())
 
     def step(self, ctx, batch):
         """One G-OPD step (docs/architecture.md, "the loop on one screen"); the loss is :class:`GOPDObjective`."""
         rollout = ctx.sample(batch)  # stage 1: the student samples completions (B, C) of the batch's prompts
-        scored = ctx.score(rollout)  # stage 2: lp_teacher, lp_reference (B, C), λ (B,) by each row's domain
-        objective = self.objective(scored, ctx.settings, ctx.dist, ctx.state)  # stage 3: A_t and the estimator's loss
+        scored = ctx.score(rollout)  # stage 2: lp_teacher, lp_reference (B, C), λ (B,) by domain and lam_schedule
+        objective = self.objective(scored, ctx.cfg, ctx.dist, ctx.state)  # stage 3: A_t and the estimator's loss
         return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
 
     def new_state(self, cfg, metrics_rows: list[dict]) -> LamState:
@@ -44,20 +45,20 @@ class GOPD(Method):
         resumed = metrics_rows[-1].get("reopd_gamma_b") if cfg.lam_mode == "reopd" and metrics_rows else None
         return LamState(reopd_gamma=resumed)
 
-    def objective(self, scored, settings, dist=None, state: LamState | None = None) -> GOPDObjective:
-        return GOPDObjective(self, scored, settings, dist, state)
+    def objective(self, scored, cfg, dist=None, state: LamState | None = None) -> GOPDObjective:
+        return GOPDObjective(self, scored, cfg, dist, state)
 
-    def signal(self, scored, lp_student: Tensor, settings, dist=None, state: LamState | None = None) -> Lineage:
+    def signal(self, scored, lp_student: Tensor, cfg, dist=None, state: LamState | None = None) -> Lineage:
         """G-OPD's ``A_t`` (detached, ``(B, C)``) with the λ each token used, the loss each token gets and λ's
         metrics; the update calls it on the whole batch or micro-batch by micro-batch (:func:`lineage_signal`).
         ``state``: what the λ rule carries from batch to batch (advanced in place)."""
-        return lineage_signal(scored, lp_student, settings, dist, state)
+        return lineage_signal(scored, lp_student, cfg, dist, state)
 
-    def advantages(self, scored, lp_student, settings):
-        return self.signal(scored, lp_student, settings).advantages  # one path for A_t: the λ rule of lam_mode
+    def advantages(self, scored, lp_student, cfg):
+        return self.signal(scored, lp_student, cfg).advantages  # one path for A_t: the λ rule of lam_mode
 
-    def loss(self, scored, out, advantages, weights, settings, lp_old):
-        return get_estimator(settings.estimator).loss(out, scored, advantages, weights, settings, lp_old)
+    def loss(self, x: LossInput):
+        return get_estimator(x.cfg.estimator).loss(x)
 
 
 class GOPDObjective(Objective):
@@ -67,18 +68,18 @@ class GOPDObjective(Objective):
     other rules choose λ once per batch (from every row when the batch is split, :meth:`prepare`), and later
     epochs reuse the first epoch's ``A_t``."""
 
-    def __init__(self, method: GOPD, scored, settings, dist=None, state: LamState | None = None):
-        self.method, self.scored, self.settings, self.dist, self.state = method, scored, settings, dist, state
-        self.whole_batch = settings.lam_mode != "fixed"  # λ from statistics of the whole batch
+    def __init__(self, method: GOPD, scored, cfg, dist=None, state: LamState | None = None):
+        self.method, self.scored, self.cfg, self.dist, self.state = method, scored, cfg, dist, state
+        self.whole_batch = cfg.lam_mode != "fixed"  # λ from statistics of the whole batch
         self.lineage: Lineage | None = None  # the batch's A_t, λ per token and loss kinds, once known
         self.signals: list[Lineage] = []  # fixed λ: the parts' signals of the first epoch
         self.fkl_sum, self.fkl_states = 0.0, 0
 
     def prepare(self, lp_student: Tensor) -> None:
-        self.lineage = self.method.signal(self.scored, lp_student, self.settings, self.dist, self.state)
+        self.lineage = self.method.signal(self.scored, lp_student, self.cfg, self.dist, self.state)
 
     def __call__(self, part, rows, out, lp_student, lp_old, weights):
-        s = self.settings
+        s = self.cfg
         if self.lineage is not None:  # λ chosen once for the batch (or A_t of the first epoch)
             A_t = self.lineage.advantages[rows]  # (b, C)
         elif self.whole_batch:  # one part: it is the whole batch
@@ -87,7 +88,7 @@ class GOPDObjective(Objective):
         else:  # fixed λ: per token, part by part
             self.signals.append(self.method.signal(part, lp_student, s, state=self.state))
             A_t = self.signals[-1].advantages  # (b, C)
-        loss, metrics = self.method.loss(part, out, A_t, weights, s, lp_old)  # the estimator's loss
+        loss, metrics = self.method.loss(LossInput(out, part, A_t, weights, s, lp_old))  # the estimator's loss
         if s.lam_mode == "entropy" and part.fkl_index is not None:  # + Σ_high w·KL(π_T ‖ π_θ) / Σ w
             fkl = forward_kl(part.fkl_logp_teacher, out.logp[part.fkl_index])  # (M,)
             w_states = weights[part.rollout.completion_mask.bool()][part.fkl_index]  # (M,) row-major states
@@ -103,7 +104,7 @@ class GOPDObjective(Objective):
             mask = self.scored.rollout.completion_mask.bool()
             self.lineage = Lineage(advantages, lam_t, kind, lam_stats(lam_t, mask))
         metrics = {}
-        if self.settings.lam_mode == "entropy":
+        if self.cfg.lam_mode == "entropy":
             metrics["forward_kl"] = self.fkl_sum / max(self.fkl_states, 1)
         self.fkl_sum, self.fkl_states = 0.0, 0
         return metrics
@@ -132,8 +133,9 @@ class Lineage:
 
 
 @torch.no_grad()
-def lineage_signal(scored, lp_student: Tensor, s, dist=None, state: LamState | None = None) -> Lineage:
-    """G-OPD's ``A_t`` with λ chosen by ``s.lam_mode`` (docs/lineage.md), from the detached ``lp_student``.
+def lineage_signal(scored, lp_student: Tensor, cfg, dist=None, state: LamState | None = None) -> Lineage:
+    """G-OPD's ``A_t`` with λ chosen by ``cfg.lam_mode`` (docs/lineage.md), from the detached ``lp_student``; the λ
+    of ``fixed`` is the one scoring applied (``scored.lam``, :meth:`~gopd_lab.loop.step.StepContext.score`).
 
     ``fixed``: the sample's λ. ``reopd``: ``λ_t = 1 + γ_b·q_t`` (advances the budget's EMA in ``state``, once per
     batch; without ``state`` the budget starts afresh).
@@ -144,30 +146,30 @@ def lineage_signal(scored, lp_student: Tensor, s, dist=None, state: LamState | N
     reduce = dist.sum_stats if dist is not None and dist.world > 1 else None
     mask = scored.rollout.completion_mask.float()  # (B, C)
     valid = mask.bool()
-    k, m = s.lineage, {}
+    s, m = cfg, {}
     lam = scored.lam  # (B,)
     if s.lam_mode == "reopd":
-        q = reopd_q(scored.lp_teacher, lp_student, tau=k["reopd_tau"], mask=mask)  # (B, C)
+        q = reopd_q(scored.lp_teacher, lp_student, tau=s.reopd_tau, mask=mask)  # (B, C)
         gamma, raw = reopd_budget(
             q,
             mask,
-            target=k["reopd_target"],
-            gamma_max=k["reopd_gamma_max"],
-            ema=k["reopd_ema"],
+            target=s.reopd_target,
+            gamma_max=s.reopd_gamma_max,
+            ema=s.reopd_ema,
             previous=state.reopd_gamma if state is not None else None,
             reduce=reduce,
         )
         if state is not None:
             state.reopd_gamma = gamma
-        lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=gamma, tau=k["reopd_tau"], mask=mask)
+        lam = reopd_lambda(scored.lp_teacher, lp_student, gamma=gamma, tau=s.reopd_tau, mask=mask)
         m.update(reopd_gamma_b=gamma, reopd_gamma_raw=raw, reopd_q_mean=float(masked_mean(q, mask)))
     elif s.lam_mode == "agopd":
         lam_b = agopd_lambda(
             scored.lp_teacher,
             lp_student,
             scored.lp_reference,
-            rho=k["agopd_rho"],
-            lam_max=k["agopd_lam_max"],
+            rho=s.agopd_rho,
+            lam_max=s.agopd_lam_max,
             mask=mask,
             reduce=reduce,
         )
@@ -177,7 +179,7 @@ def lineage_signal(scored, lp_student: Tensor, s, dist=None, state: LamState | N
     kind = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)  # (B, C) 0 = reverse
     if s.lam_mode == "entropy":
         ent = scored.teacher_entropy if scored.teacher_entropy is not None else torch.zeros_like(mask)
-        high = entropy_split(ent, threshold=k["entropy_threshold"], mask=mask)  # (B, C)
+        high = entropy_split(ent, threshold=s.entropy_threshold, mask=mask)  # (B, C)
         adv = torch.where(high, torch.zeros_like(adv), adv)
         kind[high] = LOSS_KINDS.index("forward")
         m.update(

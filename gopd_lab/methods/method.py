@@ -2,11 +2,11 @@
 of ``gopd_lab.methods``, registered under its name with :func:`register_method`.
 
 A method declares what its step is made of (who samples the batch, whether it needs tasks, a teacher, expert
-answers, SDPO's self-teacher, G-OPD's λ and reference rule), its :meth:`Method.step` (rollout → score → update,
-in named lines, on a step context of ``gopd_lab.loop.step``) and its update rule: an :class:`Objective`, the
-per-token advantages ``A_t`` and the loss of each micro-batch from one student forward. ``RunConfig``
-validation, model loading, the collector, the training loop, FSDP and the update ask this registry; none of
-them compares method names.
+answers, SDPO's self-teacher, G-OPD's λ and reference rule), its recipe :meth:`Method.step` (sample → score →
+update, in named lines, on a step context of ``gopd_lab.loop.step``) and its loss: an :class:`Objective`, the
+per-token advantages ``A_t`` and the loss of each micro-batch from one student forward, through
+``loss(x: LossInput)`` (the estimators' signature too). ``RunConfig`` validation, model loading, the collector,
+the training loop, FSDP and the update ask this registry; none of them compares method names.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from gopd_lab.objectives.estimator import LossInput
+
 
 class Method:
-    """One training method. Subclasses set :attr:`name` and override :meth:`advantages` and :meth:`loss`."""
+    """One training method. Subclasses set :attr:`name`, write :meth:`step` and override :meth:`advantages` and
+    :meth:`loss` (or :meth:`objective`); a subclass inherits its parent's (SDPO is G-OPD's, CHORD GRPO's)."""
 
     name: ClassVar[str] = ""
-    update_rule: ClassVar[str] = ""
-    """The registered method whose :meth:`advantages` and :meth:`loss` the update runs (``sdpo`` → ``gopd``)."""
     samples_student: ClassVar[bool] = True
     """A step's batch is sampled from the student (on-policy); False: the batch is expert answers (SFT)."""
     needs_tasks: ClassVar[bool] = False
@@ -45,28 +46,30 @@ class Method:
         return bool(cfg.always_reference)
 
     def step(self, ctx, batch):
-        """One training step on ``ctx`` (:class:`~gopd_lab.loop.step.StepContext`) → ``UpdateResult``. The shared
-        path: the collector builds the batch by this method's flags, the update asks :meth:`objective`."""
-        rollout = ctx.rollout(batch)  # stage 1: the student's samples, or expert answers (samples_student)
-        scored = ctx.collect_scores(rollout)  # stage 2: what the flags say (teacher, verifier, reference)
-        return ctx.update(scored)  # stages 3-4: A_t and the loss per micro-batch (self.objective); one step
+        """One training step on ``ctx`` (:class:`~gopd_lab.loop.step.StepContext`) → ``UpdateResult``: the recipe,
+        ``ctx.sample`` → ``ctx.score`` / ``ctx.reward`` / ``ctx.unscored`` → ``ctx.update(scored, objective)``."""
+        raise NotImplementedError(
+            f"method {self.name!r} writes no step(ctx, batch); write its recipe as the built-in methods do "
+            "(docs/extending.md, 'A new method')"
+        )
 
     def new_state(self, cfg, metrics_rows: list[dict]):
         """What the method carries from one step to the next (None: nothing), kept by the step context
         (``ctx.state``); ``metrics_rows`` are the logged steps a resumed run continues from (empty when fresh)."""
         return None
 
-    def objective(self, scored, settings, dist=None, state=None) -> Objective:
-        """The loss of the batch ``scored``, micro-batch by micro-batch (the update calls it); ``state`` is
-        :meth:`new_state`'s object."""
-        return BatchObjective(self, scored, settings)
+    def objective(self, scored, cfg, dist=None, state=None) -> Objective:
+        """The loss of the batch ``scored``, micro-batch by micro-batch (the update calls it), for the run's config
+        ``cfg``; ``state`` is :meth:`new_state`'s object."""
+        return BatchObjective(self, scored, cfg)
 
-    def advantages(self, scored, lp_student: Tensor, settings) -> Tensor:
-        """Per-token advantages ``(B, C)``, detached, from the scores and the student's log-probs ``(B, C)``."""
+    def advantages(self, scored, lp_student: Tensor | None, cfg) -> Tensor:
+        """Per-token advantages ``(B, C)``, detached, from the scores and the student's detached log-probs
+        ``(B, C)`` (None where :class:`BatchObjective` forms them from the scores alone, before any forward)."""
         return scored.rollout.completion_mask.float().new_zeros(scored.rollout.completion_mask.shape)
 
-    def loss(self, scored, out, advantages: Tensor, weights: Tensor, settings, lp_old: Tensor | None):
-        """``(loss, metrics)`` from the student's forward ``out`` and the token weights ``(B, C)``."""
+    def loss(self, x: LossInput) -> tuple[Tensor, dict[str, float]]:
+        """``(loss, metrics)`` of one micro-batch (:class:`~gopd_lab.objectives.estimator.LossInput`)."""
         raise NotImplementedError
 
 
@@ -98,16 +101,16 @@ class Objective:
 
 
 class BatchObjective(Objective):
-    """A_t of the whole batch at once (GRPO's group baseline, SFT's zeros), then :meth:`Method.loss` per part."""
+    """A_t of the whole batch at once from the scores alone (GRPO's group baseline, SFT's zeros: they do not read
+    the student's log-probs), then :meth:`Method.loss` per part."""
 
-    def __init__(self, method: Method, scored, settings):
-        self.method, self.settings = method, settings
-        mask = scored.rollout.completion_mask.float()  # (B, C)
-        self.advantages = method.advantages(scored, mask, settings)  # (B, C) detached; does not read lp_student
+    def __init__(self, method: Method, scored, cfg):
+        self.method, self.cfg = method, cfg
+        self.advantages = method.advantages(scored, None, cfg)  # (B, C) detached
 
     def __call__(self, part, rows, out, lp_student, lp_old, weights):
         A_t = self.advantages[rows]  # (b, C)
-        loss, metrics = self.method.loss(part, out, A_t, weights, self.settings, lp_old)
+        loss, metrics = self.method.loss(LossInput(out, part, A_t, weights, self.cfg, lp_old))
         return loss, A_t, metrics
 
 
@@ -116,14 +119,12 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: register one instance of ``cls`` under ``cls.name`` (its own update rule by default)."""
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"a method needs a name, {cls.__qualname__} has none")
     old = METHODS.get(cls.name)
     if old is not None and type(old).__qualname__ != cls.__qualname__:
         raise ValueError(f"method {cls.name!r} is already registered by {type(old).__qualname__}")
-    if not cls.__dict__.get("update_rule"):
-        cls.update_rule = cls.name
     METHODS[cls.name] = cls()
     return cls
 

@@ -10,7 +10,6 @@ from gopd_lab.methods.method import register_method
 @register_method
 class SDPO(GOPD):
     name = "sdpo"
-    update_rule = "gopd"
     needs_tasks = True
     needs_teacher = False
     self_teacher = True
@@ -19,7 +18,7 @@ class SDPO(GOPD):
         """One SDPO step: G-OPD's, with the student re-prompted by the verifier's feedback as its own teacher."""
         rollout = ctx.sample(batch)  # stage 1: the student samples completions (B, C)
         scored = ctx.score(rollout, self_teacher=True)  # stage 2: feedback → the self-teacher's lp_teacher (B, C)
-        objective = self.objective(scored, ctx.settings, ctx.dist, ctx.state)  # stage 3: G-OPD's A_t and loss
+        objective = self.objective(scored, ctx.cfg, ctx.dist, ctx.state)  # stage 3: G-OPD's A_t and loss
         return ctx.update(scored, objective)  # stage 4: micro-batches → backward → all-reduce → clip → step
 
     def check(self, cfg) -> str | None:

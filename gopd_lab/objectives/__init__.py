@@ -30,6 +30,7 @@ from gopd_lab.objectives.estimator import (
     TEACHER_DISTRIBUTION,
     TEACHER_TOPK,
     Estimator,
+    LossInput,
     get_estimator,
     register_estimator,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "TEACHER_DISTRIBUTION",
     "TEACHER_TOPK",
     "Estimator",
+    "LossInput",
     "get_estimator",
     "register_estimator",
     "Full",

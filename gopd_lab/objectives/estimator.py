@@ -8,7 +8,8 @@ teacher client and the update ask this registry; none of them lists estimator na
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -21,6 +22,28 @@ TEACHER_DISTRIBUTION = "teacher-distribution"
 TEACHER_TOPK = "teacher-topk"
 """Also the teacher's top-k token ids and log-probs per state, and the reference's log-probs at those ids."""
 NEEDS = (SAMPLED_TOKENS, MIXED_TARGET, TEACHER_DISTRIBUTION, TEACHER_TOPK)
+
+
+@dataclass
+class LossInput:
+    """What a loss reads for one micro-batch: the one signature of :meth:`Estimator.loss` and of
+    ``Method.loss`` (``gopd_lab.methods``), ``loss(x: LossInput) -> (loss, metrics)``."""
+
+    out: Any
+    """The student's forward (:class:`~gopd_lab.lm.logprobs.StudentOut`): ``lp`` ``(b, C)`` of the sampled tokens
+    (carries the gradient), ``entropy`` ``(b, C)``; ``logp`` ``(N, V)`` at ``positions`` when the estimator needs
+    the full distribution; ``kl_loss`` when the ``full`` KL was fused with the LM head."""
+    scored: Any
+    """The micro-batch's scores (:class:`~gopd_lab.scorers.score.Scored`): ``rollout``, ``lam`` ``(b,)``,
+    ``lp_teacher`` / ``lp_reference`` ``(b, C)``, ``target`` (per state), ``rewards`` ``(b,)``."""
+    advantages: Tensor
+    """``(b, C)`` the detached per-token advantages ``A_t`` (zeros for a method without any)."""
+    weights: Tensor
+    """``(b, C)`` each token's weight in the loss (the completion mask, or per-sequence weights by ``loss_agg``)."""
+    cfg: Any
+    """The run's :class:`~gopd_lab.config.RunConfig` (``clip_eps``, ``jsd_beta``, ``kl_coef``, ...)."""
+    lp_old: Tensor | None = None
+    """``(b, C)`` the rollout policy's log-probs, after the first of ``epochs_per_batch`` epochs (None in it)."""
 
 
 class Estimator:
@@ -46,10 +69,9 @@ class Estimator:
         """A reason ``cfg`` (a ``RunConfig``) cannot run with this estimator, or None."""
         return None
 
-    def loss(self, out, scored, advantages: Tensor, weights: Tensor, settings, lp_old: Tensor | None):
-        """``(loss, metrics)`` from the student's forward ``out`` (:class:`~gopd_lab.lm.logprobs.StudentOut`:
-        ``lp`` ``(B, C)``; ``logp`` ``(N, V)`` at ``positions`` when :attr:`student_full`), the scores, the detached
-        advantages ``(B, C)``, the token weights ``(B, C)`` and the update settings."""
+    def loss(self, x: LossInput) -> tuple[Tensor, dict[str, float]]:
+        """``(loss, metrics)`` of one micro-batch (:class:`LossInput`: the student's forward, the scores, the
+        detached advantages, the token weights, the run's config)."""
         raise NotImplementedError
 
 

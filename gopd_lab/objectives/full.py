@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from gopd_lab.objectives.advantages import masked_mean
-from gopd_lab.objectives.estimator import MIXED_TARGET, Estimator, register_estimator
+from gopd_lab.objectives.estimator import MIXED_TARGET, Estimator, LossInput, register_estimator
 
 
 def full_loss(logp_student: Tensor, logp_target: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -30,7 +30,8 @@ class Full(Estimator):
     needs = MIXED_TARGET
     fused_kl = True
 
-    def loss(self, out, scored, advantages, weights, settings, lp_old):
+    def loss(self, x: LossInput):
+        out, scored, weights = x.out, x.scored, x.weights
         if out.kl_loss is not None:  # fused with the LM head (student_kl_forward): the same mean KL as full_loss
             return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
         states = weights[out.positions.b, out.positions.c]  # (N,) the weight of every kept state

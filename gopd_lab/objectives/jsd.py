@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from gopd_lab.objectives.advantages import masked_mean
-from gopd_lab.objectives.estimator import TEACHER_DISTRIBUTION, Estimator, register_estimator
+from gopd_lab.objectives.estimator import TEACHER_DISTRIBUTION, Estimator, LossInput, register_estimator
 
 
 def jsd_loss(logp_student: Tensor, logp_teacher: Tensor, mask: Tensor, beta: float) -> tuple[Tensor, dict[str, float]]:
@@ -48,6 +48,6 @@ class JSD(Estimator):
             return "estimator='jsd' distils to the teacher itself; set lam=1 (or use 'full' for G-OPD)"
         return None
 
-    def loss(self, out, scored, advantages, weights, settings, lp_old):
-        states = weights[out.positions.b, out.positions.c]  # (N,)
-        return jsd_loss(out.logp, scored.target, states, settings.jsd_beta)
+    def loss(self, x: LossInput):
+        states = x.weights[x.out.positions.b, x.out.positions.c]  # (N,)
+        return jsd_loss(x.out.logp, x.scored.target, states, x.cfg.jsd_beta)

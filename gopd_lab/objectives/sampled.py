@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from gopd_lab.objectives.advantages import masked_mean
-from gopd_lab.objectives.estimator import SAMPLED_TOKENS, Estimator, register_estimator
+from gopd_lab.objectives.estimator import SAMPLED_TOKENS, Estimator, LossInput, register_estimator
 
 
 def sampled_loss(
@@ -50,5 +50,5 @@ class Sampled(Estimator):
     needs = SAMPLED_TOKENS
     uses_advantages = True
 
-    def loss(self, out, scored, advantages, weights, settings, lp_old):
-        return sampled_loss(out.lp, advantages, weights, lp_old=lp_old, clip_eps=settings.clip_eps)
+    def loss(self, x: LossInput):
+        return sampled_loss(x.out.lp, x.advantages, x.weights, lp_old=x.lp_old, clip_eps=x.cfg.clip_eps)

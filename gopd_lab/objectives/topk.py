@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from gopd_lab.objectives.advantages import target_logprobs
-from gopd_lab.objectives.estimator import TEACHER_TOPK, Estimator, register_estimator
+from gopd_lab.objectives.estimator import TEACHER_TOPK, Estimator, LossInput, register_estimator
 from gopd_lab.objectives.full import full_loss
 
 
@@ -57,7 +57,8 @@ class TopK(Estimator):
     name = "topk"
     needs = TEACHER_TOPK
 
-    def loss(self, out, scored, advantages, weights, settings, lp_old):
-        states = weights[out.positions.b, out.positions.c]  # (N,)
+    def loss(self, x: LossInput):
+        out, scored = x.out, x.scored
+        states = x.weights[out.positions.b, out.positions.c]  # (N,)
         lam_n = scored.lam[out.positions.b][:, None]  # (N, 1)
         return topk_loss(out.logp, scored.topk_index, scored.lp_teacher_topk, scored.lp_reference_topk, lam_n, states)
