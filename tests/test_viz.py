@@ -366,7 +366,7 @@ def test_grpo_token_advantages_is_what_grpo_trains_on():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]] * 2)  # (6, 4)
     got = grpo_token_advantages(rewards, 3, mask)  # (6, 4)
     scored = SimpleNamespace(rewards=rewards, rollout=SimpleNamespace(completion_mask=mask))
-    settings = SimpleNamespace(group_size=3, scale_std=True)
+    settings = SimpleNamespace(samples_per_prompt=3, grpo_scale_std=True)
     assert torch.equal(got, GRPO().advantages(scored, None, settings))
     adv = group_advantages(rewards, 3)
     assert torch.equal(got[1, :2], adv[1].repeat(2)) and got[1, 2:].abs().sum() == 0  # A on every token, 0 past it
