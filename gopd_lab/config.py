@@ -235,7 +235,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in JSON_TEXT_FIELDS:  # {domain: ...} given as JSON text (papermill, shell)
             setattr(self, name, _json_text(name, getattr(self, name)))
-        from gopd_lab.config_checks import check_config
+        from gopd_lab.config_checks import check_combinations, check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:
@@ -344,6 +344,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"report_to must be one of {REPORT_TO} or a list of them, got {unknown}")
         self._check_lam_mode()
+        check_combinations(self)  # valid fields that together cannot train (issue 22)
 
     def _check_lam_mode(self) -> None:
         """The lineage's knobs (issue 15): every knob's range whatever the mode, then what the mode needs."""

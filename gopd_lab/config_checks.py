@@ -1,6 +1,10 @@
 """Checks of a :class:`~gopd_lab.config.RunConfig` that run before any model loads: every field's type, every
-number finite, the ranges the method-specific checks in ``config.py`` do not cover, known task names and a
-batch that divides over the launched processes. Each error names the field and what to give instead."""
+number finite, the ranges the method-specific checks in ``config.py`` do not cover, known task names, a batch
+that divides over the launched processes and combinations that cannot train (:func:`check_combinations`). Two
+checks need more than the config: :func:`check_device` (the device exists on this machine; run by ``train``
+before any model loads, not at construction, so a GPU run's ``config.json`` still loads on a laptop) and
+:func:`check_context` (every prompt plus ``max_new_tokens``, and every SFT target, fits the models' context;
+run once the models are loaded). Each error names the field and what to give instead."""
 
 from __future__ import annotations
 
@@ -169,3 +173,93 @@ def check_config(cfg) -> None:
     check_tasks(cfg)
     check_world(cfg)
     check_trackers(cfg)
+
+
+def check_combinations(cfg) -> None:
+    """Fields that are each valid but together train nothing or silently ignore one another (run after the
+    method's own checks in ``RunConfig.__post_init__``)."""
+    from gopd_lab.methods import get_method
+
+    method = get_method(cfg.method)
+    if method.update_rule == "grpo" and cfg.samples_per_prompt < 2:
+        raise ConfigError(
+            f"method={cfg.method!r} with samples_per_prompt={cfg.samples_per_prompt}: GRPO's advantage is a "
+            "sample's reward minus its group's mean, so a group of one has advantage 0 and trains nothing; set "
+            "samples_per_prompt >= 2 (e.g. 4)"
+        )
+    if cfg.task_names and (cfg.prompts if isinstance(cfg.prompts, str) else list(cfg.prompts)):
+        raise ConfigError(
+            "prompts and tasks are both given: with tasks the training prompts are the tasks' train splits and "
+            "prompts would be ignored; give tasks (prompts with verifiers) or prompts, not both"
+        )
+
+
+def check_device(cfg) -> None:
+    """``device`` names a device this torch can use (``cuda`` on a CPU-only torch is refused before any model
+    loads, naming the field)."""
+    import torch
+
+    if cfg.device == "auto":
+        return
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (CUDA_VISIBLE_DEVICES, driver)"
+            )
+            raise ConfigError(
+                f"device={cfg.device!r}, but {why}; use device='auto' or 'cpu' (or install a CUDA build of torch)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={cfg.device!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"device={cfg.device!r}, but MPS is not available here; use device='auto' or 'cpu'")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+
+
+def _context_of(models) -> tuple[int | None, str]:
+    """The smallest context (``max_position_embeddings``) among the student and its local teachers/references."""
+    from gopd_lab.lm.logprobs import max_context
+
+    named = [("the student", models.student)]
+    for role, table in (("teacher", models.teachers), ("reference", models.references)):
+        named += [(f"the {role} ({domain})", m) for domain, m in (table or {}).items()]
+    known = [(c, who) for who, m in named if (c := max_context(m)) is not None]
+    return min(known, key=lambda x: x[0]) if known else (None, "")
+
+
+def check_context(cfg, collector) -> None:
+    """Every training prompt plus ``max_new_tokens`` (methods that sample) and every SFT example (prompt plus
+    answer plus EOS: ``sft``/``offpolicy`` batches, CHORD's μ term) fits the smallest context of the loaded models;
+    a model given more positions than it has computes garbage without an error."""
+    context, who = _context_of(collector.models)
+    if context is None:
+        return
+    if collector.method.samples_student and len(collector.prompts):
+        lengths = [len(ids) for ids in collector.prompts.ids]
+        i = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[i] + cfg.max_new_tokens > context:
+            raise ConfigError(
+                f"prompt {i} ({collector.prompts.texts[i][:40]!r}...) is {lengths[i]} tokens; with "
+                f"max_new_tokens={cfg.max_new_tokens} that is {lengths[i] + cfg.max_new_tokens} positions, beyond "
+                f"{who}'s context of {context}; lower max_new_tokens or shorten/drop that prompt"
+            )
+    expert = collector.expert
+    if expert is not None and expert.answers is not None and len(expert):
+        tok = collector.models.tokenizer
+        for i, (ids, answer) in enumerate(zip(expert.ids, expert.answers)):
+            n = len(ids) + len(tok(answer, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+            if n > context:
+                source = cfg.expert_data or ("the teacher's samples" if collector.method.expert_source else "tasks")
+                raise ConfigError(
+                    f"SFT example {i} of {source} (prompt {expert.texts[i][:40]!r}...) is {n} tokens with its "
+                    f"answer, beyond {who}'s context of {context}; shorten or drop the example (the answer would be "
+                    "trained past the positions the model has)"
+                )

@@ -22,7 +22,7 @@ from gopd_lab.lm.models import (
     resolve_dtype,
 )
 from gopd_lab.lm.precision import student_dtypes
-from gopd_lab.lm.vocab import Agreement, align_vocabularies
+from gopd_lab.lm.vocab import Agreement, align_vocabularies, output_width
 from gopd_lab.methods import get_method
 from gopd_lab.scorers.remote import RemoteScorer, is_url
 from gopd_lab.scorers.self_teacher import self_teacher
@@ -76,6 +76,7 @@ def load_models(cfg: RunConfig) -> Models:
             if path not in cache:
                 cache[path] = RemoteScorer(path, role=role)
                 cache[path].check_tokenizer(tokenizer, cfg.student)
+                cache[path].width = output_width(student)  # its per-state answers on the student's ids
             return cache[path]
         if path not in checked:
             checked[path] = check_tokenizers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gopd_lab.config import RunConfig
+from gopd_lab.config_checks import check_context, check_device
 from gopd_lab.errors import writing
 from gopd_lab.lm.models import DEFAULT_DOMAIN, Models
 from gopd_lab.lm.precision import autocast
@@ -24,7 +26,7 @@ from gopd_lab.loop.checkpoint import check_finite, latest_checkpoint, load_check
 from gopd_lab.loop.collect import Collector, batch_indices
 from gopd_lab.loop.evaluate import task_evaluator
 from gopd_lab.loop.load import load_models
-from gopd_lab.loop.rundir import prepare_run_dir
+from gopd_lab.loop.rundir import RunLock, prepare_run_dir
 from gopd_lab.loop.schedules import lr_factor, make_optimizer
 from gopd_lab.loop.step import Batch, StepContext
 from gopd_lab.loop.trackers import Reporter
@@ -120,16 +122,18 @@ def train(
     ``cfg.eval_every`` steps and at the end; its rows go to ``eval.jsonl``.
     """
     out = Path(cfg.out_dir)
+    check_device(cfg)  # device="cuda" on a CPU-only torch: refused before anything loads
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     # a missing tracker package was refused by the config (before this clears anything or loads any model)
-    prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(cfg) if cfg.report_targets and dist.is_main else None
-    try:
-        return _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress)
-    finally:  # a failed run closes its trackers too (event files flushed, the wandb/trackio run finished)
-        if reporter is not None:
-            reporter.close()
+    with RunLock(out) if dist.is_main else nullcontext():  # one run per out_dir, held until this run ends
+        prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        reporter = Reporter(cfg) if cfg.report_targets and dist.is_main else None
+        try:
+            return _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress)
+        finally:  # a failed run closes its trackers too (event files flushed, the wandb/trackio run finished)
+            if reporter is not None:
+                reporter.close()
 
 
 def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress) -> pd.DataFrame:
@@ -165,6 +169,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     settings = UpdateSettings.from_config(cfg, amp)
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
+    check_context(cfg, collector)  # every prompt + max_new_tokens and every SFT example fits the models' context
     method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods): its step is method.step
     ctx = StepContext(cfg, collector, student, optimizer, settings, dist, out, state=method.new_state(cfg, []))
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)
