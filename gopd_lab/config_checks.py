@@ -263,3 +263,20 @@ def check_context(cfg, collector) -> None:
                     f"answer, beyond {who}'s context of {context}; shorten or drop the example (the answer would be "
                     "trained past the positions the model has)"
                 )
+
+
+def check_tokenizer_fits(model, tokenizer, name: str) -> None:
+    """Every id of ``tokenizer`` has a row in ``model``'s input embedding (a tokenizer with added tokens over an
+    embedding that was not resized fails with an ``IndexError`` on the first such token, or silently on CUDA)."""
+    get = getattr(model, "get_input_embeddings", None)
+    weight = getattr(get() if get is not None else None, "weight", None)
+    if weight is None or tokenizer is None:
+        return
+    rows = int(weight.shape[0])
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if top >= rows:
+        raise ConfigError(
+            f"the tokenizer of {name} has ids up to {top} ({len(tokenizer)} tokens), but the model's embedding has "
+            f"{rows} rows: ids >= {rows} cannot be embedded. Use the tokenizer saved with this model, or resize the "
+            "embedding (model.resize_token_embeddings(len(tokenizer))) and save both"
+        )

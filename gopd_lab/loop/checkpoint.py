@@ -103,6 +103,14 @@ def load_checkpoint(
             f"checkpoint file {file} cannot be read ({err}); it is damaged or truncated: delete {path} to resume "
             "from the checkpoint before it"
         ) from None
+    except RuntimeError as err:  # torch's "size mismatch for ...": weights of another architecture
+        if "size mismatch" not in str(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ModelLoadError(
+            f"checkpoint {path} holds weights of another architecture than the student ({first}); resume with "
+            "the student it was made with, or start a new out_dir"
+        ) from None
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise ModelLoadError(
             f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected}); "

@@ -9,6 +9,7 @@ import copy
 from torch import nn
 
 from gopd_lab.config import ConfigError, RunConfig
+from gopd_lab.config_checks import check_tokenizer_fits
 from gopd_lab.errors import ModelLoadError
 from gopd_lab.lm.models import (
     DEFAULT_DOMAIN,
@@ -56,6 +57,7 @@ def load_models(cfg: RunConfig) -> Models:
     student = load_model(
         cfg.student, role="student", device=device, dtype=student_dtype, trust_remote_code=cfg.trust_remote_code
     )
+    check_tokenizer_fits(student, tokenizer, cfg.student)
     initial_student: nn.Module | None = None
     if cfg.lora_r > 0:
         student = _add_lora(student, cfg)

@@ -157,6 +157,34 @@ def prepare_run_dir(cfg, *, clear: bool) -> None:
         )
     if present and clear:
         clear_run(out)
+    if clear:
+        check_tracker_dirs(cfg, out)
+
+
+TRACKER_DIRS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+"""The folders of ``out_dir`` the trackers of ``report_to`` write into."""
+
+
+def check_tracker_dirs(cfg, out: Path) -> None:
+    """Each tracker folder of ``report_to`` can be written (a folder that is a file, read-only or on a full disk
+    fails in the tracker's writer thread, long after the run started, or not at all): a probe file is created and
+    removed; :class:`RunDirError` names the folder and the fix."""
+    import tempfile
+
+    for name in cfg.report_targets:
+        if name not in TRACKER_DIRS:
+            continue
+        folder = out / TRACKER_DIRS[name]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe."):
+                pass
+        except OSError as err:
+            what = "is a file" if folder.exists() and not folder.is_dir() else f"cannot be written ({err.strerror})"
+            raise RunDirError(
+                f"report_to={name!r} writes into {folder}, which {what}; remove or fix it (chmod u+w {folder}), "
+                f"or drop {name} from report_to"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------- one run at a time
