@@ -187,6 +187,24 @@ def check_combinations(cfg) -> None:
             "sample's reward minus its group's mean, so a group of one has advantage 0 and trains nothing; set "
             "samples_per_prompt >= 2 (e.g. 4)"
         )
+    if cfg.expert_data and (
+        (method.samples_student and cfg.mu == 0) or (method.expert_source and cfg.expert_data != method.expert_source)
+    ):
+        raise ConfigError(
+            f"expert_data={cfg.expert_data!r} is not read by method={cfg.method!r}"
+            + (" with mu=0" if method.samples_student else f" (it trains on the {method.expert_source}'s samples)")
+            + ": expert answers feed sft, or the SFT term of mu > 0 (chord); drop expert_data or change the method"
+        )
+    if isinstance(cfg.reference, dict) and not cfg.reference:
+        raise ConfigError("reference is an empty dict; give {domain: path} or one path")
+    if cfg.lora_r > 0 and not (
+        cfg.lora_target_modules if isinstance(cfg.lora_target_modules, str) else list(cfg.lora_target_modules)
+    ):
+        raise ConfigError("lora_r > 0 with no lora_target_modules; give module names or 'all-linear'")
+    if not 0.0 <= cfg.mu_valley <= 1.0:
+        raise ConfigError(f"mu_valley must be in [0, 1] (a weight like mu), got {cfg.mu_valley}")
+    if cfg.eval_seed < 0:
+        raise ConfigError(f"eval_seed must be >= 0, got {cfg.eval_seed}")
     if cfg.task_names and (cfg.prompts if isinstance(cfg.prompts, str) else list(cfg.prompts)):
         raise ConfigError(
             "prompts and tasks are both given: with tasks the training prompts are the tasks' train splits and "
@@ -225,8 +243,11 @@ def check_device(cfg) -> None:
 
 
 def _context_of(models) -> tuple[int | None, str]:
-    """The smallest context (``max_position_embeddings``) among the student and its local teachers/references."""
-    from gopd_lab.lm.logprobs import max_context
+    """The smallest context (``max_position_embeddings``, as ``gopd_lab.lm.logprobs.max_context`` reads it) among
+    the student and its local teachers/references (a served one checks its own)."""
+
+    def max_context(model):
+        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     named = [("the student", models.student)]
     for role, table in (("teacher", models.teachers), ("reference", models.references)):

@@ -121,10 +121,13 @@ def test_rows_and_length_are_refused_off_the_raw_body_before_decoding(tiny_dirs,
         rows = [[5] * 60] * 20_000  # 20,000 rows: ~7 MB
         payload = {"prompt_ids": rows, "prompt_mask": rows, "completion_ids": rows, "completion_mask": rows}
         data = json.dumps(payload).encode()
-        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as s:
-            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
-            answer = s.recv(65536)
-        assert answer.split(b" ")[1] == b"400" and b"20000 rows in one request" in answer
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        conn.request("POST", "/score", body=data, headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        assert answer.status == 400 and "20000 rows in one request" in json.loads(answer.read())["error"]
+        conn.close()
         assert not [n for n in decoded if n > 1_000_000]  # the large body was never decoded
     finally:
         server.shutdown()
