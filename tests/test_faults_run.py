@@ -234,3 +234,38 @@ def test_checkpoint_from_another_architecture_names_it(tiny_dirs, tmp_path):
     save_tiny_model(student, hidden=48)  # the same path now holds a wider model
     with pytest.raises(ModelLoadError, match=r"checkpoint .*step_000002 holds weights of another architecture"):
         train(cfg.replace(resume=True, steps=3), progress=False)
+
+
+# ------------------------------------------------------------------------------------ found by the probes
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng.pt", "state.json"])
+def test_damaged_checkpoint_file_names_it_not_a_traceback(tiny_dirs, tmp_path, name):
+    """An empty optimizer.pt / rng.pt / state.json was an EOFError, miniz RuntimeError or JSONDecodeError."""
+    cfg = _cfg(tiny_dirs, tmp_path / "run", save_every=1, steps=1)
+    train(cfg, progress=False)
+    (tmp_path / "run" / "checkpoints" / "step_000001" / name).write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=rf"step_000001/{name} cannot be read .* delete .*step_000001 to resume"):
+        train(cfg.replace(resume=True, steps=2), progress=False)
+
+
+def test_a_sweep_given_a_yaml_or_empty_file_as_its_notebook_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("notebook: x.ipynb\ngrid:\n  lam: [1,")
+    assert main(["sweep", str(spec), "--grid", "lam=1", "--sweep-dir", str(tmp_path / "s")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "is not a readable notebook" in line and "--spec" in line
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(expert_data="e.jsonl"), "expert_data='e.jsonl' is not read by method='gopd' with mu=0"),
+        (dict(method="offpolicy", tasks="add", expert_data="e.jsonl"), "is not read by method='offpolicy'"),
+        (dict(reference={}), "reference is an empty dict"),
+        (dict(lora_r=4, lora_target_modules=[]), "lora_r > 0 with no lora_target_modules"),
+        (dict(mu_valley=-1.0), r"mu_valley must be in \[0, 1\]"),
+        (dict(eval_seed=-1), "eval_seed must be >= 0"),
+    ],
+)
+def test_fields_that_were_silently_ignored_or_out_of_range_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**fields)

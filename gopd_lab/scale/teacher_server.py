@@ -23,9 +23,13 @@ Protocol (JSON over HTTP; one request carries at most ``max_rows`` rows):
 - Errors: 400 for a malformed request (not retried), 500 for a failure while scoring (retried).
 
 The client splits large batches into requests of at most ``max_rows`` rows, retries connection failures,
-timeouts and 5xx answers with exponential backoff, and raises :class:`TeacherUnreachable` naming the URL and
-the command to start when no server answers. Options ride on the URL's query string:
-``http://host:8765?connect_timeout=5&timeout=60&retries=5&max_rows=8``.
+timeouts and 5xx answers with exponential backoff within a deadline (60 s per request by default, a warning
+on each retry), and raises :class:`TeacherUnreachable` naming the URL and the command to start when no server
+answers. Options ride on the URL's query string:
+``http://host:8765?connect_timeout=5&timeout=60&retries=5&deadline=300&max_rows=8``.
+A body's row count and row length are read off its raw bytes before it is decoded
+(:func:`~gopd_lab.scale.teacher_request.precheck_body`); output rows beyond the tokenizer (a padded vocabulary)
+are masked as the local path masks them.
 
 The server has no authentication: it listens on 127.0.0.1 by default; give ``--host 0.0.0.0`` only on a
 private network (or put it behind a proxy that authenticates).
