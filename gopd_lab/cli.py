@@ -157,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from gopd_lab.config_checks import check_tokenizer_fits
     from gopd_lab.lm.models import load_model, load_tokenizer, resolve_device
     from gopd_lab.loop.evaluate import evaluate
     from gopd_lab.tasks import load_tasks
@@ -166,6 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, role="model", device=device, dtype=torch.float32)
     tokenizer = load_tokenizer(args.model)
+    check_tokenizer_fits(model, tokenizer, args.model)  # a larger tokenizer was an IndexError mid-evaluation
     table = evaluate(
         model,
         tokenizer,

@@ -283,7 +283,7 @@ class RunConfig:
             raise ConfigError(f"{err} (or set world= in the config)") from None
         if self.world not in WORLDS:
             raise ConfigError(f"world must be one of {sorted(WORLDS)} (or empty: $GOPD_LAB_WORLD), got {self.world!r}")
-        from gopd_lab.config_checks import check_config
+        from gopd_lab.config_checks import check_combinations, check_config
 
         check_config(self)  # types, finite numbers, known tasks, process count (issue 13)
         if self.method not in METHODS:
@@ -405,6 +405,8 @@ class RunConfig:
                 f"need headroom_prompts >= 1 and headroom_min_acc in [0, 1], got {self.headroom_prompts}, "
                 f"{self.headroom_min_acc}"
             )
+
+        check_combinations(self)  # valid fields that together cannot train (issue 22)
 
     def _check_lam_schedule(self) -> None:
         if self.lam_schedule not in LAM_SCHEDULES:

@@ -1,6 +1,10 @@
 """Checks of a :class:`~gopd_lab.config.RunConfig` that run before any model loads: every field's type, every
-number finite, the ranges the method-specific checks in ``config.py`` do not cover, known task names and a
-batch that divides over the launched processes. Each error names the field and what to give instead."""
+number finite, the ranges the method-specific checks in ``config.py`` do not cover, known task names, a batch
+that divides over the launched processes and combinations that cannot train (:func:`check_combinations`). Two
+checks need more than the config: :func:`check_device` (the device exists on this machine; run by ``train``
+before any model loads, not at construction, so a GPU run's ``config.json`` still loads on a laptop) and
+:func:`check_context` (every prompt plus ``max_new_tokens``, and every SFT target, fits the models' context;
+run once the models are loaded). Each error names the field and what to give instead."""
 
 from __future__ import annotations
 
@@ -170,3 +174,131 @@ def check_config(cfg) -> None:
     check_tasks(cfg)
     check_world(cfg)
     check_trackers(cfg)
+
+
+def check_combinations(cfg) -> None:
+    """Fields that are each valid but together train nothing or silently ignore one another (run after the
+    method's own checks in ``RunConfig.__post_init__``)."""
+    from gopd_lab.methods import get_method
+
+    method = get_method(cfg.method)
+    if method.update_rule == "grpo" and cfg.samples_per_prompt < 2:
+        raise ConfigError(
+            f"method={cfg.method!r} with samples_per_prompt={cfg.samples_per_prompt}: GRPO's advantage is a "
+            "sample's reward minus its group's mean, so a group of one has advantage 0 and trains nothing; set "
+            "samples_per_prompt >= 2 (e.g. 4)"
+        )
+    if cfg.expert_data and (
+        (method.samples_student and cfg.mu == 0) or (method.expert_source and cfg.expert_data != method.expert_source)
+    ):
+        raise ConfigError(
+            f"expert_data={cfg.expert_data!r} is not read by method={cfg.method!r}"
+            + (" with mu=0" if method.samples_student else f" (it trains on the {method.expert_source}'s samples)")
+            + ": expert answers feed sft, or the SFT term of mu > 0 (chord); drop expert_data or change the method"
+        )
+    if isinstance(cfg.reference, dict) and not cfg.reference:
+        raise ConfigError("reference is an empty dict; give {domain: path} or one path")
+    if cfg.lora_r > 0 and not (
+        cfg.lora_target_modules if isinstance(cfg.lora_target_modules, str) else list(cfg.lora_target_modules)
+    ):
+        raise ConfigError("lora_r > 0 with no lora_target_modules; give module names or 'all-linear'")
+    if not 0.0 <= cfg.mu_valley <= 1.0:
+        raise ConfigError(f"mu_valley must be in [0, 1] (a weight like mu), got {cfg.mu_valley}")
+    if cfg.eval_seed < 0:
+        raise ConfigError(f"eval_seed must be >= 0, got {cfg.eval_seed}")
+    if cfg.task_names and (cfg.prompts if isinstance(cfg.prompts, str) else list(cfg.prompts)):
+        raise ConfigError(
+            "prompts and tasks are both given: with tasks the training prompts are the tasks' train splits and "
+            "prompts would be ignored; give tasks (prompts with verifiers) or prompts, not both"
+        )
+
+
+def check_device(cfg) -> None:
+    """``device`` names a device this torch can use (``cuda`` on a CPU-only torch is refused before any model
+    loads, naming the field)."""
+    import torch
+
+    if cfg.device == "auto":
+        return
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (CUDA_VISIBLE_DEVICES, driver)"
+            )
+            raise ConfigError(
+                f"device={cfg.device!r}, but {why}; use device='auto' or 'cpu' (or install a CUDA build of torch)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={cfg.device!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"device={cfg.device!r}, but MPS is not available here; use device='auto' or 'cpu'")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+
+
+def _context_of(models) -> tuple[int | None, str]:
+    """The smallest context (``max_position_embeddings``, as ``gopd_lab.lm.logprobs.max_context`` reads it) among
+    the student and its local teachers/references (a served one checks its own)."""
+
+    def max_context(model):
+        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+    named = [("the student", models.student)]
+    for role, table in (("teacher", models.teachers), ("reference", models.references)):
+        named += [(f"the {role} ({domain})", m) for domain, m in (table or {}).items()]
+    known = [(c, who) for who, m in named if (c := max_context(m)) is not None]
+    return min(known, key=lambda x: x[0]) if known else (None, "")
+
+
+def check_context(cfg, collector) -> None:
+    """Every training prompt plus ``max_new_tokens`` (methods that sample) and every SFT example (prompt plus
+    answer plus EOS: ``sft``/``offpolicy`` batches, CHORD's μ term) fits the smallest context of the loaded models;
+    a model given more positions than it has computes garbage without an error."""
+    context, who = _context_of(collector.models)
+    if context is None:
+        return
+    if collector.method.samples_student and len(collector.prompts):
+        lengths = [len(ids) for ids in collector.prompts.ids]
+        i = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[i] + cfg.max_new_tokens > context:
+            raise ConfigError(
+                f"prompt {i} ({collector.prompts.texts[i][:40]!r}...) is {lengths[i]} tokens; with "
+                f"max_new_tokens={cfg.max_new_tokens} that is {lengths[i] + cfg.max_new_tokens} positions, beyond "
+                f"{who}'s context of {context}; lower max_new_tokens or shorten/drop that prompt"
+            )
+    expert = collector.expert
+    if expert is not None and expert.answers is not None and len(expert):
+        tok = collector.models.tokenizer
+        for i, (ids, answer) in enumerate(zip(expert.ids, expert.answers)):
+            n = len(ids) + len(tok(answer, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+            if n > context:
+                source = cfg.expert_data or ("the teacher's samples" if collector.method.expert_source else "tasks")
+                raise ConfigError(
+                    f"SFT example {i} of {source} (prompt {expert.texts[i][:40]!r}...) is {n} tokens with its "
+                    f"answer, beyond {who}'s context of {context}; shorten or drop the example (the answer would be "
+                    "trained past the positions the model has)"
+                )
+
+
+def check_tokenizer_fits(model, tokenizer, name: str) -> None:
+    """Every id of ``tokenizer`` has a row in ``model``'s input embedding (a tokenizer with added tokens over an
+    embedding that was not resized fails with an ``IndexError`` on the first such token, or silently on CUDA)."""
+    get = getattr(model, "get_input_embeddings", None)
+    weight = getattr(get() if get is not None else None, "weight", None)
+    if weight is None or tokenizer is None:
+        return
+    rows = int(weight.shape[0])
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if top >= rows:
+        raise ConfigError(
+            f"the tokenizer of {name} has ids up to {top} ({len(tokenizer)} tokens), but the model's embedding has "
+            f"{rows} rows: ids >= {rows} cannot be embedded. Use the tokenizer saved with this model, or resize the "
+            "embedding (model.resize_token_embeddings(len(tokenizer))) and save both"
+        )

@@ -40,6 +40,8 @@ def _cfg(tiny_dirs, tmp_path, name="run", **kw):
         log_samples=0,
     )
     base.update(kw)
+    if base.get("tasks"):
+        base.pop("prompts")  # the tasks are the prompts (both given is refused)
     return RunConfig(**base)
 
 

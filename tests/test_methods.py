@@ -132,7 +132,12 @@ def test_sft_or_grpo_without_tasks_is_a_clear_error(tiny_dirs, tmp_path):
     with pytest.raises(ConfigError, match="needs tasks"):
         train(
             RunConfig(
-                method="grpo", student=tiny_dirs["student"], prompts=["1+1="], steps=1, out_dir=str(tmp_path / "x")
+                method="grpo",
+                student=tiny_dirs["student"],
+                prompts=["1+1="],
+                samples_per_prompt=2,
+                steps=1,
+                out_dir=str(tmp_path / "x"),
             ),
             progress=False,
         )

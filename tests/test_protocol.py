@@ -100,7 +100,7 @@ def test_temperature_other_than_1_is_refused_where_the_update_is_on_policy():
     for method in ("gopd", "sdpo", "grpo"):
         with pytest.raises(ConfigError, match="temperature=0.7 with method"):
             RunConfig(method=method, temperature=0.7)
-    RunConfig(method="chord", mu=0.5, temperature=1.0)
+    RunConfig(method="chord", mu=0.5, temperature=1.0, samples_per_prompt=2)
     RunConfig(method="sft", temperature=0.7)  # no student samples in the update
     with pytest.raises(ConfigError, match="loss_agg must be one of"):
         RunConfig(loss_agg="sum")

@@ -177,7 +177,7 @@ def test_padded_rows_are_masked_when_tokenizers_and_widths_agree(tmp_path, with_
     teacher = _save(tmp_path / "teacher", build_char_tokenizer(), N_CHAR + 4, 1)
     cfg = RunConfig(student=student, teacher=teacher if with_teacher else "", lam=1.25, device="cpu")
     if not with_teacher:
-        cfg = cfg.replace(method="grpo", tasks=["add"], teacher="")
+        cfg = cfg.replace(method="grpo", tasks=["add"], teacher="", samples_per_prompt=2)
     m = load_models(cfg)
     assert m.vocab is not None and m.vocab.width == N_CHAR + 4
     assert m.vocab.allowed[:N_CHAR].all() and not m.vocab.allowed[N_CHAR:].any()

@@ -368,9 +368,13 @@ class _Runner:
             rc, error = -1, f"{type(err).__name__}: {err}"
         if rc != 0 and self.stop.is_set():
             error = "interrupted: the sweep was stopped while this point ran (rerun the sweep to run it)"
+        killed = killed_reason(error) if rc != 0 and not self.stop.is_set() else None
+        if killed:
+            error = killed
         record.update(
             status="ok" if rc == 0 else "failed",
             error=None if rc == 0 else error,
+            killed=bool(killed),
             returncode=rc,
             wall_seconds=time.perf_counter() - t0,
             finished=time.time(),
@@ -443,6 +447,8 @@ class _Runner:
             return -1, f"timed out after {self.timeout:g} s"
         if rc == 0:
             return 0, None
+        if rc < 0:  # ended by a signal that was not the timeout's
+            return rc, killed_by_signal(-rc)
         return rc, _notebook_error(executed) or _log_tail(log) or f"papermill exited with {rc}"
 
     def kill_all(self) -> None:
@@ -454,6 +460,33 @@ class _Runner:
     def close(self) -> None:
         if self.kernel_dir:
             shutil.rmtree(self.kernel_dir, ignore_errors=True)
+
+
+def killed_by_signal(signum: int) -> str:
+    """The error of a point whose papermill process was ended by a signal (not the sweep's timeout or stop)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return (
+        f"killed: the point's papermill process was ended by {name} (kill, the out-of-memory killer, a scheduler); "
+        "rerun the sweep to run it again"
+    )
+
+
+def killed_reason(error: str | None) -> str | None:
+    """The error of a point that was killed, saying so (None when it was not): its papermill process got a signal
+    (:func:`killed_by_signal`), or its kernel died under it (papermill's ``DeadKernelError``)."""
+    if not error:
+        return None
+    if error.startswith("killed:"):
+        return error
+    if "DeadKernelError" in error or "kernel died" in error.lower():
+        return (
+            f"killed: the point's kernel died while it ran (kill, the out-of-memory killer) ({error[:200]}); "
+            "rerun the sweep to run it again, with fewer workers if memory ran out"
+        )
+    return None
 
 
 def _kill(proc: subprocess.Popen) -> None:

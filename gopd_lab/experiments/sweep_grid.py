@@ -96,7 +96,13 @@ def notebook_parameters(notebook: str | Path) -> dict[str, Any]:
     path = Path(notebook)
     if not path.is_file():
         raise SweepError(f"notebook {path} does not exist")
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (nbformat.reader.NotJSONError, ValueError, UnicodeDecodeError, KeyError, AttributeError) as err:
+        hint = "; a sweep spec (YAML) goes with --spec" if path.suffix in (".yaml", ".yml") else ""
+        raise SweepError(
+            f"{path} is not a readable notebook ({type(err).__name__}: {str(err)[:100]}){hint}; give a .ipynb file"
+        ) from None
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not cells:
         raise SweepError(

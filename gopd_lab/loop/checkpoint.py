@@ -12,6 +12,7 @@ move between one-process, data-parallel and FSDP runs.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -103,12 +104,20 @@ def load_checkpoint(
             f"checkpoint file {file} cannot be read ({err}); it is damaged or truncated: delete {path} to resume "
             "from the checkpoint before it"
         ) from None
+    except RuntimeError as err:  # torch's "size mismatch for ...": weights of another architecture
+        if "size mismatch" not in str(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ModelLoadError(
+            f"checkpoint {path} holds weights of another architecture than the student ({first}); resume with "
+            "the student it was made with, or start a new out_dir"
+        ) from None
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise ModelLoadError(
             f"checkpoint {path} does not match the student (missing {missing}, unexpected {unexpected}); "
             "resume with the same student and LoRA settings, or start a new out_dir"
         )
-    opt = torch.load(path / "optimizer.pt", weights_only=True)
+    opt = _read(path, "optimizer.pt")
     optimizer_state = opt["optimizer"]
     by_position = all(isinstance(p, int) for g in optimizer_state["param_groups"] for p in g["params"])
     if by_position and not sharded:
@@ -121,11 +130,29 @@ def load_checkpoint(
             optimizer_state = _keyed_by_name(optimizer_state, model)
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=full)
     scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    rng = _read(path, "rng.pt")
     torch.set_rng_state(rng.pop("torch"))
     for name, state in rng.items():
         generators[name].set_state(state)
-    return int(json.loads((path / "state.json").read_text())["step"])
+    return int(_read(path, "state.json")["step"])
+
+
+def _read(path: Path, name: str):
+    """One file of a checkpoint (``torch.load`` of tensors only, or JSON); a damaged one is a ModelLoadError
+    naming it (an empty or truncated ``optimizer.pt`` was an ``EOFError`` / miniz traceback)."""
+    file = path / name
+    try:
+        if name.endswith(".json"):
+            data = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or "step" not in data:
+                raise ValueError("no step")
+            return data
+        return torch.load(file, weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        raise ModelLoadError(
+            f"checkpoint file {file} cannot be read ({type(err).__name__}: {str(err)[:120] or 'empty'}); it is damaged "
+            f"or truncated: delete {path} to resume from the checkpoint before it"
+        ) from None
 
 
 def _tied_names(model: nn.Module) -> list[list[str]]:

@@ -10,6 +10,7 @@ from torch import nn
 
 from gopd_lab import teacher_types
 from gopd_lab.config import ConfigError, RunConfig
+from gopd_lab.config_checks import check_tokenizer_fits
 from gopd_lab.errors import ModelLoadError
 from gopd_lab.lm.models import (
     DEFAULT_DOMAIN,
@@ -23,7 +24,7 @@ from gopd_lab.lm.models import (
     resolve_dtype,
 )
 from gopd_lab.lm.precision import student_dtypes
-from gopd_lab.lm.vocab import Agreement, align_vocabularies
+from gopd_lab.lm.vocab import Agreement, align_vocabularies, output_width
 from gopd_lab.methods import get_method
 from gopd_lab.scorers.remote import RemoteScorer, is_url
 from gopd_lab.scorers.self_teacher import self_teacher
@@ -61,6 +62,7 @@ def load_models(cfg: RunConfig) -> Models:
     student = load_model(
         cfg.student, role="student", device=device, dtype=student_dtype, trust_remote_code=cfg.trust_remote_code
     )
+    check_tokenizer_fits(student, tokenizer, cfg.student)
     initial_student: nn.Module | None = None
     if cfg.lora_r > 0:
         student = _add_lora(student, cfg)
@@ -91,6 +93,7 @@ def load_models(cfg: RunConfig) -> Models:
             if path not in cache:
                 cache[path] = RemoteScorer(path, role=role)
                 cache[path].check_tokenizer(tokenizer, cfg.student)
+                cache[path].width = output_width(student)  # its per-state answers on the student's ids
             return cache[path]
         if path not in checked:
             checked[path] = check_tokenizers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gopd_lab.config import RUN_RECORD, RunConfig
+from gopd_lab.config_checks import check_context, check_device
 from gopd_lab.errors import writing
 from gopd_lab.lm.models import DEFAULT_DOMAIN, Models
 from gopd_lab.lm.precision import autocast
@@ -26,7 +28,7 @@ from gopd_lab.loop.evaluate import task_evaluator
 from gopd_lab.loop.headroom import check_headroom
 from gopd_lab.loop.load import load_models
 from gopd_lab.loop.record import run_record
-from gopd_lab.loop.rundir import prepare_run_dir
+from gopd_lab.loop.rundir import RunLock, prepare_run_dir
 from gopd_lab.loop.schedules import lr_factor, make_optimizer
 from gopd_lab.loop.step import Batch, StepContext
 from gopd_lab.loop.trackers import Reporter
@@ -136,16 +138,18 @@ def train(
     from gopd_lab.tasks.arith import use_world  # here: `python -m gopd_lab.tasks.arith` runs it as __main__
 
     use_world(cfg.world)  # the data world the tasks and zoo: models come from (recorded in config.json)
+    check_device(cfg)  # device="cuda" on a CPU-only torch: refused before anything loads
     dist = Distributed(cfg)  # first: refuses what FSDP cannot run; on GPUs it selects this process's device
     # a missing tracker package was refused by the config (before this clears anything or loads any model)
-    prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(cfg) if cfg.report_targets and dist.is_main else None
-    try:
-        return _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress)
-    finally:  # a failed run closes its trackers too (event files flushed, the wandb/trackio run finished)
-        if reporter is not None:
-            reporter.close()
+    with RunLock(out) if dist.is_main else nullcontext():  # one run per out_dir, held until this run ends
+        prepare_run_dir(cfg, clear=dist.is_main)  # before any model loads: never mix two runs in one out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        reporter = Reporter(cfg) if cfg.report_targets and dist.is_main else None
+        try:
+            return _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress)
+        finally:  # a failed run closes its trackers too (event files flushed, the wandb/trackio run finished)
+            if reporter is not None:
+                reporter.close()
 
 
 def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress) -> pd.DataFrame:
@@ -180,6 +184,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     collector = Collector(cfg, models, tasks, prompts, gens["sample"], out)
+    check_context(cfg, collector)  # every prompt + max_new_tokens and every SFT example fits the models' context
     method = collector.method  # the registered recipe of cfg.method (gopd_lab.methods): its step is method.step
     ctx = StepContext(cfg, collector, student, optimizer, dist, out, state=method.new_state(cfg, []))
     # vLLM always seeds each row (from the step, so a resumed run continues the same streams)

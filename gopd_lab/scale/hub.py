@@ -13,6 +13,7 @@ A LoRA run (``lora_r > 0``) saves only the adapter in ``model/``; push merges it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -130,6 +131,8 @@ def stage(run_dir: str | Path, out: str | Path, repo_id: str | None = None) -> P
     """Write what :func:`push_to_hub` uploads into the folder ``out``: ``model/``'s files at the top level,
     ``gopd_lab_config.json``, ``eval.jsonl`` and the ``README.md`` card."""
     run, out = Path(run_dir), Path(out)
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"run_dir {run} is a file: give the out_dir of a finished gopd_lab run (a folder)")
     model = run / "model"
     adapter = (model / "adapter_config.json").is_file()
     if not (model / "config.json").is_file() and not adapter:
@@ -138,20 +141,52 @@ def stage(run_dir: str | Path, out: str | Path, repo_id: str | None = None) -> P
             "(train writes <out_dir>/model with save_pretrained at the end)"
         )
     card = model_card(run, repo_id)
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter:
-        merge_adapter(run, out)
+    _check_target(out)
+    new = out.with_name(f".{out.name}.staging")  # written whole, then put in place: no stale file can stay
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        new.mkdir(parents=True)
+        if adapter:
+            merge_adapter(run, new)
+        else:
+            for f in sorted(model.iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, new / f.name)
+        shutil.copy2(run / "config.json", new / "gopd_lab_config.json")
+        if (run / "eval.jsonl").is_file():
+            shutil.copy2(run / "eval.jsonl", new / "eval.jsonl")
+        card.save(new / CARD_FILE)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if out.exists():  # an earlier push's folder (checked above): replaced whole
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        for f in sorted(model.iterdir()):
-            if f.is_file():
-                shutil.copy2(f, out / f.name)
-    shutil.copy2(run / "config.json", out / "gopd_lab_config.json")
-    if (run / "eval.jsonl").is_file():
-        shutil.copy2(run / "eval.jsonl", out / "eval.jsonl")
-    tmp = out / f".{CARD_FILE}.tmp"
-    card.save(tmp)
-    tmp.replace(out / CARD_FILE)
+        new.rename(out)
     return out
+
+
+def _check_target(out: Path) -> None:
+    """``local_dir`` must be new, empty, or an earlier push's folder (it holds ``gopd_lab_config.json``), which
+    is replaced whole: copying over other files would keep stale ones (an old tokenizer's files changed EOS)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"local_dir {out} is a file; give a folder (new or empty) to write the model into")
+    try:
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as err:
+        raise ConfigError(f"cannot read local_dir {out} ({err.strerror}); give another folder") from None
+    if present and "gopd_lab_config.json" not in present:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise ConfigError(
+            f"local_dir {out} is not empty ({shown}) and is not an earlier push's folder; its files would mix with "
+            "the model's (a stale tokenizer file changes the model's tokens): give a new or empty folder"
+        )
+    if not os.access(out if out.is_dir() else next(p for p in out.parents if p.exists()), os.W_OK):
+        raise ConfigError(f"cannot write local_dir {out} (permission denied); give a folder you can write")
 
 
 def merge_adapter(run_dir: str | Path, out: str | Path) -> None:
@@ -203,5 +238,11 @@ def push_to_hub(
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory() as tmp:
         stage(run_dir, tmp, repo_id)
-        api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type="model", commit_message=commit_message)
+        api.upload_folder(
+            folder_path=tmp,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            delete_patterns="*",  # files an earlier push left in the repo (a stale tokenizer file) go in this commit
+        )
     return str(url)

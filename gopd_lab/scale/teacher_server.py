@@ -23,9 +23,13 @@ Protocol (JSON over HTTP; one request carries at most ``max_rows`` rows):
 - Errors: 400 for a malformed request (not retried), 500 for a failure while scoring (retried).
 
 The client splits large batches into requests of at most ``max_rows`` rows, retries connection failures,
-timeouts and 5xx answers with exponential backoff, and raises :class:`TeacherUnreachable` naming the URL and
-the command to start when no server answers. Options ride on the URL's query string:
-``http://host:8765?connect_timeout=5&timeout=60&retries=5&max_rows=8``.
+timeouts and 5xx answers with exponential backoff within a deadline (60 s per request by default, a warning
+on each retry), and raises :class:`TeacherUnreachable` naming the URL and the command to start when no server
+answers. Options ride on the URL's query string:
+``http://host:8765?connect_timeout=5&timeout=60&retries=5&deadline=300&max_rows=8``.
+A body's row count and row length are read off its raw bytes before it is decoded
+(:func:`~gopd_lab.scale.teacher_request.precheck_body`); output rows beyond the tokenizer (a padded vocabulary)
+are masked as the local path masks them.
 
 The server has no authentication: it listens on 127.0.0.1 by default; give ``--host 0.0.0.0`` only on a
 private network (or put it behind a proxy that authenticates).
@@ -34,7 +38,9 @@ private network (or put it behind a proxy that authenticates).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,8 +50,8 @@ from torch import nn
 
 from gopd_lab.lm.logprobs import max_context
 from gopd_lab.lm.rollout import Rollout
-from gopd_lab.lm.vocab import tokenizer_info, vocab_hash
-from gopd_lab.scale.teacher_request import BadRequest, parse_score_request
+from gopd_lab.lm.vocab import VocabAlignment, tokenizer_info, vocab_hash
+from gopd_lab.scale.teacher_request import BadRequest, parse_score_request, precheck_body
 from gopd_lab.scorers.remote import (
     FULL_VOCAB_LIMIT,
     PROTOCOL,
@@ -92,6 +98,7 @@ class TeacherService:
             if hasattr(self.model, "get_output_embeddings")
             else int(self.model.config.vocab_size)
         )
+        self.padded = _mask_padded_rows(self.model, tokenizer, self.vocab_size)
         self.lock = threading.Lock()
         self.info = {
             "protocol": PROTOCOL,
@@ -99,6 +106,7 @@ class TeacherService:
             "vocab_size": self.vocab_size,
             "tokenizer": tokenizer_info(tokenizer),
             "max_rows": max_rows,
+            "padded_rows": self.padded,
         }
 
     def score(self, req: dict) -> dict:
@@ -106,6 +114,10 @@ class TeacherService:
         with self.lock:
             out = score_tokens(self.model, rollout, **want)
         return {name: encode_tensor(value) for name, value in out.items()}
+
+    def precheck(self, body: bytes) -> None:
+        """:class:`BadRequest` for too many rows or too long a row, read off the raw body before decoding it."""
+        precheck_body(body, max_rows=self.max_rows, max_context=max_context(self.model))
 
     def _parse(self, req: dict) -> tuple[Rollout, dict]:
         return parse_score_request(
@@ -116,6 +128,25 @@ class TeacherService:
             full_vocab_limit=FULL_VOCAB_LIMIT,
             device=self.device,
         )
+
+
+def _mask_padded_rows(model: nn.Module, tokenizer, width: int) -> int:
+    """Mask the output rows beyond the tokenizer (a padded vocabulary: Qwen3's 151,936 rows over ~151,669 tokens)
+    as the local path does (:mod:`gopd_lab.lm.vocab`): they get ``MASKED_LOGIT``, so every answer (``lp``, ``rank``,
+    ``topk``, ``full``, ``gather``) is renormalised over the tokenizer's ids. Returns the number of masked rows."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or tokenizer is None or getattr(head, "gopd_aligned", False):
+        return 0
+    allowed = torch.zeros(width, dtype=torch.bool)
+    ids = [i for i in tokenizer.get_vocab().values() if i < width]
+    allowed[torch.as_tensor(ids, dtype=torch.long)] = True
+    padded = width - int(allowed.sum())
+    if padded:
+        alignment = VocabAlignment(width, allowed.to(head.weight.device))
+        head.register_forward_hook(lambda _m, _i, out: alignment.align(out))
+        head.gopd_aligned = True
+        head.gopd_allowed = alignment.allowed
+    return padded
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             if body is None:
                 return
+            self.service.precheck(body)  # rows and row length off the raw bytes: refused before decoding
             req = json.loads(body)
             if not isinstance(req, dict):
                 raise BadRequest("the body must be a JSON object")
@@ -210,6 +242,27 @@ def serve_in_thread(
     return server
 
 
+def _port_error(parser: argparse.ArgumentParser, host: str, port: int, err: OSError) -> None:
+    """Exit with status 2 and one line naming the address and the fix."""
+    if err.errno == errno.EADDRINUSE:
+        parser.exit(
+            2,
+            f"{parser.prog}: error: port {port} on {host} is already in use (another teacher server?); stop that "
+            f"process (e.g. `lsof -i :{port}`) or give another --port\n",
+        )
+    parser.exit(2, f"{parser.prog}: error: cannot listen on {host}:{port}: {err.strerror or err}; check --host\n")
+
+
+def _check_port(parser: argparse.ArgumentParser, host: str, port: int) -> None:
+    """Bind ``host:port`` once as the server will (``SO_REUSEADDR``), so a port in use is reported before loading."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        _port_error(parser, host, port, err)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gopd_lab.scale.teacher_server",
@@ -228,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check_port(parser, args.host, args.port)  # before the model loads: a port in use fails at once
     device = resolve_device(args.device)
     model = load_model(
         args.model,
@@ -237,7 +291,12 @@ def main(argv: list[str] | None = None) -> None:
         trust_remote_code=args.trust_remote_code,
     )
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    server = make_server(TeacherService(model, tokenizer, name=args.model), args.host, args.port, verbose=args.verbose)
+    try:
+        server = make_server(
+            TeacherService(model, tokenizer, name=args.model), args.host, args.port, verbose=args.verbose
+        )
+    except OSError as err:
+        _port_error(parser, args.host, args.port, err)
     print(f"serving {args.model} on {server.url} (device {device}); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
