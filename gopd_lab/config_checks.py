@@ -182,11 +182,11 @@ def check_combinations(cfg) -> None:
     from gopd_lab.methods import get_method
 
     method = get_method(cfg.method)
-    if method.update_rule == "grpo" and cfg.samples_per_prompt < 2:
+    if cfg.samples_per_prompt < method.min_group:
         raise ConfigError(
             f"method={cfg.method!r} with samples_per_prompt={cfg.samples_per_prompt}: GRPO's advantage is a "
             "sample's reward minus its group's mean, so a group of one has advantage 0 and trains nothing; set "
-            "samples_per_prompt >= 2 (e.g. 4)"
+            f"samples_per_prompt >= {method.min_group} (e.g. 4)"
         )
     if cfg.expert_data and (
         (method.samples_student and cfg.mu == 0) or (method.expert_source and cfg.expert_data != method.expert_source)

@@ -11,6 +11,7 @@ from gopd_lab.objectives import LossInput, group_advantages, kl_k3, masked_mean,
 class GRPO(Method):
     name = "grpo"
     needs_tasks = True
+    min_group = 2  # a group of one has advantage 0 (TRL refuses fewer than 2 generations too)
 
     def needs_reference(self, cfg) -> bool:
         return cfg.kl_coef > 0

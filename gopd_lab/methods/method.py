@@ -36,6 +36,8 @@ class Method:
     """G-OPD's λ, its reference rule and ``lam_mode`` apply (the teacher and reference score every rollout)."""
     self_teacher: ClassVar[bool] = False
     """The teacher is the student itself, re-prompted with feedback (SDPO's ``sdpo_teacher``)."""
+    min_group: ClassVar[int] = 1
+    """The fewest ``samples_per_prompt`` that train anything (GRPO's group-relative advantage needs 2)."""
 
     def check(self, cfg) -> str | None:
         """A reason ``cfg`` (a ``RunConfig``) cannot run with this method, or None."""
