@@ -172,7 +172,10 @@ def test_batch_objective_does_not_pass_the_completion_mask_as_lp_student(tiny_di
             return super().advantages(scored, lp_student, cfg)
 
     try:
-        train(_cfg(tiny_dirs, tmp_path, method="test-spy", tasks="add", prompts="", steps=1, samples_per_prompt=2), progress=False)
+        train(
+            _cfg(tiny_dirs, tmp_path, method="test-spy", tasks="add", prompts="", steps=1, samples_per_prompt=2),
+            progress=False,
+        )
         assert seen == [None]
     finally:
         METHODS.pop("test-spy")
