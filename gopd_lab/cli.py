@@ -169,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = evaluate(
         model,
         tokenizer,
-        load_tasks(args.tasks.split(",")),
+        load_tasks(args.tasks.split(","), tokenizer=tokenizer),
         k=args.k,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,

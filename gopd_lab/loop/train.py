@@ -48,12 +48,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _load_tasks(cfg: RunConfig) -> dict:
+def _load_tasks(cfg: RunConfig, tokenizer=None) -> dict:
     if not cfg.task_names:
         return {}
     from gopd_lab.tasks import load_tasks
 
-    return load_tasks(cfg.task_names)
+    return load_tasks(cfg.task_names, tokenizer=tokenizer)  # the student's tokenizer renders chat-format rows
 
 
 def sample_records(models: Models, scored: Scored, result: UpdateResult, step: int, limit: int) -> list[dict]:
@@ -134,7 +134,7 @@ def train(
 
 def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress) -> pd.DataFrame:
     models = models if models is not None else load_models(cfg)
-    tasks = _load_tasks(cfg)
+    tasks = _load_tasks(cfg, models.tokenizer)
     if prompts is None:
         if tasks:
             prompts = prompts_from_tasks(tasks, models.tokenizer, chat_template=cfg.chat_template)
