@@ -56,7 +56,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process reports
         return 0
     last = history.iloc[-1]
-    print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f})")
+    from gopd_lab.viz.runs import run_report
+
+    report = run_report(cfg.out_dir)  # curves + before/after table beside the run (plotly.js from its CDN)
+    print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f}); report: {report}")
     summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
     if summary.get("eval_final"):
         import pandas as pd

@@ -34,7 +34,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "method", "tasks", "prompts", "steps", "lr", "batch_size", "samples_per_prompt", "max_new_tokens",
         "temperature", "top_p", "seed", "out_dir", "resume", "overwrite", "chat_template", "optimizer",
         "weight_decay", "warmup_steps", "lr_schedule", "max_grad_norm", "row_seeded_sampling", "loss_agg",
-        "save_every", "log_samples_every", "log_samples", "report_to", "extra",
+        "save_every", "log_samples_every", "log_samples", "report_to", "report_samples", "extra",
     ),
     "models": (
         "student", "teacher", "reference", "device", "dtype", "trust_remote_code", "lora_r", "lora_alpha",

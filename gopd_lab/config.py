@@ -257,6 +257,10 @@ class RunConfig:
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
     ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
     ``pip install 'gopd-lab[tensorboard]'``."""
+    report_samples: bool = False
+    """Also send the samples logged to samples.jsonl (``log_samples`` of them) to the trackers as a per-token
+    table: step, sample, domain, position, token, A_t, the student's and teacher's log-probs, λ_t, reward
+    (trackio and wandb tables; TensorBoard as a text table)."""
     # --- run-directory safety (issue 13: the fault suite)
     overwrite: bool = False
     """Start afresh in an ``out_dir`` that already holds a run, deleting its run files and checkpoints. Without

@@ -75,6 +75,13 @@ def test_train_command_runs_a_tiny_run(tiny_dirs, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["lam"] == 1.25
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert "done: 2 steps" in capsys.readouterr().out
+    # train writes a small HTML report beside the run: curves, plotly.js from its CDN unless asked to inline it
+    from gopd_lab.viz.runs import run_report
+
+    page = (out / "report.html").read_text()
+    assert (out / "report.html").stat().st_size < 100_000 and "cdn.plot.ly" in page and "final loss" in page
+    inline = run_report(out, tmp_path / "inline.html", inline=True)
+    assert inline.stat().st_size > 1_000_000 and "cdn.plot.ly" not in inline.read_text()[:2000]
 
 
 @pytest.mark.parametrize("argv", [["eval", "--help"], ["zoo", "--help"], ["demo", "--help"]])

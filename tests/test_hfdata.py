@@ -232,6 +232,8 @@ def test_an_hf_name_trains_from_the_cli_and_a_yaml_config(saved_sums, tiny_dirs,
     assert main(["train", "--tasks", name, *common, "--out-dir", str(tmp_path / "cli")]) == 0
     evals = [json.loads(line) for line in (tmp_path / "cli" / "eval.jsonl").read_text().splitlines()]
     assert {r["domain"] for r in evals} == {"sums"} and evals[0]["n"] == 2
+    page = (tmp_path / "cli" / "report.html").read_text()  # the run's report holds the before/after table
+    assert "greedy_acc @ step 0" in page and "greedy_acc @ step 1" in page and "<td>sums</td>" in page
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"tasks": [name], "out_dir": str(tmp_path / "yaml")}))
     assert RunConfig.load(tmp_path / "run.yaml").task_names == [name]
     assert main(["train", "--config", str(tmp_path / "run.yaml"), *common]) == 0

@@ -235,7 +235,9 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             if cfg.log_samples and (
                 (cfg.log_samples_every and n % cfg.log_samples_every == 0) or n == cfg.steps or n == 1
             ):
-                append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
+                records = sample_records(models, scored, result, n, cfg.log_samples)
+                append_jsonl(out / "samples.jsonl", records)
+                cbs.fire("on_samples", n, records)  # the trackers' per-token table (report_samples)
             cbs.fire("on_step", n, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:
