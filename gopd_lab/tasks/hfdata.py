@@ -200,10 +200,6 @@ class HfName:
     def domain(self) -> str:
         return self.options.get("domain") or Path(self.path.rstrip("/")).name or self.path
 
-    @property
-    def is_local(self) -> bool:
-        return Path(self.path).expanduser().exists() or self.path.startswith((".", "/", "~"))
-
 
 def parse_hf_name(name: str) -> HfName:
     """Parse ``hf:<path or id>[:config][?key=value&...]``; one clear error for an unknown key or bad value."""
