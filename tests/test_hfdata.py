@@ -238,3 +238,15 @@ def test_an_hf_name_trains_from_the_cli_and_a_yaml_config(saved_sums, tiny_dirs,
     assert RunConfig.load(tmp_path / "run.yaml").task_names == [name]
     assert main(["train", "--config", str(tmp_path / "run.yaml"), *common]) == 0
     assert (tmp_path / "yaml" / "eval.jsonl").is_file()
+
+
+def test_an_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
+    """Regression: offline, load_dataset's ConnectionError reached the user as a traceback."""
+    from gopd_lab.errors import DataError
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nobody/nothing' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="hf:nobody/nothing: could not load the dataset.*OfflineModeIsEnabled"):
+        get_task("hf:nobody/nothing")

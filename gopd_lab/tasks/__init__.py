@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
-from gopd_lab.errors import ConfigError
+from gopd_lab.errors import ConfigError, UserError
 from gopd_lab.tasks.base import Example, Task, data_dir, exact_match, make_task
 from gopd_lab.tasks.hfdata import SCHEME as HF_SCHEME
 from gopd_lab.tasks.hfdata import check_hf_name, load_hf_dataset, parse_hf_name
@@ -81,9 +81,12 @@ def _hf_task(name: str, tokenizer=None) -> Task:
     """The task an ``hf:`` name points at (see :mod:`gopd_lab.tasks.hfdata`)."""
     spec = parse_hf_name(name)
     options = {k: v for k, v in spec.options.items() if k != "domain"}
+    dataset = load_hf_dataset(spec)  # its errors name the dataset already
     try:
-        return Task.from_dataset(load_hf_dataset(spec), domain=spec.domain, tokenizer=tokenizer, **options)
+        return Task.from_dataset(dataset, domain=spec.domain, tokenizer=tokenizer, **options)
     except ValueError as err:
+        if isinstance(err, UserError):
+            raise
         raise ConfigError(f"task {name!r}: {err}") from None
 
 

@@ -258,5 +258,8 @@ def load_hf_dataset(spec: HfName):
         if saved:
             return datasets.load_from_disk(str(local))
         return datasets.load_dataset(spec.path, spec.config, **spec.load)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise DataError(f"hf:{spec.path}: could not load the dataset ({type(err).__name__}: {err})") from None
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:  # OSError: offline, unreachable
+        raise DataError(
+            f"hf:{spec.path}: could not load the dataset ({type(err).__name__}: {err}); check the id and the "
+            "network, or give a folder written by save_to_disk"
+        ) from None
