@@ -250,3 +250,17 @@ def test_an_unreachable_hub_dataset_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="hf:nobody/nothing: could not load the dataset.*OfflineModeIsEnabled"):
         get_task("hf:nobody/nothing")
+
+
+def test_an_hf_name_survives_a_sweeps_set_and_grid_values(saved_sums):
+    """A sweep passes a task name to each point's RunConfig as a YAML scalar: the hf: name arrives whole."""
+    from pathlib import Path
+
+    from gopd_lab.experiments.sweep_grid import spec_from_cli
+
+    name = f"hf:{saved_sums}?prompt_field=question&verifier=math"
+    notebook = str(Path(__file__).parent / "notebooks" / "sweep_point.ipynb")
+    spec = spec_from_cli(notebook, None, [f"tasks={name},add"], [])
+    assert spec.grid["tasks"] == [name, "add"]
+    spec = spec_from_cli(notebook, None, [], [f"tasks={name}"])
+    assert spec.fixed["tasks"] == name and RunConfig(tasks=spec.fixed["tasks"]).task_names == [name]
