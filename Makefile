@@ -7,10 +7,15 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,notebooks,lora,datasets,tensorboard,trackio
 BIN    := $(VENV)/bin
 
-.PHONY: setup lint demo test test-fast test-notebooks lab zoo clean
+.PHONY: setup lint demo test test-fast test-notebooks lab zoo clean FORCE
 
-$(BIN)/.installed: pyproject.toml
+# The stamp depends on TORCH too: `make setup TORCH=...` on an existing .venv replaces the torch it has.
+$(VENV)/.torch: FORCE
+	@mkdir -p $(VENV) && echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(BIN)/.installed: pyproject.toml $(VENV)/.torch
 	$(PYTHON) -m venv $(VENV)
+	$(if $(filter $(VENV)/.torch,$?),-$(BIN)/python -m pip uninstall -q -y torch 2>/dev/null)
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name gopd-lab --display-name "gopd-lab" >/dev/null
@@ -43,3 +48,5 @@ zoo: setup                          ## rebuild data/zoo deterministically (CPU, 
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+FORCE:

@@ -1,153 +1,65 @@
 """``gopd-lab train | eval | zoo | demo | sweep | push`` — the command line over the same functions notebooks call.
 
 ``gopd-lab train --config cfg.yaml --lam 1.25 --steps 200``: every :class:`~gopd_lab.config.RunConfig`
-field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...) built by tyro from the dataclass, its
-docstrings the help; options override the config file. Dict- and list-valued fields take JSON/YAML
+field is an option (``--lam``, ``--estimator``, ``--out-dir`` ...), grouped, its docstring the help
+(:mod:`gopd_lab.cli_options`); options override the config file. Dict- and list-valued fields take JSON/YAML
 (``--teacher '{"add": "zoo:teacher-add"}'``); booleans are flags that also take a value (``--resume``,
 ``--resume false``); TRL's names of the same fields are accepted (``--learning-rate`` for ``--lr``, see
-``TRL_ALIASES``).
+``TRL_ALIASES``). Everything heavy (torch, the config's registries) is imported by the command that needs it,
+so ``gopd-lab --help`` answers at once; a user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
-from gopd_lab.config import TRL_ALIASES, ConfigError, RunConfig, load_yaml
 from gopd_lab.errors import UserError
 
-TRAIN_HELP = """Train with G-OPD / SDPO / SFT / GRPO / CHORD from a config file and options.
+EXAMPLES = """examples:
+  gopd-lab demo                                     distil a zoo student with λ = 1 and 1.25 (a few minutes, CPU)
+  gopd-lab train --student zoo:student-base --teacher zoo:teacher-add --tasks add --lam 1.25 --steps 200
+  gopd-lab train --config configs/gpu-0.5b.yaml --lr 3e-4
+  gopd-lab eval --model zoo:teacher-add --tasks add,mul
+  gopd-lab sweep --spec sweeps/v2/lam.yaml --workers 2
+  gopd-lab push runs/exopd you/student-exopd
 
---config FILE: a YAML or JSON file of RunConfig fields (the options below override it; the merged
-config is validated once).
-TRL names accepted for the same fields: {aliases}. batch_size is the global number of prompts per step
-(TRL's per_device_train_batch_size is per process)."""
-
-
-def _yaml_rule(info) -> Any:
-    """tyro: a field whose type holds a dict or a list beside other types (``str | dict[str, str]``,
-    ``float | dict[str, float]``, ``dict[str, Any]``) or ``None`` takes one value read as YAML/JSON
-    (``{"add": 1.5}``, ``[a, b]``, ``null``); a text that is not YAML flow syntax stays text (``007``)."""
-    from tyro.constructors import PrimitiveConstructorSpec
-
-    tp = info.type
-    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    origins = [typing.get_origin(m) or m for m in members]
-    if not ({dict, list} & set(origins) or (type(None) in origins and len(origins) > 1)):
-        return None
-    scalars = [o for o in origins if o in (str, int, float)]
-
-    def parse(args: list[str]) -> Any:
-        text = args[0]
-        if text.lstrip()[:1] in ("{", "[") or text in ("null", "None", "~") and type(None) in origins:
-            try:
-                return None if text == "None" else load_yaml(text)
-            except Exception as err:
-                raise ValueError(f"could not read {text!r} as JSON/YAML: {err}") from None
-        if str in scalars:
-            return text
-        if float in scalars or int in scalars:
-            return float(text) if float in scalars else int(text)
-        raise ValueError(f"expected JSON/YAML such as {{...}} or [...], got {text!r}")
-
-    names = "|".join(["JSON"] + [o.__name__.upper() for o in scalars] + (["null"] if type(None) in origins else []))
-    return PrimitiveConstructorSpec(
-        nargs=1,
-        metavar=names,
-        instance_from_str=parse,
-        is_instance=lambda value: True,
-        str_from_instance=lambda value: [value if isinstance(value, str) else json.dumps(value)],
-    )
+gopd-lab train --help lists the training options, grouped."""
 
 
-def _bool_rule(info) -> Any:
-    """tyro: a boolean is a flag that also takes a value: ``--resume``, ``--resume true``, ``--resume false``."""
-    from tyro.constructors import PrimitiveConstructorSpec
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    if info.type is not bool:
-        return None
-    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    try:
+        return version("gopd-lab")
+    except PackageNotFoundError:  # the source tree on sys.path without an install
+        from gopd_lab import __version__
 
-    def parse(args: list[str]) -> bool:
-        if not args:
-            return True
-        if len(args) > 1 or args[0].lower() not in words:
-            raise ValueError(f"expected one of true or false (or the bare flag), got {' '.join(args)!r}")
-        return words[args[0].lower()]
-
-    return PrimitiveConstructorSpec(
-        nargs="*",
-        metavar="[true|false]",
-        instance_from_str=parse,
-        is_instance=lambda value: isinstance(value, bool),
-        str_from_instance=lambda value: [str(value).lower()],
-    )
+        return __version__
 
 
-def _with_canonical_names(argv: list[str]) -> list[str]:
-    """``--learning-rate 1e-3`` / ``--learning_rate=1e-3`` → ``--lr ...`` (TRL's names, :data:`TRL_ALIASES`)."""
-    keys = [a.partition("=")[0][2:].replace("-", "_") if a.startswith("--") else None for a in argv]
-    out = []
-    for arg, key in zip(argv, keys):
-        if key in TRL_ALIASES:
-            name = TRL_ALIASES[key]
-            if name in keys:
-                raise ConfigError(f"both --{key} and --{name} given; --{key} is TRL's name for --{name}: keep one")
-            arg = f"--{name}" + arg[len(arg.partition("=")[0]) :]
-        out.append(arg)
-    return out
+def config_from_argv(argv: list[str], prog: str = "gopd-lab train"):
+    """A :class:`~gopd_lab.config.RunConfig` from ``--config FILE`` and field options (:mod:`gopd_lab.cli_options`)."""
+    from gopd_lab.cli_options import config_from_argv as parse
 
-
-@dataclasses.dataclass
-class _Options(RunConfig):
-    """RunConfig's fields, unvalidated: tyro fills them, then :meth:`RunConfig.from_dict` validates once, so a
-    bad value is one :class:`ConfigError` line (tyro would print its own box for an error in a constructor)."""
-
-    def __post_init__(self) -> None:
-        pass
-
-
-def config_from_argv(argv: list[str], prog: str = "gopd-lab train") -> RunConfig:
-    """A :class:`RunConfig` from ``--config FILE`` (optional) and field options; ``--help`` prints every field."""
-    import tyro
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, rest = pre.parse_known_args(argv)
-    # the file's fields and the options are merged first and validated once: an option may fix the file
-    base = {**RunConfig().to_dict(), **(RunConfig.read_file(known.config) if known.config else {})}
-    registry = tyro.constructors.ConstructorRegistry()
-    registry.primitive_rule(_yaml_rule)
-    registry.primitive_rule(_bool_rule)
-    aliases = ", ".join(f"{a} (= {n})" for a, n in TRL_ALIASES.items())
-    options = tyro.cli(
-        _Options,
-        args=_with_canonical_names(rest),
-        default=_Options(**base),
-        prog=prog,
-        description=TRAIN_HELP.format(aliases=aliases),
-        registry=registry,
-        config=(tyro.conf.FlagConversionOff,),  # booleans through _bool_rule: a bare flag or a value
-    )
-    return RunConfig.from_dict(options.to_dict())
+    return parse(argv, prog)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_from_argv(args.options)  # --help and option errors before torch is imported
     from gopd_lab.loop.train import train
 
-    cfg = config_from_argv(args.options)
     history = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch` the main process reports
         return 0
     last = history.iloc[-1]
-    print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f})")
+    from gopd_lab.viz.runs import run_report
+
+    report = run_report(cfg.out_dir)  # curves + before/after table beside the run (plotly.js from its CDN)
+    print(f"done: {len(history)} steps → {cfg.out_dir} (final loss {last['loss']:.4f}); report: {report}")
     summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
     if summary.get("eval_final"):
         import pandas as pd
@@ -171,7 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = evaluate(
         model,
         tokenizer,
-        load_tasks(args.tasks.split(",")),
+        load_tasks(args.tasks.split(","), tokenizer=tokenizer),
         k=args.k,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
@@ -247,8 +159,23 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one :class:`~gopd_lab.errors.UserError` line (exit 2), like every other one."""
+
+    def error(self, message: str):
+        from gopd_lab.config import ConfigError
+
+        raise ConfigError(f"{message} ({self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gopd-lab", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(
+        prog="gopd-lab",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gopd-lab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -326,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # tyro parses the options (argparse would take `--help` for itself)
-        args = argparse.Namespace(options=argv[1:], func=cmd_train)
-    else:
-        args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["train"]:  # cli_options parses the options (argparse would take `--help` for itself)
+            args = argparse.Namespace(options=argv[1:], func=cmd_train)
+        else:
+            args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as err:  # a cause the user can fix: one line, no traceback
         print(f"gopd-lab: {err.label}: {' '.join(str(err).split())}", file=sys.stderr)

@@ -39,6 +39,36 @@ JSD β but GRPO's KL weight), ``lmbda`` (GKD's on-policy fraction, not λ), ``ma
 ``steps`` counts rollout batches, each ``epochs_per_batch`` passes), ``save_steps`` / ``eval_steps`` (may be
 fractions of the run), ``lr_scheduler_type`` (its ``constant`` ignores warm-up)."""
 
+TRL_NOT_ALIASES = {
+    "per_device_train_batch_size": "TRL's per_device_train_batch_size counts per process (and completions for "
+    "GRPO); here batch_size is the global number of prompts per step and samples_per_prompt the completions of each",
+    "max_steps": "TRL's max_steps counts optimizer steps; here steps counts rollout batches, each trained "
+    "epochs_per_batch times",
+    "beta": "beta is GKD's JSD β but GRPO's KL weight: use jsd_beta for the JSD mix, kl_coef for GRPO's KL penalty",
+    "lmbda": "GKD's lmbda is the fraction of on-policy data, not λ: here lam is the reward scale λ and every "
+    "method is on-policy except sft / offpolicy",
+    "save_steps": "TRL's save_steps may be a fraction of the run; here save_every counts steps",
+    "eval_steps": "TRL's eval_steps may be a fraction of the run; here eval_every counts steps",
+    "lr_scheduler_type": "TRL's constant schedule ignores warm-up; here lr_schedule is constant, linear or cosine "
+    "after warmup_steps",
+}
+"""TRL / transformers names that are not aliases, with the explanation an unknown-field error gives for each."""
+
+
+def unknown_fields_error(unknown: list[str], names, prefix: str = "") -> ConfigError:
+    """One line for unknown field names: the closest valid name for each (``difflib``), or, for a TRL name that
+    means something else here (:data:`TRL_NOT_ALIASES`), what to use instead. ``prefix`` is ``"--"`` for options."""
+    import difflib
+
+    def one(key: str) -> str:
+        if key in TRL_NOT_ALIASES:
+            return f"{prefix}{key} ({TRL_NOT_ALIASES[key]})"
+        shown = [f"{prefix}{m}".replace("_", "-") if prefix else m for m in difflib.get_close_matches(key, names, n=3)]
+        return f"{prefix}{key} (did you mean {' or '.join(shown)}?)" if shown else f"{prefix}{key}"
+
+    listing = "gopd-lab train --help lists them" if prefix else "RunConfig's fields are listed by gopd-lab train --help"
+    return ConfigError(f"unknown config field(s): {'; '.join(one(k) for k in unknown)}; {listing}")
+
 
 @dataclass
 class RunConfig:
@@ -260,6 +290,10 @@ class RunConfig:
     """Also send metrics.jsonl's rows (and eval.jsonl's as ``eval/<domain>/<metric>``) to ``tensorboard``,
     ``trackio`` or ``wandb``, or a list of them; ``none`` = metrics.jsonl only. Each is an extra:
     ``pip install 'gopd-lab[tensorboard]'``."""
+    report_samples: bool = False
+    """Also send the samples logged to samples.jsonl (``log_samples`` of them) to the trackers as a per-token
+    table: step, sample, domain, position, token, A_t, the student's and teacher's log-probs, λ_t, reward
+    (trackio and wandb tables; TensorBoard as a text table)."""
     # --- run-directory safety (issue 13: the fault suite)
     overwrite: bool = False
     """Start afresh in an ``out_dir`` that already holds a run, deleting its run files and checkpoints. Without
@@ -520,7 +554,7 @@ class RunConfig:
                 data[name] = data.pop(alias)
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
+            raise unknown_fields_error(unknown, sorted(names | set(TRL_ALIASES)))
         for name in JSON_TEXT_FIELDS:
             if name in data:
                 data[name] = _json_text(name, data[name])

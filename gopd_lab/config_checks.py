@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from gopd_lab.errors import ConfigError
@@ -107,23 +106,11 @@ def check_ranges(cfg) -> None:
 
 
 def check_tasks(cfg) -> None:
-    """Every name in ``tasks`` is a registered task or an existing ``.jsonl`` file."""
-    from gopd_lab.tasks import available_tasks
+    """Every name in ``tasks`` is a registered task, an existing ``.jsonl`` file or a valid ``hf:`` name."""
+    from gopd_lab.tasks import check_task_name
 
-    known = available_tasks()
     for name in cfg.task_names:
-        if name in known:
-            continue
-        path = Path(name)
-        if path.suffix == ".jsonl":
-            if not path.is_file():
-                raise ConfigError(f"tasks: the task file {name} does not exist")
-            continue
-        raise ConfigError(
-            f"tasks: unknown task {name!r}; registered tasks are {known} (or give a .jsonl path; "
-            "register_task(...) a task of your own before creating the RunConfig, or name the module that "
-            "registers it in plugins=[...])"
-        )
+        check_task_name(name)
 
 
 def check_world(cfg) -> None:

@@ -31,6 +31,11 @@ TEACHER_TYPES: dict[str, TeacherFactory] = {}
 BUILT_IN_SCHEMES = ("zoo", "http", "https")
 """Prefixes the loader itself resolves (the zoo, a teacher server); not teacher types."""
 
+LOADER_TYPES = ("openai",)
+"""Teacher types the run's loader registers when it is imported (``gopd_lab.loop.load``: ``openai:<url>`` is a
+teacher behind an OpenAI-compatible server, :mod:`gopd_lab.scorers.openai_logprobs`, which this module, below the
+scorers, cannot import); a config naming them is valid before the loader is imported."""
+
 _TYPE = re.compile(r"^([A-Za-z][A-Za-z0-9_\-]*):(?!//)(.*)$", re.S)
 
 
@@ -63,7 +68,7 @@ def split_spec(spec: str) -> tuple[str, str] | None:
 def unknown_type(spec: str) -> str | None:
     """A reason ``spec`` names a teacher type nobody registered, or None."""
     parts = split_spec(spec)
-    if parts is None or parts[0] in TEACHER_TYPES:
+    if parts is None or parts[0] in TEACHER_TYPES or parts[0] in LOADER_TYPES:
         return None
     return (
         f"teacher type {parts[0]!r} (in {spec!r}) is not registered; registered: {tuple(TEACHER_TYPES)}. "

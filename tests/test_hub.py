@@ -110,3 +110,61 @@ def test_cli_push_to_a_folder_and_a_clear_error_without_a_model(run_dir, tmp_pat
     assert main(["push", str(tmp_path / "nothing"), "someone/s", "--local-dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "holds no saved model" in err and err.count("\n") == 1
+
+
+def _rewritten(run_dir, tmp_path, **cfg_changes):
+    """A copy of the run whose config.json has ``cfg_changes`` (the model folder linked, not copied)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("summary.json", "eval.jsonl"):
+        (run / name).write_bytes((run_dir / name).read_bytes())
+    cfg = json.loads((run_dir / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, **cfg_changes}))
+    (run / "model").symlink_to(run_dir / "model")
+    return run
+
+
+def test_the_card_metadata_parses_back_with_the_eval_results_before_and_after(run_dir, tmp_path):
+    push_to_hub(run_dir, "someone/student-exopd", local_dir=tmp_path / "card")
+    card = ModelCard.load(tmp_path / "card" / "README.md")
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    last = max(r["step"] for r in evals)
+    got = {(r.metric_config, r.metric_args["step"]): r.metric_value for r in card.data.eval_results}
+    for step in (0, last):
+        row = next(r for r in evals if r["step"] == step)
+        for metric, name in (("greedy_acc", "greedy"), ("mean_acc", "mean@2"), ("pass_acc", "pass@2")):
+            assert got[(name, step)] == round(row[metric], 4)
+    assert len(got) == 6 and card.data.model_name == "someone/student-exopd"
+    assert {r.dataset_name for r in card.data.eval_results} == {"add"}
+    assert all(r.task_type == "text-generation" and r.dataset_split == "test" for r in card.data.eval_results)
+    assert card.data.base_model is None  # a local directory is not a Hub id
+    assert (
+        f"- torch {torch.__version__}" in card.text and f"- huggingface_hub {huggingface_hub.__version__}" in card.text
+    )
+
+
+def test_a_zoo_student_cards_its_zoo_name_and_manifest_hash_and_hub_datasets(run_dir, tmp_path):
+    import hashlib
+
+    from gopd_lab.world.zoo import read_manifest
+
+    gsm8k = "hf:openai/gsm8k:main?prompt_field=question&verifier=math"
+    run = _rewritten(run_dir, tmp_path, student="zoo:student-base", tasks=f"{gsm8k},add")
+    push_to_hub(run, "someone/zoo-student", local_dir=tmp_path / "card")
+    card = ModelCard.load(tmp_path / "card" / "README.md")
+    entry = read_manifest()["models"]["student-base"]
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    assert card.data.to_dict()["gopd_lab_base"] == {"zoo": "student-base", "manifest_sha256": digest}
+    assert card.data.base_model is None and card.data.license == "apache-2.0"
+    assert card.data.datasets == ["openai/gsm8k"] and digest in card.text
+
+
+def test_a_hub_student_is_the_base_model_and_a_given_license_wins(run_dir, tmp_path):
+    from gopd_lab.scale.hub import model_card
+
+    run = _rewritten(run_dir, tmp_path, student="Qwen/Qwen3-0.6B", versions={"torch": "9.9.9"})
+    card = model_card(run, "someone/q", license="mit")
+    assert card.data.base_model == "Qwen/Qwen3-0.6B" and card.data.license == "mit"
+    assert "- torch 9.9.9" in card.text  # the versions the run recorded, when it did
+    parsed = ModelCard(str(card))
+    assert parsed.data.base_model == "Qwen/Qwen3-0.6B" and len(parsed.data.eval_results) == 6

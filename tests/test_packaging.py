@@ -106,3 +106,74 @@ def test_wheel_installed_outside_the_checkout_loads_the_zoo_and_trains(tmp_path)
     table = (work / "demo" / "results.csv").read_text().splitlines()
     assert table[0].startswith("run,lam,greedy_before") and [r.split(",")[1] for r in table[1:]] == ["1.0", "1.25"]
     assert (work / "demo" / "training_curves.html").stat().st_size > 0
+    course = (  # the course's checkout files from the wheel: one clear error elsewhere, read inside a checkout
+        "from gopd_lab.viz import course\n"
+        "try:\n    print(len(course.committed_headroom()))\n"
+        "except course.NeedsCheckoutError as err:\n    print('needs a checkout:', err)\n"
+    )
+    env_no_repo = {k: v for k, v in env.items() if k != "GOPD_LAB_REPO"}
+    elsewhere = subprocess.run([python, "-c", course], cwd=work, env=env_no_repo, capture_output=True, text=True)
+    assert elsewhere.stdout.startswith("needs a checkout: results/v2/headroom"), elsewhere.stderr[-2000:]
+    inside = subprocess.run(
+        [python, "-c", course], cwd=ROOT / "notebooks", env=env_no_repo, capture_output=True, text=True
+    )
+    assert int(inside.stdout.strip()) > 0, inside.stderr[-2000:]
+
+
+def _extras_of(requirement: str) -> set[str]:
+    return set(requirement.partition("[")[2].rstrip("]").split(","))
+
+
+def test_environment_yml_installs_every_extra_the_tests_use_and_registers_the_kernel():
+    """Regression: environment.yml left out datasets / tensorboard / trackio and never registered the kernel."""
+    import re
+
+    import yaml
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    (editable,) = [r for r in pip if r.startswith("-e .[")]
+    makefile = (ROOT / "Makefile").read_text()
+    make_extras = set(re.search(r"^EXTRAS \?= (.+)$", makefile, re.M).group(1).split(","))
+    assert _extras_of(editable) == make_extras
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    imported = {"datasets": "datasets", "tensorboard": "tensorboard", "trackio": "trackio", "lora": "peft"}
+    used = {
+        extra
+        for extra, module in imported.items()
+        for test in (ROOT / "tests").glob("test_*.py")
+        if re.search(rf"^\s*(import|from) {module}\b", test.read_text(), re.M)
+    }
+    assert used <= _extras_of(editable) <= set(extras), used
+    kernels = {
+        json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] for nb in (ROOT / "notebooks").glob("*.ipynb")
+    }
+    command = f"python -m ipykernel install --sys-prefix --name {kernels.pop()} --display-name"
+    assert not kernels and command in (ROOT / "environment.yml").read_text() and command.split("python ")[1] in makefile
+    assert "torch==2.13.0" in pip
+
+
+def test_setup_stamp_depends_on_torch():
+    """Regression: `make setup TORCH=...` did nothing on an existing .venv (the stamp depended on pyproject only)."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/.installed: pyproject.toml $(VENV)/.torch" in makefile
+    dry = subprocess.run(
+        ["make", "-n", "setup", "VENV=/nonexistent-venv", "TORCH=torch==9.9"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert dry.returncode == 0 and "echo 'torch==9.9'" in dry.stdout and "uninstall -q -y torch" in dry.stdout
+
+
+def test_course_paths_need_a_checkout_and_say_so(tmp_path, monkeypatch):
+    """Regression: from an installed wheel course.REPO pointed into site-packages (notebooks 03, 07, 09 failed)."""
+    from gopd_lab.viz import course
+
+    assert course.find_repo() == ROOT
+    monkeypatch.setenv("GOPD_LAB_REPO", str(tmp_path))
+    assert course.find_repo() == tmp_path.resolve()
+    monkeypatch.setattr(course, "_FOUND", None)
+    monkeypatch.setattr(course, "REPO", tmp_path)
+    with pytest.raises(course.NeedsCheckoutError, match="clone the repository.*GOPD_LAB_REPO"):
+        course.committed_headroom()
+    with pytest.raises(course.NeedsCheckoutError):
+        course.committed_sweep("v2/lam")
+    assert course.repo_path("runs/x") == tmp_path / "runs/x"  # outputs go to the working folder

@@ -235,8 +235,9 @@ def test_default_verifier_is_exact_match_after_strip() -> None:
 
 
 def test_task_rejects_conflicts_foreign_domains_and_emptiness() -> None:
-    with pytest.raises(ValueError, match="two answers"):
-        make_task("t", train=[("p", "1")], test=[("p", "2")])
+    # a prompt with two answers is two rows (issue 28); a test prompt already trained on leaves the test split
+    assert make_task("t", train=[("p", "1")], test=[("p", "2")]).test == []
+    assert make_task("t", train=[("p", "1"), ("p", "2")]).answers("p") == ["1", "2"]
     with pytest.raises(ValueError, match="has domain 'other'"):
         Task("t", [Example("p", "1", "other")], [])
     with pytest.raises(ValueError, match="no examples"):

@@ -13,6 +13,7 @@ from gopd_lab.loop.train import train
 
 
 def tiny_cfg(tiny_dirs, out: Path, **kw) -> RunConfig:
+    kw = {"log_samples": 0, **kw}
     return RunConfig(
         student=tiny_dirs["student"],
         teacher=tiny_dirs["teacher"],
@@ -24,7 +25,6 @@ def tiny_cfg(tiny_dirs, out: Path, **kw) -> RunConfig:
         eval_k=2,
         eval_limit=4,
         eval_every=2,
-        log_samples=0,
         out_dir=str(out),
         **kw,
     )
@@ -74,7 +74,7 @@ print("LOGS " + json.dumps(SQLiteStorage.get_logs("gopd-lab", "run")))
 def test_trackio_local_run_holds_the_metrics_of_metrics_jsonl(tiny_dirs, tmp_path):
     """In a subprocess: trackio fixes its storage dir ($TRACKIO_DIR, here a temp dir) when imported."""
     out = tmp_path / "run"
-    cfg = tiny_cfg(tiny_dirs, out, report_to=["trackio"]).to_dict()
+    cfg = tiny_cfg(tiny_dirs, out, report_to=["trackio"], report_samples=True, log_samples=1).to_dict()
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", TRACKIO_RUN, json.dumps(cfg)], env=env, capture_output=True, text=True, timeout=300
@@ -91,6 +91,14 @@ def test_trackio_local_run_holds_the_metrics_of_metrics_jsonl(tiny_dirs, tmp_pat
         (entry,) = [e for e in logged if e["step"] == row["step"] and "eval/add/mean_acc" in e]
         assert entry["eval/add/pass_acc"] == pytest.approx(row["pass_acc"])
     assert sorted({e["step"] for e in logged}) == [0, 1, 2, 3]
+    from gopd_lab.loop.trackers import SAMPLE_COLUMNS, sample_table
+
+    tables = {e["step"]: e["samples"] for e in logged if "samples" in e}  # report_samples: the per-token table
+    by_step = samples_at(out)
+    assert sorted(tables) == sorted(by_step) == [1, 3]
+    for step, table in tables.items():
+        assert table["_type"] == "trackio.table"
+        assert [[r[c] for c in SAMPLE_COLUMNS] for r in table["_value"]] == sample_table(by_step[step])
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "trackio", "wandb"])
@@ -135,3 +143,74 @@ def test_wandb_adapter_calls_init_log_finish(tiny_dirs, tmp_path, monkeypatch):
     ]
     assert [step for _, step, s in logs if "eval/add/greedy_acc" in s] == [r["step"] for r in evals] == [0, 2, 3]
     assert [step for _, step, _ in logs] == sorted(step for _, step, _ in logs)  # wandb needs steps in order
+
+
+# ------------------------------------------------------------------ the per-token table (issue 28)
+def samples_at(out: Path) -> dict[int, list[dict]]:
+    by_step: dict[int, list[dict]] = {}
+    for r in rows(out / "samples.jsonl"):
+        by_step.setdefault(r["step"], []).append(r)
+    return by_step
+
+
+def test_sample_table_has_one_row_per_token_with_its_advantage():
+    from gopd_lab.loop.trackers import SAMPLE_COLUMNS, markdown_table, sample_table
+
+    record = {"step": 3, "index": 1, "domain": "add", "tokens": ["4", "6"], "advantage": [0.5, -0.25],
+              "lp_student": [-1.0, -2.0], "lp_teacher": [-0.5, -2.25], "lam_t": None, "lam": 1.25, "score": 1.0}  # fmt: skip
+    table = sample_table([record])
+    assert table == [
+        [3, 1, "add", 0, "4", 0.5, -1.0, -0.5, 1.25, 1.0],
+        [3, 1, "add", 1, "6", -0.25, -2.0, -2.25, 1.25, 1.0],
+    ]
+    text = markdown_table(SAMPLE_COLUMNS, [[1, "a|b", None, 0.123456]])
+    assert text.splitlines()[2] == "| 1 | a\\|b |  | 0.1235 |" and text.startswith("| step | sample |")
+
+
+def test_tensorboard_gets_the_logged_samples_as_a_text_table(tiny_dirs, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gopd_lab.loop.trackers import SAMPLE_COLUMNS, markdown_table, sample_table
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_dirs, out, report_to="tensorboard", report_samples=True, log_samples=2, log_samples_every=2)
+    train(cfg, progress=False)
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    events = acc.Tensors("samples/text_summary")
+    by_step = samples_at(out)
+    assert [e.step for e in events] == sorted(by_step) == [1, 2, 3]
+    for e in events:
+        assert e.tensor_proto.string_val[0].decode() == markdown_table(SAMPLE_COLUMNS, sample_table(by_step[e.step]))
+
+
+def test_wandb_and_trackio_get_a_table_only_when_asked(tiny_dirs, tmp_path, monkeypatch):
+    """wandb is not installed here: a recording stand-in (its Table keeps columns and data) checks the adapter."""
+    import types
+
+    from gopd_lab.loop.trackers import SAMPLE_COLUMNS, sample_table
+
+    tables = []
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    class Run:
+        def log(self, values, step):
+            tables.extend((step, v) for v in values.values() if isinstance(v, Table))
+
+        def finish(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: Run(), Table=Table))
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_dirs, out, report_to="wandb", report_samples=True, log_samples=1), progress=False)
+    by_step = samples_at(out)
+    assert [step for step, _ in tables] == sorted(by_step) == [1, 3]
+    for step, table in tables:
+        assert table.columns == list(SAMPLE_COLUMNS) and table.data == sample_table(by_step[step])
+        assert all(row[5] is not None for row in table.data)  # every token carries its A_t
+    tables.clear()
+    train(tiny_cfg(tiny_dirs, tmp_path / "off", report_to="wandb", log_samples=1), progress=False)
+    assert tables == []  # report_samples is off by default

@@ -35,11 +35,13 @@ from gopd_lab.scorers.score import Scored, reference_logprobs, score_rollout
 from gopd_lab.scorers.self_teacher import build_self_teacher_view
 
 
-def rewards_of(tasks: dict, rollout: Rollout) -> torch.Tensor:
-    """Verifier reward of each sample (NaN for a domain without a task)."""
+def rewards_of(tasks: dict, rollout: Rollout, answers: list[str] | None = None) -> torch.Tensor:
+    """Verifier reward of each sample (NaN for a domain without a task), against its own row's answer when
+    ``answers`` (one per sample) are given: a prompt listed with several answers is several rows."""
+    answers = answers if answers is not None else [None] * len(rollout)
     values = [
-        tasks[d].score(p, c) if d in tasks else float("nan")
-        for p, c, d in zip(rollout.prompts, rollout.completions, rollout.domains)
+        tasks[d].score(p, c, a) if d in tasks else float("nan")
+        for p, c, d, a in zip(rollout.prompts, rollout.completions, rollout.domains, answers)
     ]
     return torch.tensor(values, dtype=torch.float32)
 
@@ -209,6 +211,13 @@ class Collector:
             parts.append((rows, part))
         return merge_rollouts(parts, len(index), m.pad_token_id)
 
+    def _answers(self, rollout: Rollout) -> list[str] | None:
+        """The reference answer of each sample's row (its prompt index into the task prompts), when known."""
+        answers = self.prompts.answers
+        if answers is None or len(rollout.prompt_index) != len(rollout):
+            return None
+        return [answers[i] for i in rollout.prompt_index]
+
     def after_update(self, student: torch.nn.Module) -> None:
         """After each optimizer step: copy the student's new weights into the vLLM engine (when one samples)."""
         if self.engine is not None:
@@ -222,7 +231,7 @@ class Collector:
         student's own forward does (its reward term is 0 at step 0)."""
         cfg, m = self.cfg, self.models
         with autocast(m.autocast_dtype, m.device):
-            rewards = rewards_of(self.tasks, rollout) if self.tasks else None
+            rewards = rewards_of(self.tasks, rollout, self._answers(rollout)) if self.tasks else None
             teacher_view, extra = None, {}
             if self_teacher:
                 rollout, teacher_view, extra = build_self_teacher_view(
@@ -247,7 +256,7 @@ class Collector:
         (``kl_coef > 0``)."""
         cfg, m = self.cfg, self.models
         with autocast(m.autocast_dtype, m.device):
-            rewards = rewards_of(self.tasks, rollout) if self.tasks else None
+            rewards = rewards_of(self.tasks, rollout, self._answers(rollout)) if self.tasks else None
             lp_ref = (
                 reference_logprobs(m, rollout, chunk_tokens=cfg.score_chunk_tokens) if cfg.needs_reference else None
             )

@@ -102,7 +102,7 @@ def evaluate(
         idx = [i for i, d in enumerate(prompts.domains) if d == domain]
         row = {"domain": domain, "greedy_acc": _accuracy(task, prompts, greedy, idx), "n": len(idx)}
         if k:
-            correct = [sum(task.score(prompts.texts[i], s[i]) for s in sampled) for i in idx]  # (prompts,)
+            correct = [sum(_score(task, prompts, s, i) for s in sampled) for i in idx]  # (prompts,)
             row["mean_acc"] = sum(correct) / (k * max(1, len(idx)))
             row["pass_acc"] = sum(pass_at_k(k, int(c), pass_k) for c in correct) / max(1, len(idx))
         rows.append(row)
@@ -110,7 +110,12 @@ def evaluate(
 
 
 def _accuracy(task, prompts: Prompts, completions: Sequence[str], idx: list[int]) -> float:
-    return sum(task.score(prompts.texts[i], completions[i]) for i in idx) / max(1, len(idx))
+    return sum(_score(task, prompts, completions, i) for i in idx) / max(1, len(idx))
+
+
+def _score(task, prompts: Prompts, completions: Sequence[str], i: int) -> float:
+    """Row ``i``'s reward, against its own reference answer (a prompt may have several rows)."""
+    return task.score(prompts.texts[i], completions[i], prompts.answers[i] if prompts.answers else None)
 
 
 def task_evaluator(tasks: dict, tokenizer, **kwargs):

@@ -26,8 +26,19 @@ from gopd_lab.lm.models import (
 from gopd_lab.lm.precision import student_dtypes
 from gopd_lab.lm.vocab import Agreement, align_vocabularies, output_width
 from gopd_lab.methods import get_method
+from gopd_lab.scorers.openai_logprobs import SCHEME as OPENAI_SCHEME
+from gopd_lab.scorers.openai_logprobs import openai_logprobs_teacher
 from gopd_lab.scorers.remote import RemoteScorer, is_url
 from gopd_lab.scorers.self_teacher import self_teacher
+
+
+def openai_teacher(argument: str, load) -> object:
+    """``openai:http://host:port/v1?model=…&tokenizer=…``: a teacher behind an OpenAI-compatible server (vLLM's),
+    scored through its prompt log-probs (sampled and top-k estimators); a ``Scorer``, not a module."""
+    return openai_logprobs_teacher(OPENAI_SCHEME + argument)
+
+
+teacher_types.register_teacher_type("openai", openai_teacher)
 
 
 def _by_domain(spec: str | dict[str, str]) -> dict[str, str]:
@@ -87,7 +98,11 @@ def load_models(cfg: RunConfig) -> Models:
                     raise ConfigError(f"{role} {path!r}: {err}") from None
                 if built is None:
                     raise ConfigError(teacher_types.unknown_type(path))
-                cache[path] = freeze(built.to(device))
+                if isinstance(built, nn.Module):
+                    built = freeze(built.to(device))
+                elif hasattr(built, "check_tokenizer"):  # a Scorer behind a server (openai:…): no weights here
+                    built.check_tokenizer(tokenizer, cfg.student)
+                cache[path] = built
             return cache[path]
         if is_url(path):  # a teacher/reference served by `python -m gopd_lab.scale.teacher_server`: no weights here
             if path not in cache:

@@ -17,6 +17,10 @@ optional extra (``pip install 'gopd-lab[tensorboard]'``); a missing one is refus
   carried over, so a resumed run is a new W&B run that starts at the checkpoint's step (no step is logged twice
   within one W&B run; the interrupted run keeps its rows).
 - An overwritten run (``overwrite=True``) deletes ``tensorboard/`` and ``wandb/`` with the other run files.
+
+``report_samples=True`` also sends the samples written to ``samples.jsonl`` as a per-token table named ``samples``
+(:func:`sample_table`: one row per completion token with its A_t; TRL logs a completions table the same way):
+a ``trackio.Table`` / ``wandb.Table``, and in TensorBoard a Markdown table in the Text tab.
 """
 
 from __future__ import annotations
@@ -49,6 +53,50 @@ def eval_scalars(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+SAMPLE_COLUMNS = (
+    "step", "sample", "domain", "position", "token", "advantage", "lp_student", "lp_teacher", "lam_t", "score",
+)  # fmt: skip
+
+
+def sample_table(records: list[dict]) -> list[list]:
+    """``samples.jsonl`` records (``sample_records``) as rows of :data:`SAMPLE_COLUMNS`, one per completion token:
+    the token, its advantage A_t and log-probs (``None`` where the step has none), and the sample's reward."""
+
+    def at(values, t):
+        return None if values is None else values[t]
+
+    rows = []
+    for r in records:
+        lam_t = r.get("lam_t")
+        for t, token in enumerate(r["tokens"]):
+            rows.append(
+                [
+                    r["step"],
+                    r["index"],
+                    r["domain"],
+                    t,
+                    token,
+                    at(r.get("advantage"), t),
+                    at(r.get("lp_student"), t),
+                    at(r.get("lp_teacher"), t),
+                    at(lam_t, t) if lam_t is not None else r.get("lam"),
+                    r.get("score"),
+                ]
+            )
+    return rows
+
+
+def markdown_table(columns, rows: list[list]) -> str:
+    """A Markdown table (TensorBoard's Text tab renders it); numbers with 4 significant digits."""
+
+    def cell(v) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+        return text.replace("|", "\\|").replace("\n", "\\n")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
 def _require(module: str, name: str) -> Any:
     try:
         return importlib.import_module(module)
@@ -74,6 +122,9 @@ class TensorBoardTracker:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, global_step=step)
 
+    def log_table(self, name: str, columns, rows: list[list], step: int) -> None:
+        self.writer.add_text(name, markdown_table(columns, rows), global_step=step)
+
     def finish(self) -> None:
         self.writer.close()
 
@@ -97,6 +148,9 @@ class TrackioTracker:
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
+    def log_table(self, name: str, columns, rows: list[list], step: int) -> None:
+        self.run.log({name: self.trackio.Table(columns=list(columns), data=rows)}, step=step)
+
     def finish(self) -> None:
         self.run.finish()
 
@@ -105,7 +159,7 @@ class WandbTracker:
     """A Weights & Biases run (``WANDB_MODE=offline`` writes it under ``<out_dir>/wandb`` only)."""
 
     def __init__(self, cfg: RunConfig, start: int = 0):
-        wandb = _require("wandb", "wandb")
+        self.wandb = wandb = _require("wandb", "wandb")
         self.run = wandb.init(
             project=cfg.extra.get("wandb_project", PROJECT),
             name=Path(cfg.out_dir).name,
@@ -116,6 +170,9 @@ class WandbTracker:
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
+
+    def log_table(self, name: str, columns, rows: list[list], step: int) -> None:
+        self.run.log({name: self.wandb.Table(columns=list(columns), data=rows)}, step=step)
 
     def finish(self) -> None:
         self.run.finish()
@@ -147,6 +204,14 @@ class Reporter:
     def on_eval(self, step: int, rows: list[dict]) -> None:
         for t in self.trackers:
             t.log(eval_scalars(rows), step)
+
+    def on_samples(self, step: int, records: list[dict]) -> None:
+        """``report_samples``: the step's logged samples as a per-token table (:func:`sample_table`)."""
+        if not self.cfg.report_samples or not records:
+            return
+        rows = sample_table(records)
+        for t in self.trackers:
+            t.log_table("samples", SAMPLE_COLUMNS, rows, step)
 
     def on_end(self, summary: dict) -> None:
         self.close()

@@ -52,12 +52,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _load_tasks(cfg: RunConfig) -> dict:
+def _load_tasks(cfg: RunConfig, tokenizer=None) -> dict:
     if not cfg.task_names:
         return {}
     from gopd_lab.tasks import load_tasks
 
-    return load_tasks(cfg.task_names)
+    return load_tasks(cfg.task_names, tokenizer=tokenizer)  # the student's tokenizer renders chat-format rows
 
 
 def _evaluator_settings(evaluate) -> dict | None:
@@ -154,7 +154,7 @@ def train(
 
 def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progress) -> pd.DataFrame:
     models = models if models is not None else load_models(cfg)
-    tasks = _load_tasks(cfg)
+    tasks = _load_tasks(cfg, models.tokenizer)
     if prompts is None:
         if tasks:
             prompts = prompts_from_tasks(tasks, models.tokenizer, chat_template=cfg.chat_template)
@@ -264,7 +264,9 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             if cfg.log_samples and (
                 (cfg.log_samples_every and n % cfg.log_samples_every == 0) or n == cfg.steps or n == 1
             ):
-                append_jsonl(out / "samples.jsonl", sample_records(models, scored, result, n, cfg.log_samples))
+                records = sample_records(models, scored, result, n, cfg.log_samples)
+                append_jsonl(out / "samples.jsonl", records)
+                cbs.fire("on_samples", n, records)  # the trackers' per-token table (report_samples)
             cbs.fire("on_step", n, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reverse_kl", "score_mean") if k in metrics})
         if cfg.eval_every and n % cfg.eval_every == 0 and n != cfg.steps:

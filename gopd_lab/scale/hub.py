@@ -12,6 +12,7 @@ A LoRA run (``lora_r > 0``) saves only the adapter in ``model/``; push merges it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ from gopd_lab.config import ConfigError
 from gopd_lab.runio import read_jsonl
 
 CARD_FILE = "README.md"
+PROJECT_LICENSE = "apache-2.0"
+"""gopd-lab's license (pyproject.toml), the license of the zoo's models it built."""
 
 
 def _fmt(value: Any) -> str:
@@ -51,29 +54,148 @@ def _accuracy_table(evals: list[dict], steps: int, k: int) -> str:
     return "\n".join(rows) + note
 
 
-def model_card(run_dir: str | Path, repo_id: str | None = None):
-    """The ``huggingface_hub.ModelCard`` of a finished run: YAML metadata plus how the student was trained."""
-    from huggingface_hub import ModelCard, ModelCardData
+FRAMEWORKS = ("gopd-lab", "torch", "transformers", "huggingface_hub", "datasets", "accelerate", "peft")
+_METRICS = {"greedy_acc": "greedy", "mean_acc": "mean@{k}", "pass_acc": "pass@{k}"}
+
+
+def _zoo_base(student: str) -> dict | None:
+    """``{"zoo": name, "manifest_sha256": ...}`` of a ``zoo:<name>`` student: the sha256 of the canonical JSON of
+    its manifest entry (files, hashes, recipe), so the card names the exact weights it started from."""
+    if not student.startswith("zoo:"):
+        return None
+    from gopd_lab.world.zoo import read_manifest
+
+    entry = read_manifest()["models"].get(student[4:])
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest() if entry else None
+    return {"zoo": student[4:], "manifest_sha256": digest}
+
+
+def _hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hub repo id (``owner/name``, not a local path or a zoo name)."""
+    return name.count("/") == 1 and not Path(name).exists() and not name.startswith(("zoo:", ".", "/", "~"))
+
+
+def _task_datasets(tasks) -> dict[str, str]:
+    """``{domain: Hub dataset id}`` of the run's ``hf:`` tasks on the Hub (``hf:openai/gsm8k:main?...`` →
+    ``{"gsm8k": "openai/gsm8k"}``); local datasets and embedded tasks have no id."""
+    from gopd_lab.tasks.hfdata import parse_hf_name
+
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks or [])
+    specs = [parse_hf_name(name) for name in names if name.startswith("hf:")]
+    return {spec.domain: spec.path for spec in specs if _hub_id(spec.path)}
+
+
+def _inherited_license(student: str) -> str | None:
+    """The license of the student the run started from: a local checkpoint's own card, or this project's (the
+    zoo's models are built by it); ``None`` when unknown (a Hub id: its license is on its own card)."""
+    from huggingface_hub import ModelCard
+
+    if student.startswith("zoo:"):
+        return PROJECT_LICENSE
+    card = Path(student) / CARD_FILE
+    if card.is_file():
+        return ModelCard.load(card).data.license
+    return None
+
+
+def framework_versions(cfg: dict) -> dict[str, str]:
+    """The versions the run recorded in ``config.json`` (``versions``), else those installed now."""
+    recorded = cfg.get("versions")
+    if isinstance(recorded, dict) and recorded:
+        return {str(k): str(v) for k, v in recorded.items()}
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in FRAMEWORKS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def eval_results(evals: list[dict], cfg: dict, task_type: str = "text-generation") -> list:
+    """``huggingface_hub.EvalResult`` s of a run's ``eval.jsonl``: per domain and metric (greedy, mean@k, pass@k)
+    at step 0 (before) and at the last evaluated step (after), on the domain's test split."""
+    from huggingface_hub import EvalResult
+
+    if not evals:
+        return []
+    k = cfg.get("eval_k", "k")
+    last = max(r.get("step", 0) for r in evals)
+    datasets = _task_datasets(cfg.get("tasks"))
+    results = []
+    for step, when in ((0, "before"), (last, "after")) if last else ((0, "before"),):
+        for r in (r for r in evals if r.get("step") == step):
+            domain = str(r.get("domain", "all"))
+            for metric, label in _METRICS.items():
+                if not isinstance(r.get(metric), (int, float)):
+                    continue
+                name = label.format(k=k)
+                results.append(
+                    EvalResult(
+                        task_type=task_type,
+                        dataset_type=datasets.get(domain, domain),
+                        dataset_name=domain,
+                        dataset_split="test",
+                        metric_type="accuracy",
+                        metric_value=round(float(r[metric]), 4),
+                        metric_name=f"{name} accuracy, step {step} ({when})",
+                        metric_config=name,
+                        metric_args={"step": step, "n": r.get("n"), "temperature": cfg.get("temperature")},
+                    )
+                )
+    return results
+
+
+def card_data(run_dir: str | Path, repo_id: str | None = None, license: str | None = None):
+    """The card's metadata as ``huggingface_hub.ModelCardData``: library, pipeline, tags, ``base_model`` (a Hub
+    student), ``datasets`` (the run's Hub datasets), ``license``, ``model-index`` results from ``eval.jsonl`` and,
+    for a zoo student, ``gopd_lab_base`` (its zoo name and manifest hash)."""
+    from huggingface_hub import ModelCardData
 
     run = Path(run_dir)
+    cfg = _read_config(run)
+    student = str(cfg.get("student", ""))
+    zoo = _zoo_base(student)
+    extra = {"gopd_lab_base": zoo} if zoo else {}
+    return ModelCardData(
+        model_name=repo_id or run.name,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gopd-lab", "on-policy-distillation", cfg.get("method", "gopd")],
+        base_model=student if _hub_id(student) else None,
+        datasets=list(dict.fromkeys(_task_datasets(cfg.get("tasks")).values())) or None,
+        license=license or _inherited_license(student),
+        eval_results=eval_results(read_jsonl(run / "eval.jsonl"), cfg) or None,
+        **extra,
+    )
+
+
+def _read_config(run: Path) -> dict:
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{run} has no config.json: give the out_dir of a gopd_lab run")
-    cfg = json.loads(cfg_path.read_text())
+    return json.loads(cfg_path.read_text())
+
+
+def model_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None):
+    """The ``huggingface_hub.ModelCard`` of a finished run: :func:`card_data`'s YAML metadata (which the Hub reads:
+    base model, datasets, license, evaluation results) plus how the student was trained."""
+    from huggingface_hub import ModelCard
+
+    run = Path(run_dir)
+    cfg = _read_config(run)
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     evals = read_jsonl(run / "eval.jsonl")
     steps = summary.get("steps", cfg.get("steps"))
     student = str(cfg.get("student", ""))
-    is_hub_id = student.count("/") == 1 and not Path(student).exists() and not student.startswith("zoo:")
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["gopd-lab", "on-policy-distillation", cfg.get("method", "gopd")],
-        base_model=student if is_hub_id else None,
-    )
+    data = card_data(run, repo_id, license)
+    zoo = _zoo_base(student)
     recipe = [
         ("method", cfg.get("method")),
         ("student (start)", student),
+        ("zoo manifest sha256", zoo and zoo["manifest_sha256"]),
         ("teacher", cfg.get("teacher")),
         ("λ (`lam`)", cfg.get("lam")),
         ("reference", cfg.get("reference")),
@@ -122,6 +244,10 @@ def model_card(run_dir: str | Path, repo_id: str | None = None):
             f'model = AutoModelForCausalLM.from_pretrained("{title}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
             "```",
+            "",
+            "## Framework versions",
+            "",
+            *[f"- {name} {v}" for name, v in framework_versions(cfg).items()],
         ]
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")

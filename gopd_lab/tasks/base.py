@@ -18,57 +18,46 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from gopd_lab.errors import DataError
 from gopd_lab.runio import read_jsonl
+from gopd_lab.tasks.answers import Feedback, Verifier, exact_match, expected_got, shown
+from gopd_lab.tasks.hfdata import dataset_rows, resolve_verifier, split_rows
 
-Verifier = Callable[[str, str], bool]
-Feedback = Callable[[str, str], str]
+__all__ = ["Example", "Feedback", "Task", "Verifier", "data_dir", "exact_match", "expected_got", "make_task", "shown"]
 
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt with its reference completion.
+    """One row: a prompt with its reference completion (and, optionally, the row's own verifier).
 
     ``answer`` is the text a perfect student would generate after ``prompt``, without ``<eos>``
-    (``"46"`` for ``"12+34="``; the whole worked solution for a math problem).
+    (``"46"`` for ``"12+34="``; the whole worked solution for a math problem). ``verifier``, when set,
+    checks this row instead of the task's verifier (a dataset mixing exact and math rows).
     """
 
     prompt: str
     answer: str
     domain: str
-
-
-def exact_match(completion: str, answer: str) -> bool:
-    """Return whether ``completion`` equals ``answer`` once both are stripped of surrounding whitespace."""
-    return completion.strip() == answer.strip()
-
-
-def shown(completion: str, limit: int = 24) -> str:
-    """Return ``completion`` stripped and cut to ``limit`` characters (with ``...``) for feedback texts."""
-    text = completion.strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def expected_got(completion: str, answer: str) -> str:
-    """Default feedback: ``"expected <answer>, got <completion>"`` (``"got nothing"`` when empty)."""
-    got = shown(completion) or "nothing"
-    return f"expected {answer.strip()}, got {got}"
+    verifier: Verifier | None = None
 
 
 class Task:
-    """A domain's prompts, reference answers, verifier and feedback.
+    """A domain's rows (prompt, reference answer, optional per-row verifier), verifier and feedback.
 
-    Prompts are unique within a task: a prompt listed twice with the same answer is kept where it
-    first appears (so a test prompt already in train is dropped from test), and ``answer(prompt)``
-    finds the reference of any train or test prompt.
+    A task is a list of rows, not a prompt → answer map: one prompt may come with several reference
+    answers (MetaMathQA / NuminaMath list one question with several rationales), each kept as its own
+    row. A row repeating an earlier row exactly (same prompt and answer) is dropped, and so is a test row
+    whose prompt is a train prompt (the test split never holds a prompt trained on).
 
-    Raises ``ValueError`` for an empty task, an example of another domain, or a prompt given two
-    different answers.
+    ``score(prompt, completion, answer)`` checks a completion against the row with that answer;
+    without ``answer`` it counts as correct when the verifier accepts it for any row of the prompt.
+
+    Raises ``ValueError`` for an empty task or an example of another domain.
     """
 
     def __init__(
@@ -82,51 +71,71 @@ class Task:
         self.domain = domain
         self.verifier: Verifier = verifier or exact_match
         self.feedback_fn: Feedback = feedback or expected_got
-        self._answers: dict[str, str] = {}
+        self._rows: dict[str, list[Example]] = {}
         self.train: list[Example] = self._add_all(train, "train")
-        self.test: list[Example] = self._add_all(test, "test")
-        if not self._answers:
+        train_prompts = set(self._rows)
+        self.test: list[Example] = self._add_all((e for e in test if e.prompt not in train_prompts), "test")
+        if not self._rows:
             raise ValueError(f"task {domain!r} has no examples: give at least one train or test prompt")
 
     def _add_all(self, examples: Iterable[Example], split: str) -> list[Example]:
-        """Register ``examples`` in the answer table and return the new ones, duplicates dropped."""
+        """Register ``examples`` under their prompts and return the new ones, exact repeats dropped."""
         kept = []
         for example in examples:
             if example.domain != self.domain:
                 raise ValueError(
                     f"{split} example {example.prompt!r} has domain {example.domain!r}, but task is {self.domain!r}"
                 )
-            previous = self._answers.get(example.prompt)
-            if previous is None:
-                self._answers[example.prompt] = example.answer
+            rows = self._rows.setdefault(example.prompt, [])
+            if all(row.answer != example.answer for row in rows):
+                rows.append(example)
                 kept.append(example)
-            elif previous != example.answer:
-                raise ValueError(
-                    f"task {self.domain!r}: prompt {example.prompt!r} has two answers, "
-                    f"{previous!r} and {example.answer!r}"
-                )
         return kept
 
     def __repr__(self) -> str:
         return f"Task({self.domain!r}, train={len(self.train)}, test={len(self.test)})"
 
-    def answer(self, prompt: str) -> str:
-        """Return the reference answer of ``prompt`` (a train or test prompt of this task)."""
+    def rows(self, prompt: str) -> list[Example]:
+        """Every row (train or test) of ``prompt``, in the order given."""
         try:
-            return self._answers[prompt]
+            return self._rows[prompt]
         except KeyError:
             raise KeyError(f"prompt {prompt!r} is not a prompt of task {self.domain!r}") from None
 
-    def score(self, prompt: str, completion: str) -> float:
-        """Return the reward of ``completion`` for ``prompt``: 1.0 if the verifier accepts it, else 0.0."""
-        return 1.0 if self.verifier(completion, self.answer(prompt)) else 0.0
+    def answer(self, prompt: str) -> str:
+        """Return the reference answer of ``prompt``'s first row (see :meth:`answers` for all of them)."""
+        return self.rows(prompt)[0].answer
 
-    def feedback(self, prompt: str, completion: str) -> str | None:
-        """Return ``None`` for a correct completion, else a short text saying what is wrong."""
-        answer = self.answer(prompt)
-        if self.verifier(completion, answer):
+    def answers(self, prompt: str) -> list[str]:
+        """Return the reference answers of every row of ``prompt``."""
+        return [row.answer for row in self.rows(prompt)]
+
+    def _candidates(self, prompt: str, answer: str | None) -> list[Example]:
+        rows = self.rows(prompt)
+        if answer is None:
+            return rows
+        picked = [row for row in rows if row.answer == answer]
+        if not picked:
+            raise KeyError(f"task {self.domain!r}: prompt {prompt!r} has no row with the answer {answer!r}")
+        return picked
+
+    def check(self, row: Example, completion: str) -> bool:
+        """Whether ``row``'s verifier (the task's unless the row has its own) accepts ``completion``."""
+        return (row.verifier or self.verifier)(completion, row.answer)
+
+    def score(self, prompt: str, completion: str, answer: str | None = None) -> float:
+        """Return the reward of ``completion`` for ``prompt``: 1.0 if the verifier accepts it, else 0.0.
+
+        ``answer`` names the row (a prompt with several rows); without it any row of the prompt counts."""
+        return 1.0 if any(self.check(row, completion) for row in self._candidates(prompt, answer)) else 0.0
+
+    def feedback(self, prompt: str, completion: str, answer: str | None = None) -> str | None:
+        """Return ``None`` for a correct completion, else a short text saying what is wrong (against the row
+        with ``answer``, or the prompt's first row)."""
+        rows = self._candidates(prompt, answer)
+        if any(self.check(row, completion) for row in rows):
             return None
-        return self.feedback_fn(completion, answer)
+        return self.feedback_fn(completion, rows[0].answer)
 
     @classmethod
     def from_jsonl(
@@ -171,30 +180,53 @@ class Task:
         verifier: Verifier | str | None = None,
         feedback: Feedback | None = None,
         seed: int = 0,
+        tokenizer=None,
+        eval_split: str | None = None,
+        verifier_field: str | None = None,
     ) -> Task:
         """A task from a ``datasets.Dataset`` or a ``DatasetDict`` (``pip install 'gopd-lab[datasets]'``).
 
-        Each row gives ``row[prompt_field]`` and ``row[answer_field]`` (a number becomes text). A
-        ``DatasetDict`` uses its ``train`` and ``test`` splits; a ``Dataset`` (or a dict without ``test``)
-        is shuffled with ``seed`` and ``test_size`` of it (a fraction, default 0.1, or a row count) held out
-        as the test split. ``verifier``: ``"exact"`` (default), ``"math"`` (final-answer checking with its
-        feedback) or a callable ``(completion, answer) -> bool``::
+        Each row gives ``row[prompt_field]`` and ``row[answer_field]`` (a number becomes text), or, in chat
+        format, a ``messages`` list whose last message is the assistant's answer and whose earlier messages
+        become the prompt through ``tokenizer``'s chat template. GSM8K's calculator notes ``<<48/2=24>>``
+        are removed from answers with a ``#### n`` line (as :func:`~gopd_lab.tasks.load_math_jsonl` does).
+
+        A ``DatasetDict`` trains on ``train`` and evaluates on its own ``eval_split`` (default:
+        ``validation``, else ``test``); only a ``Dataset`` or a dict without either is shuffled with ``seed``
+        and ``test_size`` of its prompts (a fraction, default 0.1, or a count) held out. ``verifier``:
+        ``"exact"`` (default), ``"math"`` (final-answer checking with its feedback) or a callable
+        ``(completion, answer) -> bool``; ``verifier_field`` names a column giving each row's own
+        verifier (``"exact"`` / ``"math"``)::
 
             ds = Dataset.from_dict({"question": ["2+2=", "3+4="], "answer": [4, 7]})
             task = Task.from_dataset(ds, domain="sums", prompt_field="question", test_size=1)
         """
-        from gopd_lab.tasks.hfdata import task_from_dataset
-
-        return task_from_dataset(
+        check, explain = resolve_verifier(verifier, feedback)
+        train_rows, test_rows = dataset_rows(
             ds,
-            domain,
             prompt_field=prompt_field,
             answer_field=answer_field,
             test_size=test_size,
-            verifier=verifier,
-            feedback=feedback,
             seed=seed,
+            tokenizer=tokenizer,
+            eval_split=eval_split,
+            verifier_field=verifier_field,
         )
+
+        def examples(rows) -> list[Example]:
+            return [
+                Example(r.prompt, r.answer, domain, resolve_verifier(r.verifier)[0] if r.verifier else None)
+                for r in rows
+            ]
+
+        return cls(domain, examples(train_rows), examples(test_rows), verifier=check, feedback=explain)
+
+
+def split_by_prompt(examples: list[Example], fraction_or_count: float | int, seed: int) -> tuple[list, list]:
+    """Shuffle the distinct prompts with ``seed`` and hold out ``fraction_or_count`` of them (a fraction in
+    [0, 1), at least one prompt when positive and there are two or more; or a count of prompts) with all their
+    rows: ``(train, test)``. Rows of one prompt never straddle the two splits."""
+    return split_rows(examples, fraction_or_count, seed, key=lambda e: e.prompt)
 
 
 def make_task(

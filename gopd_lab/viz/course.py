@@ -3,8 +3,9 @@ and the exercise checker.
 
 A notebook's kernel starts in ``notebooks/`` under JupyterLab, ``make lab`` and nbval, and in the repository
 root under ``papermill --cwd .`` or a sweep. ``repo_path`` makes a relative path mean the same file in both:
-it is read against the repository that holds this package, so ``repo_path("sweeps/v2/lam.yaml")``
-is found from either folder.
+it is read against the repository checkout (:func:`find_repo`: ``$GOPD_LAB_REPO``, the checkout this package
+was installed from, or the one the kernel started in), so ``repo_path("sweeps/v2/lam.yaml")`` is found from
+either folder; from an installed wheel with no checkout, reading ``sweeps/`` or ``results/`` is one clear error.
 
 The paper's sweeps ship their results in ``results/<world>/<name>/`` (written by :func:`publish_sweep` from a
 finished ``gopd-lab sweep`` dir): ``sweep.json`` (the plan), one folder per point with ``params.json``,
@@ -20,18 +21,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gopd_lab.errors import ConfigError
 from gopd_lab.runio import atomic_write_json
 
 __all__ = [
     "GPU_PRESETS",
     "MATH_TASK",
+    "NeedsCheckoutError",
     "REPO",
+    "find_repo",
     "add_reference_lines",
     "setup_plotting",
     "SWEEP_RESULTS",
@@ -50,8 +55,37 @@ __all__ = [
     "zoo_models_in",
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-"""The repository this package was installed from (``pip install -e .``)."""
+CHECKOUT_ONLY = ("sweeps", "results", "configs", "notebooks", "bench", "docs")
+"""Top folders of the repository that an installed wheel does not carry (it has the package and ``data/``)."""
+
+
+def _is_checkout(path: Path) -> bool:
+    return (path / "pyproject.toml").is_file() and (path / "gopd_lab").is_dir() and (path / "sweeps").is_dir()
+
+
+def find_repo() -> Path | None:
+    """The gopd_lab checkout the course reads ``sweeps/`` and ``results/`` from: ``$GOPD_LAB_REPO``, else the
+    repository this package was installed from (``pip install -e .``), else the working directory or a folder
+    above it when it is a checkout (a wheel installed, Jupyter started inside a clone); ``None`` when there is none.
+    """
+    override = os.environ.get("GOPD_LAB_REPO")
+    if override:
+        return Path(override).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for candidate in (Path(__file__).resolve().parents[2], here, *here.parents):
+        if _is_checkout(candidate):
+            return candidate
+    return None
+
+
+class NeedsCheckoutError(ConfigError, FileNotFoundError):
+    """A course cell read a repository file (``sweeps/``, ``results/``, ...) that an installed wheel lacks."""
+
+
+_FOUND = find_repo()
+REPO = _FOUND or Path.cwd().resolve()
+"""The checkout (:func:`find_repo`); without one, the working directory (runs go there; reading a checkout file
+raises :class:`NeedsCheckoutError`)."""
 SWEEP_RESULTS = REPO / "results"
 """Committed results of the paper's sweeps: ``results/<world>/<name>`` for the spec ``sweeps/<world>/<name>.yaml``."""
 POINT_FILES = ("params.json", "point.json", "config.json", "metrics.jsonl", "eval.jsonl", "summary.json")
@@ -106,7 +140,15 @@ def repo_path(path: str | Path) -> Path:
     outputs that should land in the repository's ``runs/`` whichever folder the kernel started in.
     """
     path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO / path
+    if path.is_absolute():
+        return path
+    if _FOUND is None and path.parts[:1] and path.parts[0] in CHECKOUT_ONLY and not (REPO / path).exists():
+        raise NeedsCheckoutError(
+            f"{path} is a file of the gopd_lab repository, which an installed wheel does not carry (it has the "
+            "package and data/ only): clone the repository and start Jupyter inside it, or set "
+            "GOPD_LAB_REPO=<the checkout>"
+        )
+    return REPO / path
 
 
 def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
@@ -124,7 +166,7 @@ def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
 
 def committed_sweep(name: str) -> Path:
     """The committed results of the sweep ``sweeps/<name>.yaml`` (``results/<name>``; ``name`` is e.g. ``"v2/lam"``)."""
-    root = SWEEP_RESULTS / name
+    root = repo_path("results") / name
     if not (root / "sweep.json").is_file():
         have = sorted(str(p.parent.relative_to(SWEEP_RESULTS)) for p in SWEEP_RESULTS.glob("*/*/sweep.json"))
         raise FileNotFoundError(

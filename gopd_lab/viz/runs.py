@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -184,3 +185,67 @@ def save_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a self-contained HTML file (plotly.js inlined) atomically; returns the path."""
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return Path(path)
+
+
+REPORT_FILE = "report.html"
+
+
+def final_table(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per domain: each evaluation metric at step 0 and at the last evaluated step (``eval.jsonl``)."""
+    evals = pd.DataFrame(read_jsonl(Path(run_dir) / "eval.jsonl"))
+    if evals.empty:
+        return pd.DataFrame()
+    last = int(evals["step"].max())
+    metrics = [m for m in ("greedy_acc", "mean_acc", "pass_acc") if m in evals]
+    rows = []
+    for domain, part in evals.groupby("domain", sort=True):
+        first, final = part[part.step == part.step.min()].iloc[-1], part[part.step == last]
+        row = {"domain": domain, "n": int(first.get("n", 0))}
+        for m in metrics:
+            row[f"{m} @ step {int(first.step)}"] = first[m]
+            row[f"{m} @ step {last}"] = final[m].iloc[-1] if not final.empty else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = None, *, inline: bool = False) -> Path:
+    """Write a run's story as one small HTML page (default ``<run_dir>/report.html``): its configuration's
+    headline, the training curves, the evaluation curves and the before/after table. plotly.js is referenced
+    from its CDN (19 kB for a 3-step run; it needs a network to draw) unless ``inline=True`` puts it in the page
+    (4.8 MB, works offline)."""
+    run = Path(run_dir)
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    metrics, evals = load_runs(run)
+    parts = [training_curves(run)] if not metrics.empty else []
+    if not evals.empty and "greedy_acc" in evals:
+        parts.append(eval_curves(run))
+    include: str | bool = True if inline else "cdn"
+    figures = [
+        fig.to_html(full_html=False, include_plotlyjs=include if k == 0 else False) for k, fig in enumerate(parts)
+    ]
+    headline = {k: cfg.get(k) for k in ("method", "student", "teacher", "lam", "estimator", "tasks", "steps", "lr")}
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(json.dumps(v))}</td></tr>" for k, v in headline.items() if v)
+    table = final_table(run)
+    final = table.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0) if not table.empty else ""
+    last = metrics.iloc[-1] if not metrics.empty else None
+    summary = (
+        f"<p>{len(metrics)} steps; final loss {last['loss']:.4f}</p>" if last is not None and "loss" in last else ""
+    )
+    html = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            f"<html><head><meta charset='utf-8'><title>{escape(run_name(run))}</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{padding:2px 10px;text-align:left}</style></head><body>",
+            f"<h1>{escape(run_name(run))}</h1>",
+            f"<table>{rows}</table>",
+            summary,
+            "<h2>Accuracy on the test splits, first and last evaluation</h2>" if final else "",
+            final,
+            *figures,
+            "</body></html>",
+        ]
+    )
+    out = Path(path) if path is not None else run / REPORT_FILE
+    atomic_write_text(out, html)
+    return out
