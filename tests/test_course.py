@@ -14,6 +14,7 @@ from gopd_lab.experiments.sweep import load_sweep
 from gopd_lab.tasks import load_tasks
 from gopd_lab.tasks.mathjsonl import math_verifier
 from gopd_lab.viz import course
+from gopd_lab.viz import exercises as ex_mod
 
 
 def test_check_says_right_wrong_or_unanswered_and_never_raises():
@@ -136,3 +137,71 @@ def test_committed_headroom_gathers_one_curve_per_teacher(tmp_path):
     assert {"teacher-add", "teacher-add-nokl", "big-teacher"} <= set(committed.teacher)
     with pytest.raises(FileNotFoundError, match="sweeps/headroom.py"):
         course.committed_headroom(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- exercises that cannot be fooled
+def _run(source: str, context: dict, name: str):
+    namespace = ex_mod._namespace(context)
+    if source.lstrip().startswith(f"{name} =") or f"\n{name} =" in source:
+        exec(source, namespace)  # a solution: statements assigning the answer
+        return namespace[name]
+    return eval(source, namespace)  # a wrong answer: one expression
+
+
+@pytest.mark.parametrize("ex_id", sorted(ex_mod.EXERCISES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_exercise_says_right_to_its_solution_and_wrong_to_every_listed_wrong_answer(ex_id, seed):
+    ex = ex_mod.EXERCISES[ex_id]
+    context = ex.sample(seed)
+    assert ex.check(None, **context).status == "unanswered"
+    solved = ex.check(_run(ex.solution, context, ex.answer_name), **context)
+    assert solved.right, f"{ex_id}: the solution is not right: {solved}"
+    assert len(ex.wrong) >= 2 if ex.kind != "choice" else ex.options, f"{ex_id} lists too few wrong answers"
+    for label, source in ex.wrong.items():
+        verdict = ex.check(_run(source, context, ex.answer_name), **context)
+        assert verdict.status == "wrong", f"{ex_id}: the wrong answer {label!r} passes: {verdict}"
+
+
+def test_value_exercises_reject_zero_and_the_sign_flip():
+    for ex in ex_mod.EXERCISES.values():
+        if ex.kind == "value" and ex.id != "03-token-optimum":  # a distribution: 0 and −p are not distributions
+            assert "0" in ex.wrong and any("sign" in label for label in ex.wrong), ex.id
+
+
+def test_01_check_rejects_zero_when_the_answer_is_tiny():
+    """The bug: 01's check accepted 0.0 when the expected advantage was 1.9e-5 (an absolute tolerance of 1e-4)."""
+    record = {"lp_student": [-1e-5], "lp_teacher": [-1e-6], "lp_reference": [-3e-6], "lam": 1.25}
+    ex = ex_mod.EXERCISES["01-advantage"]
+    expected = 2 * -1e-6 + 3e-6 + 1e-5
+    assert ex.check(expected, record=record, t=0).right
+    assert ex.check(0.0, record=record, t=0).status == "wrong"
+    assert not course.check(0.0, 1.9e-5, why="w").right
+
+
+def test_hints_come_in_levels_and_only_the_last_is_the_formula():
+    ex = ex_mod.EXERCISES["02-reverse-kl"]
+    context = ex.sample(0)
+    ex.reset()
+    shown = [str(ex.check(0.123, **context)) for _ in range(len(ex.hints) + 1)]
+    for level, text in enumerate(shown[: len(ex.hints)], 1):
+        assert f"Hint {level} of {len(ex.hints)}" in text
+    assert f"Hint {len(ex.hints)} of {len(ex.hints)}" in shown[-1]  # it stays at the last
+    for ex in ex_mod.EXERCISES.values():
+        assert len(ex.hints) >= 3, ex.id
+        assert all("=" not in h.replace("λ = ", "").replace("t = t", "") for h in ex.hints[:-1]), (ex.id, ex.hints)
+    ex = ex_mod.EXERCISES["02-reverse-kl"]
+    wrong = str(ex.check(0.0, **context))
+    assert "Hint" in wrong and ex.why not in wrong, "the why (it holds the formula) is shown only once right"
+
+
+def test_a_known_wrong_answer_is_named():
+    ex = ex_mod.EXERCISES["02-reverse-kl"]
+    context = ex.sample(1)
+    flipped = _run(ex.wrong["the sign-flipped value, mean(ℓ^T − ℓ^θ)"], context, ex.answer_name)
+    assert "It is the sign-flipped value" in str(ex.check(flipped, **context))
+
+
+def test_an_implementation_is_judged_on_random_trees_and_a_raising_one_is_wrong_not_an_error():
+    ex = ex_mod.EXERCISES["03-implement-advantage"]
+    assert ex.check(lambda *a: 1 / 0).status == "wrong"
+    assert ex.check(3.0).status == "wrong"

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from notebook_checks import (
     assert_clean_notebook,
+    assert_exercise_context_not_rebound,
     assert_exercise_verdicts,
     assert_exercises_well_formed,
     assert_light_and_quiet,
@@ -71,6 +72,22 @@ def test_committed_notebook_is_clean(path):
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
 def test_exercises_are_well_formed(path):
     assert_exercises_well_formed(_read(path))
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+def test_exercise_context_is_not_rebound_by_a_later_cell(path):
+    """The bug: notebook 03's checks raised AttributeError after Run All (a later loop rebound ``teacher``)."""
+    assert_exercise_context_not_rebound(_read(path))
+
+
+def test_every_exercise_of_the_package_is_in_a_notebook():
+    from gopd_lab.viz.exercises import EXERCISES
+
+    course_notebooks = sorted(NOTEBOOKS.glob("0[1-9]_*.ipynb"))
+    used = {ex_id for p in course_notebooks for ex_id in exercises(_read(p))}
+    assert used == set(EXERCISES), (
+        f"in the package only: {set(EXERCISES) - used}; in notebooks only: {used - set(EXERCISES)}"
+    )
 
 
 def test_the_course_has_exercises_in_enough_notebooks():

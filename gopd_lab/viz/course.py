@@ -11,9 +11,10 @@ finished ``gopd-lab sweep`` dir): ``sweep.json`` (the plan), one folder per poin
 ``point.json``, ``config.json``, ``metrics.jsonl``, ``eval.jsonl`` and ``summary.json``. ``load_sweep`` reads
 such a folder like any sweep dir; the executed point notebooks, logs, samples and weights are left out.
 
-``check`` is the exercises' checker: it compares a learner's answer to the expected value and returns a
-:class:`Verdict` that says ``right``, ``wrong`` (and why) or ``not answered yet``; it never raises on a bad
-answer, so a check cell runs top to bottom before anyone has answered.
+``exercise(id)`` is one of the course's exercises and ``check`` the plain checker, both from
+:mod:`gopd_lab.viz.exercises`: they return a :class:`Verdict` that says ``right``, ``wrong`` (and why) or
+``not answered yet``, and never raise on a bad answer, so a check cell runs top to bottom before anyone has
+answered.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import json
 import math
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gopd_lab.runio import atomic_write_json
+from gopd_lab.viz.exercises import EXERCISES, Verdict, check, exercise
 
 __all__ = [
+    "EXERCISES",
     "GPU_PRESETS",
     "MATH_TASK",
     "REPO",
@@ -37,6 +39,7 @@ __all__ = [
     "SWEEP_RESULTS",
     "Verdict",
     "check",
+    "exercise",
     "committed_headroom",
     "committed_sweep",
     "publish_sweep",
@@ -292,69 +295,3 @@ def training_config(preset: str | None, fallback: Any) -> tuple[Any, str]:
     tasks = [repo_path(t) if t.endswith(".jsonl") and not Path(t).is_absolute() else t for t in cfg.task_names]
     cfg = cfg.replace(tasks=",".join(str(t) for t in tasks), out_dir=fallback.out_dir)
     return cfg, f"{preset} ({why})"
-
-
-# ----------------------------------------------------------------------------- exercises
-@dataclass(frozen=True)
-class Verdict:
-    """What a check cell shows: ``status`` is ``right``, ``wrong`` or ``unanswered``; ``message`` says why."""
-
-    status: str
-    message: str
-
-    @property
-    def right(self) -> bool:
-        return self.status == "right"
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return self.message
-
-    def _repr_html_(self) -> str:
-        colour = {"right": "#1a7f37", "wrong": "#b3261e"}.get(self.status, "#6e5600")
-        text = self.message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return f'<div style="border-left:4px solid {colour};padding:4px 10px;color:{colour}">{text}</div>'
-
-
-def _numbers(value: Any) -> list[float]:
-    """``value`` (a number, a nested list, a tensor or an array) as a flat list of floats."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().tolist()
-    elif hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _numbers(v)]
-    return [float(value)]
-
-
-def check(answer: Any, expected: Any, *, why: str, atol: float = 1e-4, hint: str = "") -> Verdict:
-    """Compare a learner's ``answer`` to ``expected`` and say right or wrong, and why.
-
-    Numbers, lists, tensors and arrays are compared element-wise within ``atol`` (and a relative 1e-4);
-    anything else (a string, a bool) by equality. ``None`` (the answer cell as shipped) is "not answered
-    yet". ``why`` is the reason the expected value is right; ``hint`` is added when the answer is wrong.
-    """
-    if answer is None or answer is ...:
-        return Verdict("unanswered", "not answered yet: write your answer in the cell above and run this cell again")
-    wrong = "wrong: {}" + (f" Hint: {hint}" if hint else "")
-    if isinstance(expected, (str, bool)):
-        ok = answer == expected
-        return Verdict("right", f"right: {why}") if ok else Verdict("wrong", wrong.format(f"{answer!r}, not it."))
-    try:
-        got, want = _numbers(answer), _numbers(expected)
-    except (TypeError, ValueError) as err:
-        return Verdict("wrong", wrong.format(f"expected a number or a list of numbers, got {answer!r} ({err})."))
-    if len(got) != len(want):
-        return Verdict("wrong", wrong.format(f"expected {len(want)} number(s), got {len(got)}."))
-    off = [
-        (i, g, w)
-        for i, (g, w) in enumerate(zip(got, want))
-        if not (math.isfinite(g) and abs(g - w) <= atol + 1e-4 * abs(w))
-    ]
-    if off:
-        i, g, w = off[0]
-        where = f" at position {i}" if len(want) > 1 else ""
-        return Verdict("wrong", wrong.format(f"{g:.6g}{where} is not the expected {w:.6g} (within {atol:g})."))
-    return Verdict("right", f"right: {why}")
