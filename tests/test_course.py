@@ -205,3 +205,65 @@ def test_an_implementation_is_judged_on_random_trees_and_a_raising_one_is_wrong_
     ex = ex_mod.EXERCISES["03-implement-advantage"]
     assert ex.check(lambda *a: 1 / 0).status == "wrong"
     assert ex.check(3.0).status == "wrong"
+
+
+# ----------------------------------------------------------------------------- quiet notebooks
+def test_setup_notebook_silences_library_bars_and_keeps_the_runs_own():
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    from gopd_lab.viz import session
+
+    try:
+        session.quiet_libraries()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert huggingface_hub.utils.are_progress_bars_disabled()
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+
+
+def test_tensors_show_as_rounded_tables():
+    table = course.tensor_table(torch.tensor([[1.23456789e-5, -0.5], [2.0, 3.0]]))
+    assert table.shape == (2, 2) and table.iloc[0, 0] == 0.0 and table.iloc[0, 1] == -0.5
+    both = course.tensor_table(lp=torch.zeros(2, 3), rank=torch.ones(2, 3, dtype=torch.long))
+    assert list(both.columns.get_level_values(0).unique()) == ["lp", "rank"] and both.shape == (2, 6)
+    assert course.tensor_table(torch.tensor(0.5)).shape == (1, 1)
+
+
+def test_a_user_error_in_a_notebook_is_one_line_with_the_traceback_folded(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from gopd_lab.errors import UserError
+    from gopd_lab.viz import session
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.set_custom_exc((UserError,), session._one_line_user_error)
+        shell.run_cell("from gopd_lab import RunConfig\nRunConfig(lam=-1)")
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("configuration error: "), err
+        assert "Traceback" not in err
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_display_path_names_no_machine_folder():
+    assert course.display_path(course.REPO / "results" / "v2" / "lam") == "results/v2/lam"
+    assert course.display_path("/elsewhere/x") == "/elsewhere/x"
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs_twice(tmp_path, monkeypatch):
+    """The bug: the README's snippet stopped with RunDirError when run a second time (its out_dir held a run)."""
+    import re
+
+    readme = (course.REPO / "README.md").read_text()
+    snippet = re.search(r"```python\n(from gopd_lab import RunConfig, train\n.*?)```", readme, re.S).group(1)
+    assert "steps=200," in snippet and 'out_dir="runs/exopd"' in snippet
+    tiny = snippet.replace("steps=200,", "steps=1, batch_size=2, eval_limit=2, eval_k=0, log_samples=0,")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        namespace: dict = {}
+        exec(tiny, namespace)
+        assert len(namespace["history"]) == 1

@@ -28,6 +28,7 @@ from typing import Any
 
 from gopd_lab.runio import atomic_write_json
 from gopd_lab.viz.exercises import EXERCISES, Verdict, check, exercise
+from gopd_lab.viz.session import setup_notebook, tensor_table
 
 __all__ = [
     "EXERCISES",
@@ -42,8 +43,11 @@ __all__ = [
     "exercise",
     "committed_headroom",
     "committed_sweep",
+    "display_path",
     "publish_sweep",
     "repo_path",
+    "setup_notebook",
+    "tensor_table",
     "measured_cost",
     "pick_gpu_preset",
     "preset_table",
@@ -110,6 +114,13 @@ def repo_path(path: str | Path) -> Path:
     """
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO / path
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a notebook shows it: relative to the repository when inside it, so that an executed notebook
+    names no folder of the machine that ran it."""
+    path = repo_path(path)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:

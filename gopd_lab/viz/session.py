@@ -33,10 +33,14 @@ def quiet_libraries() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def tensor_table(tensor: Any, decimals: int = TABLE_DECIMALS) -> Any:
-    """A 0-, 1- or 2-D tensor as a pandas table rounded to ``decimals`` (rows × positions), for display."""
+def tensor_table(tensor: Any = None, decimals: int = TABLE_DECIMALS, **named: Any) -> Any:
+    """A 0-, 1- or 2-D tensor as a pandas table rounded to ``decimals`` (rows × positions), for display; with
+    keyword tensors of one shape, one table with a column block per name (``tensor_table(lp_teacher=…, rank=…)``)."""
     import pandas as pd
 
+    if named:
+        tables = {name: tensor_table(t, decimals) for name, t in named.items()}
+        return pd.concat(tables, axis=1)
     values = tensor.detach().cpu()
     if values.ndim == 0:
         values = values.reshape(1, 1)
