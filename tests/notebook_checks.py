@@ -93,17 +93,22 @@ def check_call_id(cell: dict) -> str | None:
 
 
 def assert_exercises_well_formed(nb: dict) -> None:
-    """Every exercise has its four cells in order (task, answer, check, solution); the check is one call of the
+    """Every exercise has its four cells in order (task, answer, check, solution; a prediction may have the cells
+    that show its outcome between its answer and its check); the check is one call of the
     package's exercise (which holds its wrong answers and hints, so the cell shows no formula); the solution is
     a markdown cell inside ``<details>`` (never run by Run All) whose code is the package's solution; the
     answer cell as shipped leaves the answer unset (None)."""
-    from gopd_lab.viz.exercises import EXERCISES
+    from gopd_lab.viz.exercise_bank import EXERCISES
 
     for ex_id, parts in exercises(nb).items():
         assert set(parts) == {"task", "answer", "check", "solution"}, f"exercise {ex_id} has cells {sorted(parts)}"
-        order = [nb["cells"].index(parts[k]) for k in ("task", "answer", "check", "solution")]
-        assert order == list(range(order[0], order[0] + 4)), f"exercise {ex_id}: task, answer, check, solution in a row"
-        assert ex_id in EXERCISES, f"exercise {ex_id} is not in gopd_lab.viz.exercises.EXERCISES"
+        assert ex_id in EXERCISES, f"exercise {ex_id} is not in gopd_lab.viz.exercise_bank.EXERCISES"
+        task, answer, check, solution = (nb["cells"].index(parts[k]) for k in ("task", "answer", "check", "solution"))
+        assert answer == task + 1 and solution == check + 1, f"exercise {ex_id}: task, answer … check, solution"
+        if EXERCISES[ex_id].kind == "choice":  # a prediction: the cells that show the outcome run before its check
+            assert answer < check, f"prediction {ex_id}: its check comes after the prediction"
+        else:
+            assert check == answer + 1, f"exercise {ex_id}: task, answer, check, solution in a row"
         assert check_call_id(parts["check"]) == ex_id, f"exercise {ex_id}: the check calls course.exercise({ex_id!r})"
         solution = parts["solution"]
         assert solution["cell_type"] == "markdown", f"{ex_id}: the solution is markdown, so Run All does not run it"
@@ -138,7 +143,7 @@ def with_exercise_probes(nb: dict) -> dict:
     must say right), the exercise's first listed wrong answer then the check again (it must say wrong)."""
     import copy
 
-    from gopd_lab.viz.exercises import EXERCISES
+    from gopd_lab.viz.exercise_bank import EXERCISES
 
     nb = copy.deepcopy(nb)
     cells = []

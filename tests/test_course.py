@@ -14,7 +14,8 @@ from gopd_lab.experiments.sweep import load_sweep
 from gopd_lab.tasks import load_tasks
 from gopd_lab.tasks.mathjsonl import math_verifier
 from gopd_lab.viz import course
-from gopd_lab.viz import exercises as ex_mod
+from gopd_lab.viz import exercise_bank as ex_mod
+from gopd_lab.viz.exercises import _namespace
 
 
 def test_check_says_right_wrong_or_unanswered_and_never_raises():
@@ -141,7 +142,7 @@ def test_committed_headroom_gathers_one_curve_per_teacher(tmp_path):
 
 # ----------------------------------------------------------------------------- exercises that cannot be fooled
 def _run(source: str, context: dict, name: str):
-    namespace = ex_mod._namespace(context)
+    namespace = _namespace(context)
     if source.lstrip().startswith(f"{name} =") or f"\n{name} =" in source:
         exec(source, namespace)  # a solution: statements assigning the answer
         return namespace[name]

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from gopd_lab.runio import atomic_write_json
-from gopd_lab.viz.exercises import EXERCISES, Verdict, check, exercise
+from gopd_lab.viz.exercise_bank import EXERCISES, exercise
+from gopd_lab.viz.exercises import Verdict, check
 from gopd_lab.viz.session import setup_notebook, tensor_table
 
 __all__ = [
