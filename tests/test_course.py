@@ -268,3 +268,45 @@ def test_readme_python_snippet_runs_twice(tmp_path, monkeypatch):
         namespace: dict = {}
         exec(tiny, namespace)
         assert len(namespace["history"]) == 1
+
+
+# ----------------------------------------------------------------------------- plots that show the effect
+def test_paired_delta_plot_draws_points_with_intervals_in_points():
+    import pandas as pd
+
+    from gopd_lab.viz import effects
+
+    diffs = pd.DataFrame({"lam": [1.25, 1.5], "metric": ["eval_add_mean_acc"] * 2, "diff_mean": [0.017, 0.031]}).assign(
+        ci_low=[0.010, -0.001], ci_high=[0.025, 0.041]
+    )
+    fig = effects.paired_delta_plot(diffs)
+    trace = fig.data[0]
+    assert list(trace.y) == pytest.approx([1.7, 3.1]) and list(trace.error_y.arrayminus) == pytest.approx([0.7, 3.2])
+    assert list(trace.marker.symbol) == ["circle", "circle-open"], "filled only where the interval excludes 0"
+
+
+def test_headroom_delta_is_the_gain_over_lambda_one():
+    from gopd_lab.viz import effects
+
+    delta = effects.headroom_delta(course.committed_headroom())
+    at = delta.set_index(["teacher", "domain", "metric", "lam"])
+    assert at.delta[("teacher-add", "add", "mean_acc", 1.0)] == 0
+    assert (
+        at.delta[("teacher-add", "add", "mean_acc", 2.0)] > 0 > at.delta[("teacher-add-nokl", "add", "mean_acc", 2.0)]
+    )
+    assert (delta.half_width > 0).all() and (delta.half_width < 5).all()
+    assert len(effects.headroom_delta_plot(delta).data) > 0
+
+
+def test_committed_band_spans_the_six_opd_seeds_and_frames_smoothed_curves():
+    import pandas as pd
+
+    from gopd_lab.viz import effects
+
+    band = course.committed_band("v2/lam", lam=1.0)
+    assert set(band.runs) == {6} and (band.low <= band.high).all() and set(band.metric) == {"reverse_kl", "adv_mean"}
+    metrics = pd.DataFrame({"run": ["a"] * 50, "step": range(1, 51), "reverse_kl": [0.1] * 50, "adv_mean": [0.0] * 50})
+    fig = effects.smoothed_curves(metrics, band=band)
+    assert [t.name for t in fig.data][:3] == ["reference runs", "a (raw)", "a"]
+    with pytest.raises(ValueError, match="no point at lam"):
+        course.committed_band("v2/lam", lam=7.0)

@@ -164,3 +164,11 @@ def test_the_course_asks_for_predictions():
         p.stem[:2] for p in COURSE_NOTEBOOKS if any(EXERCISES[i].kind == "choice" for i in exercises(_read(p)))
     }
     assert predicting >= PREDICTING_NOTEBOOKS, sorted(PREDICTING_NOTEBOOKS - predicting)
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_links_the_notation_card(path):
+    assert (NOTEBOOKS.parent / "docs" / "notation.md").is_file()
+    assert "../docs/notation.md" in "".join(
+        "".join(c["source"]) for c in _read(path)["cells"] if c["cell_type"] == "markdown"
+    )

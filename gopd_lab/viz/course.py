@@ -42,6 +42,7 @@ __all__ = [
     "Verdict",
     "check",
     "exercise",
+    "committed_band",
     "committed_headroom",
     "committed_sweep",
     "display_path",
@@ -147,6 +148,20 @@ def committed_sweep(name: str) -> Path:
             f"`gopd-lab sweep --spec sweeps/{name}.yaml` and view its sweep dir, e.g. runs/sweeps/{name}"
         )
     return root
+
+
+def committed_band(name: str = "v2/lam", *, lam: float = 1.0, names: tuple[str, ...] = ("reverse_kl", "adv_mean")):
+    """The range (lowest to highest over seeds, per logged step) of ``names`` in the committed sweep ``name``'s
+    points at ``lam``: what a healthy run of that setting looks like (``viz.effects.smoothed_curves``'s band).
+    The published metrics keep the first 10 steps and every 20th, so the band is drawn through those."""
+    from gopd_lab.viz.effects import run_band
+    from gopd_lab.viz.runs import load_runs
+
+    root = committed_sweep(name)
+    points = [p for p in sweep_plan(root)["points"] if json.loads((root / p / "params.json").read_text())["lam"] == lam]
+    if not points:
+        raise ValueError(f"the committed sweep {name!r} has no point at lam = {lam}")
+    return run_band(load_runs([root / p for p in points])[0], names)
 
 
 def sweep_plan(sweep_dir: str | Path) -> dict[str, Any]:
