@@ -249,6 +249,13 @@ def test_a_user_error_in_a_notebook_is_one_line_with_the_traceback_folded(capsys
         InteractiveShell.clear_instance()
 
 
+def test_committed_plans_name_no_machine_path():
+    """The bug: 07 showed the absolute path of the checkout that ran the sweep (results/v2/*/sweep.json)."""
+    for plan_file in course.SWEEP_RESULTS.glob("*/*/sweep.json"):
+        notebook = course.sweep_plan(plan_file.parent)["notebook"]
+        assert notebook.startswith("notebooks/") and course.repo_path(notebook).is_file(), (plan_file, notebook)
+
+
 def test_display_path_names_no_machine_folder():
     assert course.display_path(course.REPO / "results" / "v2" / "lam") == "results/v2/lam"
     assert course.display_path("/elsewhere/x") == "/elsewhere/x"

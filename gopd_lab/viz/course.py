@@ -165,12 +165,18 @@ def committed_band(name: str = "v2/lam", *, lam: float = 1.0, names: tuple[str, 
 
 
 def sweep_plan(sweep_dir: str | Path) -> dict[str, Any]:
-    """The plan a sweep dir was run with, from its ``sweep.json``: ``notebook``, ``grid``, ``fixed``, ``points``."""
+    """The plan a sweep dir was run with, from its ``sweep.json``: ``notebook``, ``grid``, ``fixed``, ``points``.
+    A notebook path of another machine's checkout (``/…/notebooks/x.ipynb``) is shown as ``notebooks/x.ipynb``."""
     path = repo_path(sweep_dir) / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {sweep_dir} a sweep dir (written by gopd-lab sweep)?")
     plan = json.loads(path.read_text())
-    return {k: plan.get(k) for k in ("notebook", "grid", "fixed", "points")}
+    notebook = plan.get("notebook")
+    if notebook and Path(notebook).is_absolute() and "notebooks" in Path(notebook).parts:
+        # published from another checkout before publish_sweep made it relative: name it as in this repository
+        parts = Path(notebook).parts
+        notebook = str(Path(*parts[len(parts) - 1 - parts[::-1].index("notebooks") :]))
+    return {"notebook": notebook, **{k: plan.get(k) for k in ("grid", "fixed", "points")}}
 
 
 def _rounded(value: Any) -> Any:
