@@ -172,3 +172,14 @@ def test_every_notebook_links_the_notation_card(path):
     assert "../docs/notation.md" in "".join(
         "".join(c["source"]) for c in _read(path)["cells"] if c["cell_type"] == "markdown"
     )
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_course_helper_a_notebook_calls_exists(path):
+    import re
+
+    from gopd_lab.viz import course
+
+    code = "".join("".join(c["source"]) for c in _read(path)["cells"] if c["cell_type"] == "code")
+    missing = sorted({n for n in re.findall(r"\bcourse\.(\w+)", code) if not hasattr(course, n)})
+    assert not missing, f"{path.name} calls course.{missing}"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gopd_lab.runio import atomic_write_json
+from gopd_lab.viz.effects import headroom_delta, headroom_delta_plot, paired_delta_plot, smoothed_curves
 from gopd_lab.viz.exercise_bank import EXERCISES, exercise
 from gopd_lab.viz.exercises import Verdict, check
 from gopd_lab.viz.session import setup_notebook, tensor_table
@@ -42,6 +43,10 @@ __all__ = [
     "Verdict",
     "check",
     "exercise",
+    "headroom_delta",
+    "headroom_delta_plot",
+    "paired_delta_plot",
+    "smoothed_curves",
     "committed_band",
     "committed_headroom",
     "committed_sweep",
