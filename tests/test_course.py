@@ -317,3 +317,34 @@ def test_committed_band_spans_the_six_opd_seeds_and_frames_smoothed_curves():
     assert [t.name for t in fig.data][:3] == ["reference runs", "a (raw)", "a"]
     with pytest.raises(ValueError, match="no point at lam"):
         course.committed_band("v2/lam", lam=7.0)
+
+
+# ----------------------------------------------------------------------------- explorables
+def test_one_state_explorable_moves_the_optimum_and_the_advantage_with_lambda():
+    from gopd_lab.viz.explorable import OneState
+
+    state = OneState(lam=1.0)
+    assert torch.allclose(state.log_optimum, state.log_teacher), "λ = 1: the optimum is the teacher"
+    state.set_lam(0.0)
+    assert torch.allclose(state.log_optimum, state.log_reference) and (state.advantages == 0).all()
+    state.set_lam(2.0)
+    assert torch.allclose(state.advantages, 2 * (state.log_teacher - state.log_reference))
+    before = state.log_optimum.clone()
+    state.set_logits("teacher", 0, 3.0)
+    assert state.log_optimum[0] > before[0] and "λ = 2" in state.html()
+    widget = state.widget()
+    widget.children[0].value = 1.0  # the λ slider
+    assert "λ = 1</b>" in widget.children[-1].value
+
+
+def test_two_step_tree_shows_the_optima_apart_at_the_root_and_equal_at_the_last_depth():
+    from gopd_lab.viz.explorable import TwoStepTree
+
+    tree = TwoStepTree(lam=2.0)
+    opt = tree.optima()
+    assert torch.allclose(opt["token-level"][1:], opt["sequence-level"][1:], atol=1e-6), "the last depth agrees"
+    assert (opt["token-level"][0] - opt["sequence-level"][0]).abs().max() > 1e-3, "the root does not"
+    tree.set_lam(1.0)
+    opt = tree.optima()
+    assert torch.allclose(opt["token-level"], opt["sequence-level"], atol=1e-6)
+    assert "root" in tree.widget().children[-1].value

@@ -30,6 +30,7 @@ from gopd_lab.runio import atomic_write_json
 from gopd_lab.viz.effects import headroom_delta, headroom_delta_plot, paired_delta_plot, smoothed_curves
 from gopd_lab.viz.exercise_bank import EXERCISES, exercise
 from gopd_lab.viz.exercises import Verdict, check
+from gopd_lab.viz.explorable import state_explorer, tree_explorer
 from gopd_lab.viz.session import setup_notebook, tensor_table
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "publish_sweep",
     "repo_path",
     "setup_notebook",
+    "state_explorer",
+    "tree_explorer",
     "tensor_table",
     "measured_cost",
     "pick_gpu_preset",
