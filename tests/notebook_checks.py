@@ -198,8 +198,8 @@ MAX_EXECUTED_BYTES = 2_000_000
 
 
 def assert_light_and_quiet(path: Path) -> None:
-    """An executed notebook is under 2 MB (no plotly.js stored per figure or widget) and no library printed a
-    warning into it."""
+    """An executed notebook is under 2 MB (no plotly.js stored per figure or widget), no library printed a
+    warning into it, and no library drew a progress bar (only each training run's own)."""
     size = path.stat().st_size
     assert size < MAX_EXECUTED_BYTES, f"{path.name} weighs {size} bytes executed; is plotly.js stored in it?"
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -209,4 +209,7 @@ def assert_light_and_quiet(path: Path) -> None:
             text = "".join(text) if isinstance(text, list) else text
             assert not (out.get("name") == "stderr" and re.search(r"Warning|deprecated", text)), (
                 f"{path.name} cell {i} shows a warning: {text[:300]}"
+            )
+            assert not re.search(r"Loading weights|Writing model shards|Fetching \d+ files", text), (
+                f"{path.name} cell {i} shows a library's progress bar (course.setup_notebook turns them off)"
             )
