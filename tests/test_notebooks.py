@@ -153,8 +153,8 @@ def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_availab
     assert probes == 2 * len(exercises(_read(path)))
 
 
-PREDICTING_NOTEBOOKS = {"01", "02", "03", "04", "05", "07", "09"}
-"""The notebooks with a predict-then-check exercise (06 and 08 have none yet)."""
+PREDICTING_NOTEBOOKS = {"01", "02", "03", "04", "05", "06", "07", "08", "09"}
+"""Every course notebook has a predict-then-check exercise."""
 
 
 def test_the_course_asks_for_predictions():

@@ -279,3 +279,36 @@ def wrong_teacher_gap(models: Any, rollout: Any, rows: Mapping[str, Any], scored
     mul_valid = mul_rows.completion_mask.bool()
     add_lp = token_logprobs(models.teacher_for("add"), mul_rows)  # (rows, C)
     return float(add_lp[mul_valid].mean() - scored.lp_teacher[rows["mul"]][mul_valid].mean())
+
+
+def routing_outcome(models: Any, rollout: Any, rows: Mapping[str, Any], scored: Any) -> tuple[str, str]:
+    """Whether the add rows' teacher log-probs are teacher-add's own scores of those rows alone."""
+    from gopd_lab.lm.logprobs import token_logprobs
+
+    own = token_logprobs(models.teacher_for("add"), rollout.select(rows["add"]))  # (rows, C)
+    gap = float((own - scored.lp_teacher[rows["add"]]).abs().max())
+    outcome = "unchanged" if gap < 1e-4 else "changed"
+    return outcome, f"the add rows' ℓ^T differ from teacher-add's own scores of them by at most {gap:.1e}"
+
+
+def feedback_outcome(plain: Any, lp_student: Any, student_view: Any) -> tuple[str, str]:
+    """Whether a self-teacher without feedback gives A_t = ℓ^T − ℓ^θ = 0 on every real token."""
+    valid = student_view.completion_mask.bool()  # (B, C)
+    gap = float((plain.lp_teacher - lp_student)[valid].abs().max())
+    outcome = "all zero" if gap < 1e-4 else "not zero"
+    return outcome, f"without feedback the largest |A_t| is {gap:.1e}"
+
+
+def plain_self_teacher(seed: int) -> dict[str, Any]:
+    """Notebook 08's context: a self-teacher without feedback scores exactly the student's log-probs."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lp_student = -torch.rand(4, 6, generator=g) * 3  # (B, C)
+    mask = (torch.rand(4, 6, generator=g) > 0.3).float()  # (B, C)
+    mask[:, 0] = 1
+    return {
+        "plain": SimpleNamespace(lp_teacher=lp_student * mask),
+        "lp_student": lp_student,
+        "student_view": SimpleNamespace(completion_mask=mask),
+    }
