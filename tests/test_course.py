@@ -227,6 +227,7 @@ def test_setup_notebook_silences_library_bars_and_keeps_the_runs_own():
 def test_tensors_show_as_rounded_tables():
     table = course.tensor_table(torch.tensor([[1.23456789e-5, -0.5], [2.0, 3.0]]))
     assert table.shape == (2, 2) and table.iloc[0, 0] == 0.0 and table.iloc[0, 1] == -0.5
+    assert "-0.0" not in course.tensor_table(torch.tensor([[-1e-7, -0.5]])).to_string(), "no negative zero"
     both = course.tensor_table(lp=torch.zeros(2, 3), rank=torch.ones(2, 3, dtype=torch.long))
     assert list(both.columns.get_level_values(0).unique()) == ["lp", "rank"] and both.shape == (2, 6)
     assert course.tensor_table(torch.tensor(0.5)).shape == (1, 1)

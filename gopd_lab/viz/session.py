@@ -47,7 +47,7 @@ def tensor_table(tensor: Any = None, decimals: int = TABLE_DECIMALS, **named: An
     elif values.ndim == 1:
         values = values.reshape(1, -1)
     frame = pd.DataFrame(values.float().numpy() if values.is_floating_point() else values.numpy())
-    return frame.round(decimals) if values.is_floating_point() else frame
+    return frame.round(decimals) + 0.0 if values.is_floating_point() else frame  # + 0.0: no "-0.0000"
 
 
 def _tensor_html(tensor: Any) -> str | None:
