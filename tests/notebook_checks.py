@@ -75,22 +75,75 @@ def exercises(nb: dict) -> dict[str, dict[str, dict]]:
     return found
 
 
+SOLUTION_CODE = re.compile(r"```python\n(.*?)\n```", re.S)
+
+
+def solution_code(cell: dict) -> str:
+    """The code of a solution cell: a collapsed markdown cell (Run All does not execute it) holding one
+    ```python block."""
+    found = SOLUTION_CODE.search(source(cell))
+    assert found, "a solution cell holds one ```python block"
+    return found.group(1)
+
+
+def check_call_id(cell: dict) -> str | None:
+    """The id of ``course.exercise("<id>").check(...)`` in a check cell."""
+    found = re.search(r"course\.exercise\(\s*[\"']([^\"']+)[\"']\s*\)\.check\(", source(cell))
+    return found.group(1) if found else None
+
+
 def assert_exercises_well_formed(nb: dict) -> None:
-    """Every exercise has its four cells in order (task, answer, check, solution), the check a wrong answer to
-    test with, the solution collapsed; the answer cell as shipped leaves the answer unset (None)."""
+    """Every exercise has its four cells in order (task, answer, check, solution; a prediction may have the cells
+    that show its outcome between its answer and its check); the check is one call of the
+    package's exercise (which holds its wrong answers and hints, so the cell shows no formula); the solution is
+    a markdown cell inside ``<details>`` (never run by Run All) whose code is the package's solution; the
+    answer cell as shipped leaves the answer unset (None)."""
+    from gopd_lab.viz.exercise_bank import EXERCISES
+
     for ex_id, parts in exercises(nb).items():
         assert set(parts) == {"task", "answer", "check", "solution"}, f"exercise {ex_id} has cells {sorted(parts)}"
-        order = [nb["cells"].index(parts[k]) for k in ("task", "answer", "check", "solution")]
-        assert order == list(range(order[0], order[0] + 4)), f"exercise {ex_id}: task, answer, check, solution in a row"
-        assert parts["check"]["metadata"]["exercise"].get("wrong"), f"exercise {ex_id}: the check names a wrong answer"
-        assert parts["solution"]["metadata"].get("jupyter", {}).get("source_hidden"), f"{ex_id}: collapse the solution"
-        assert re.search(r"=\s*None\b", source(parts["answer"])), f"exercise {ex_id}: the answer cell ships unanswered"
+        assert ex_id in EXERCISES, f"exercise {ex_id} is not in gopd_lab.viz.exercise_bank.EXERCISES"
+        task, answer, check, solution = (nb["cells"].index(parts[k]) for k in ("task", "answer", "check", "solution"))
+        assert answer == task + 1 and solution == check + 1, f"exercise {ex_id}: task, answer … check, solution"
+        if EXERCISES[ex_id].kind == "choice":  # a prediction: the cells that show the outcome run before its check
+            assert answer < check, f"prediction {ex_id}: its check comes after the prediction"
+        else:
+            assert check == answer + 1, f"exercise {ex_id}: task, answer, check, solution in a row"
+        assert check_call_id(parts["check"]) == ex_id, f"exercise {ex_id}: the check calls course.exercise({ex_id!r})"
+        solution = parts["solution"]
+        assert solution["cell_type"] == "markdown", f"{ex_id}: the solution is markdown, so Run All does not run it"
+        assert "<details>" in source(solution), f"{ex_id}: the solution is folded in <details>"
+        assert solution_code(solution) == EXERCISES[ex_id].solution, f"{ex_id}: the solution is the package's"
+        answer = EXERCISES[ex_id].answer_name
+        assert re.search(rf"^{answer}\s*=\s*None\b", source(parts["answer"]), re.M), f"{ex_id}: ships unanswered"
+
+
+def assert_exercise_context_not_rebound(nb: dict) -> None:
+    """The names a check cell reads are not assigned again after it (a later cell rebinding ``teacher`` to a
+    string broke notebook 03's checks after Run All)."""
+    cells = nb["cells"]
+    for i, cell in enumerate(cells):
+        if "check" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        tree = ast.parse(source(cell))
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        for j, later in enumerate(cells[i + 1 :], i + 1):
+            if later["cell_type"] != "code" or "solution" in later.get("metadata", {}).get("tags", []):
+                continue
+            bound = {
+                n.id
+                for n in ast.walk(ast.parse(source(later)))
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
+            assert not names & bound, f"cell {j} rebinds {sorted(names & bound)}, which the check in cell {i} reads"
 
 
 def with_exercise_probes(nb: dict) -> dict:
     """A copy of ``nb`` in which each check cell is followed by probes: the solution then the check again (it
-    must say right), the check's wrong answer then the check again (it must say wrong)."""
+    must say right), the exercise's first listed wrong answer then the check again (it must say wrong)."""
     import copy
+
+    from gopd_lab.viz.exercise_bank import EXERCISES
 
     nb = copy.deepcopy(nb)
     cells = []
@@ -98,13 +151,9 @@ def with_exercise_probes(nb: dict) -> dict:
         cells.append(cell)
         if "check" not in cell.get("metadata", {}).get("tags", []):
             continue
-        meta = cell["metadata"]["exercise"]
-        solution = next(
-            c
-            for c in nb["cells"]
-            if "solution" in c["metadata"].get("tags", []) and c["metadata"]["exercise"]["id"] == meta["id"]
-        )
-        for expect, answer in (("right", source(solution)), ("wrong", meta["wrong"])):
+        ex = EXERCISES[check_call_id(cell)]
+        wrong = f"{ex.answer_name} = {next(iter(ex.wrong.values()))}"
+        for expect, answer in (("right", ex.solution), ("wrong", wrong)):
             cells.append(
                 {"cell_type": "code", "execution_count": None, "outputs": [], "source": answer, "metadata": {}}
             )
@@ -114,7 +163,7 @@ def with_exercise_probes(nb: dict) -> dict:
                     "execution_count": None,
                     "outputs": [],
                     "source": source(cell),
-                    "metadata": {"probe": {"id": meta["id"], "expect": expect}},
+                    "metadata": {"probe": {"id": ex.id, "expect": expect}},
                 }
             )
     nb["cells"] = cells
@@ -149,8 +198,8 @@ MAX_EXECUTED_BYTES = 2_000_000
 
 
 def assert_light_and_quiet(path: Path) -> None:
-    """An executed notebook is under 2 MB (no plotly.js stored per figure or widget) and no library printed a
-    warning into it."""
+    """An executed notebook is under 2 MB (no plotly.js stored per figure or widget), no library printed a
+    warning into it, and no library drew a progress bar (only each training run's own)."""
     size = path.stat().st_size
     assert size < MAX_EXECUTED_BYTES, f"{path.name} weighs {size} bytes executed; is plotly.js stored in it?"
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -160,4 +209,7 @@ def assert_light_and_quiet(path: Path) -> None:
             text = "".join(text) if isinstance(text, list) else text
             assert not (out.get("name") == "stderr" and re.search(r"Warning|deprecated", text)), (
                 f"{path.name} cell {i} shows a warning: {text[:300]}"
+            )
+            assert not re.search(r"Loading weights|Writing model shards|Fetching \d+ files", text), (
+                f"{path.name} cell {i} shows a library's progress bar (course.setup_notebook turns them off)"
             )

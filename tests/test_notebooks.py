@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from notebook_checks import (
     assert_clean_notebook,
+    assert_exercise_context_not_rebound,
     assert_exercise_verdicts,
     assert_exercises_well_formed,
     assert_light_and_quiet,
@@ -68,9 +69,28 @@ def test_committed_notebook_is_clean(path):
     assert_clean_notebook(path, set(CI_PARAMETERS[path.stem]), ALLOWED_IMPORTS)
 
 
-@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.stem)
+COURSE_NOTEBOOKS = sorted(NOTEBOOKS.glob("0[1-9]_*.ipynb"))
+"""Every course notebook, 07–09 included (their runs are tested in their own files)."""
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_exercises_are_well_formed(path):
     assert_exercises_well_formed(_read(path))
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_exercise_context_is_not_rebound_by_a_later_cell(path):
+    """The bug: notebook 03's checks raised AttributeError after Run All (a later loop rebound ``teacher``)."""
+    assert_exercise_context_not_rebound(_read(path))
+
+
+def test_every_exercise_of_the_package_is_in_a_notebook():
+    from gopd_lab.viz.exercise_bank import EXERCISES
+
+    used = {ex_id for p in COURSE_NOTEBOOKS for ex_id in exercises(_read(p))}
+    assert used == set(EXERCISES), (
+        f"in the package only: {set(EXERCISES) - used}; in notebooks only: {used - set(EXERCISES)}"
+    )
 
 
 def test_the_course_has_exercises_in_enough_notebooks():
@@ -131,3 +151,35 @@ def test_notebook_runs_at_ci_parameters(path, tmp_path, kernel_name, zoo_availab
     assert_light_and_quiet(tmp_path / path.name)
     probes = assert_exercise_verdicts(_read(tmp_path / path.name))
     assert probes == 2 * len(exercises(_read(path)))
+
+
+PREDICTING_NOTEBOOKS = {"01", "02", "03", "04", "05", "06", "07", "08", "09"}
+"""Every course notebook has a predict-then-check exercise."""
+
+
+def test_the_course_asks_for_predictions():
+    from gopd_lab.viz.exercise_bank import EXERCISES
+
+    predicting = {
+        p.stem[:2] for p in COURSE_NOTEBOOKS if any(EXERCISES[i].kind == "choice" for i in exercises(_read(p)))
+    }
+    assert predicting >= PREDICTING_NOTEBOOKS, sorted(PREDICTING_NOTEBOOKS - predicting)
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_links_the_notation_card(path):
+    assert (NOTEBOOKS.parent / "docs" / "notation.md").is_file()
+    assert "../docs/notation.md" in "".join(
+        "".join(c["source"]) for c in _read(path)["cells"] if c["cell_type"] == "markdown"
+    )
+
+
+@pytest.mark.parametrize("path", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_course_helper_a_notebook_calls_exists(path):
+    import re
+
+    from gopd_lab.viz import course
+
+    code = "".join("".join(c["source"]) for c in _read(path)["cells"] if c["cell_type"] == "code")
+    missing = sorted({n for n in re.findall(r"\bcourse\.(\w+)", code) if not hasattr(course, n)})
+    assert not missing, f"{path.name} calls course.{missing}"

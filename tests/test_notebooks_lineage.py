@@ -1,6 +1,6 @@
 """The lineage notebooks, 09 (the G-OPD lineage side by side) and its sweep's point notebook: committed clean
 (``notebook_checks`` rules) and each runs top to bottom with papermill at tiny settings on the embedded zoo.
-09 reads the committed ``results/v1/lineage.csv``; its asserts (the logged λ_t, gates and splits are exactly the
+09 reads the committed ``results/v2/lineage.csv`` (world v2, like its live runs); its asserts (the logged λ_t, gates and splits are exactly the
 formulas, and the claims about the comparison) are the test."""
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ finished ``gopd-lab sweep`` dir): ``sweep.json`` (the plan), one folder per poin
 ``point.json``, ``config.json``, ``metrics.jsonl``, ``eval.jsonl`` and ``summary.json``. ``load_sweep`` reads
 such a folder like any sweep dir; the executed point notebooks, logs, samples and weights are left out.
 
-``check`` is the exercises' checker: it compares a learner's answer to the expected value and returns a
-:class:`Verdict` that says ``right``, ``wrong`` (and why) or ``not answered yet``; it never raises on a bad
-answer, so a check cell runs top to bottom before anyone has answered.
+``exercise(id)`` is one of the course's exercises and ``check`` the plain checker, both from
+:mod:`gopd_lab.viz.exercises`: they return a :class:`Verdict` that says ``right``, ``wrong`` (and why) or
+``not answered yet``, and never raise on a bad answer, so a check cell runs top to bottom before anyone has
+answered.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gopd_lab.errors import ConfigError
 from gopd_lab.runio import atomic_write_json
+from gopd_lab.viz.effects import headroom_delta, headroom_delta_plot, paired_delta_plot, smoothed_curves
+from gopd_lab.viz.exercise_bank import EXERCISES, exercise
+from gopd_lab.viz.exercises import Verdict, check
+from gopd_lab.viz.explorable import state_explorer, tree_explorer
+from gopd_lab.viz.session import setup_notebook, tensor_table
 
 __all__ = [
+    "EXERCISES",
     "GPU_PRESETS",
     "MATH_TASK",
     "NeedsCheckoutError",
@@ -42,10 +48,21 @@ __all__ = [
     "SWEEP_RESULTS",
     "Verdict",
     "check",
+    "exercise",
+    "headroom_delta",
+    "headroom_delta_plot",
+    "paired_delta_plot",
+    "smoothed_curves",
+    "committed_band",
     "committed_headroom",
     "committed_sweep",
+    "display_path",
     "publish_sweep",
     "repo_path",
+    "setup_notebook",
+    "state_explorer",
+    "tree_explorer",
+    "tensor_table",
     "measured_cost",
     "pick_gpu_preset",
     "preset_table",
@@ -151,6 +168,13 @@ def repo_path(path: str | Path) -> Path:
     return REPO / path
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as a notebook shows it: relative to the repository when inside it, so that an executed notebook
+    names no folder of the machine that ran it."""
+    path = repo_path(path)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
     """The committed headroom curves, one CSV per teacher in ``folder`` (written by ``sweeps/headroom.py`` from
     :func:`gopd_lab.loop.headroom.headroom_curve`), as one pandas table: ``teacher``, ``lam``, ``domain``,
@@ -176,13 +200,33 @@ def committed_sweep(name: str) -> Path:
     return root
 
 
+def committed_band(name: str = "v2/lam", *, lam: float = 1.0, names: tuple[str, ...] = ("reverse_kl", "adv_mean")):
+    """The range (lowest to highest over seeds, per logged step) of ``names`` in the committed sweep ``name``'s
+    points at ``lam``: what a healthy run of that setting looks like (``viz.effects.smoothed_curves``'s band).
+    The published metrics keep the first 10 steps and every 20th, so the band is drawn through those."""
+    from gopd_lab.viz.effects import run_band
+    from gopd_lab.viz.runs import load_runs
+
+    root = committed_sweep(name)
+    points = [p for p in sweep_plan(root)["points"] if json.loads((root / p / "params.json").read_text())["lam"] == lam]
+    if not points:
+        raise ValueError(f"the committed sweep {name!r} has no point at lam = {lam}")
+    return run_band(load_runs([root / p for p in points])[0], names)
+
+
 def sweep_plan(sweep_dir: str | Path) -> dict[str, Any]:
-    """The plan a sweep dir was run with, from its ``sweep.json``: ``notebook``, ``grid``, ``fixed``, ``points``."""
+    """The plan a sweep dir was run with, from its ``sweep.json``: ``notebook``, ``grid``, ``fixed``, ``points``.
+    A notebook path of another machine's checkout (``/…/notebooks/x.ipynb``) is shown as ``notebooks/x.ipynb``."""
     path = repo_path(sweep_dir) / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {sweep_dir} a sweep dir (written by gopd-lab sweep)?")
     plan = json.loads(path.read_text())
-    return {k: plan.get(k) for k in ("notebook", "grid", "fixed", "points")}
+    notebook = plan.get("notebook")
+    if notebook and Path(notebook).is_absolute() and "notebooks" in Path(notebook).parts:
+        # published from another checkout before publish_sweep made it relative: name it as in this repository
+        parts = Path(notebook).parts
+        notebook = str(Path(*parts[len(parts) - 1 - parts[::-1].index("notebooks") :]))
+    return {"notebook": notebook, **{k: plan.get(k) for k in ("grid", "fixed", "points")}}
 
 
 def _rounded(value: Any) -> Any:
@@ -334,69 +378,3 @@ def training_config(preset: str | None, fallback: Any) -> tuple[Any, str]:
     tasks = [repo_path(t) if t.endswith(".jsonl") and not Path(t).is_absolute() else t for t in cfg.task_names]
     cfg = cfg.replace(tasks=",".join(str(t) for t in tasks), out_dir=fallback.out_dir)
     return cfg, f"{preset} ({why})"
-
-
-# ----------------------------------------------------------------------------- exercises
-@dataclass(frozen=True)
-class Verdict:
-    """What a check cell shows: ``status`` is ``right``, ``wrong`` or ``unanswered``; ``message`` says why."""
-
-    status: str
-    message: str
-
-    @property
-    def right(self) -> bool:
-        return self.status == "right"
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __repr__(self) -> str:
-        return self.message
-
-    def _repr_html_(self) -> str:
-        colour = {"right": "#1a7f37", "wrong": "#b3261e"}.get(self.status, "#6e5600")
-        text = self.message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return f'<div style="border-left:4px solid {colour};padding:4px 10px;color:{colour}">{text}</div>'
-
-
-def _numbers(value: Any) -> list[float]:
-    """``value`` (a number, a nested list, a tensor or an array) as a flat list of floats."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().tolist()
-    elif hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _numbers(v)]
-    return [float(value)]
-
-
-def check(answer: Any, expected: Any, *, why: str, atol: float = 1e-4, hint: str = "") -> Verdict:
-    """Compare a learner's ``answer`` to ``expected`` and say right or wrong, and why.
-
-    Numbers, lists, tensors and arrays are compared element-wise within ``atol`` (and a relative 1e-4);
-    anything else (a string, a bool) by equality. ``None`` (the answer cell as shipped) is "not answered
-    yet". ``why`` is the reason the expected value is right; ``hint`` is added when the answer is wrong.
-    """
-    if answer is None or answer is ...:
-        return Verdict("unanswered", "not answered yet: write your answer in the cell above and run this cell again")
-    wrong = "wrong: {}" + (f" Hint: {hint}" if hint else "")
-    if isinstance(expected, (str, bool)):
-        ok = answer == expected
-        return Verdict("right", f"right: {why}") if ok else Verdict("wrong", wrong.format(f"{answer!r}, not it."))
-    try:
-        got, want = _numbers(answer), _numbers(expected)
-    except (TypeError, ValueError) as err:
-        return Verdict("wrong", wrong.format(f"expected a number or a list of numbers, got {answer!r} ({err})."))
-    if len(got) != len(want):
-        return Verdict("wrong", wrong.format(f"expected {len(want)} number(s), got {len(got)}."))
-    off = [
-        (i, g, w)
-        for i, (g, w) in enumerate(zip(got, want))
-        if not (math.isfinite(g) and abs(g - w) <= atol + 1e-4 * abs(w))
-    ]
-    if off:
-        i, g, w = off[0]
-        where = f" at position {i}" if len(want) > 1 else ""
-        return Verdict("wrong", wrong.format(f"{g:.6g}{where} is not the expected {w:.6g} (within {atol:g})."))
-    return Verdict("right", f"right: {why}")
