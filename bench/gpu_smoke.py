@@ -114,7 +114,8 @@ class StageRecorder:
         self.device, self.rows, self.stage = device, [], {}
         self.cuda = device.type == "cuda"
         self.dev = DevicePeak(device)
-        self.static = self.allocated()
+        self.held = None
+        """Allocated at the start of the last step (weights, AdamW moments, teacher, reference): the static part."""
 
     def allocated(self) -> int:
         return torch.cuda.memory_allocated(self.device) if self.cuda else 0
@@ -173,6 +174,7 @@ def install_hooks(recorder: StageRecorder):
         recorder.mark(stage)
 
     def _stage1(self, batch, make, gather):
+        recorder.held = recorder.allocated() / GIB if recorder.cuda else None
         recorder._reset()
         r = stage1(self, batch, make, gather)
         recorder.rollout(r)
@@ -208,6 +210,7 @@ def versions() -> dict:
 
 
 def run_preset(preset: str, args) -> dict:
+    from gopd_lab.lm.logprobs import CHUNK_BYTES, CUDA_CHUNK_BYTES
     from gopd_lab.loop.train import train
     from gopd_lab.scale.gpu_memory import estimate
 
@@ -238,15 +241,32 @@ def run_preset(preset: str, args) -> dict:
         trl = None if args.no_trl else run_trl(cfg, args)
     rows = cfg.batch_size * cfg.samples_per_prompt
     positions = recorder.rows[0]["prompt_len"] + cfg.max_new_tokens
-    expected = estimate(sd, td, rows=rows, positions=positions, micro_rows=cfg.micro_batch_size or rows)
+    half = cfg.dtype in ("bfloat16", "auto") and device.type == "cuda"
+    expected = estimate(
+        sd,
+        td,
+        rows=rows,
+        positions=positions,
+        micro_rows=cfg.micro_batch_size or rows,
+        chunk_bytes=CUDA_CHUNK_BYTES if device.type == "cuda" else CHUNK_BYTES,
+        mixed_precision=half and cfg.mixed_precision,
+        act_bytes=2 if half else 4,
+        teacher_bytes=2 if half else 4,
+        reference=any(lam != 1 for _, lam in cfg.lam_items()),
+    )
     last = recorder.rows[-1]
+
+    def above_static(stage):  # the estimate's phases are what a stage adds to the static part
+        return None if recorder.held is None else last[f"{stage}_alloc"] - recorder.held
+
     measured = {
-        "rollout": last.get("rollout_alloc"),
-        "scoring": last.get("score_alloc"),
-        "update": last.get("update_alloc"),
-        "peak": max((last.get(f"{s}_alloc") or 0) for s in ("rollout", "score", "update")) if recorder.cuda else None,
+        "static": recorder.held,
+        "rollout": above_static("rollout"),
+        "scoring": above_static("score"),
+        "update": above_static("update"),
+        "peak": max(last[f"{s}_alloc"] for s in ("rollout", "score", "update")) if recorder.cuda else None,
     }
-    memory = [{"part": k, "estimate_GiB": v, "measured_alloc_GiB": measured.get(k)} for k, v in expected.items()]
+    memory = [{"part": k, "estimate_GiB": v, "measured_GiB": measured.get(k)} for k, v in expected.items()]
     return {
         "preset": Path(preset).name,
         "shapes": "tiny (dry run)" if args.dry_run else "real",
@@ -321,7 +341,11 @@ def print_preset(result: dict) -> None:
     cols = ["step", "rollout_s", "score_s", "update_s", "step_s", "tok_per_s"]
     cols += [f"{s}_{k}" for s in ("rollout", "score", "update") for k in ("alloc", "dev")] + ["padded_share"]
     print_table(rows, cols, title=f"{result['preset']} ({result['shapes']} shapes): per step; memory in GiB")
-    print_table(result["memory"], ["part", "estimate_GiB", "measured_alloc_GiB"], title="memory: estimate vs measured")
+    print_table(
+        result["memory"],
+        ["part", "estimate_GiB", "measured_GiB"],
+        title="memory: gopd_lab/scale/gpu_memory.py's estimate vs measured (max_memory_allocated; phases above static)",
+    )
     trl = result["trl"]
     if trl is not None and trl["step_s"]:
         import statistics

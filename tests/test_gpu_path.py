@@ -179,25 +179,14 @@ def test_each_gpu_presets_memory_figures_follow_the_one_rule(name):
     prompt = int(re.search(r"prompt tokens: (\d+)", text).group(1))
     rows, positions = cfg.batch_size * cfg.samples_per_prompt, prompt + cfg.max_new_tokens
     want = estimate(student, teacher, rows=rows, positions=positions, micro_rows=cfg.micro_batch_size)
-    stated = {k: float(v) for k, v in re.findall(r"(static|rollout|scoring|update|peak)\s+=\s+([\d.]+) GiB", text)}
+    stated = {k: float(v) for k, v in re.findall(r"(static|rollout|scoring|update|peak|vllm)\s+=\s+([\d.]+) GiB", text)}
     assert set(stated) == set(want)
     for part, gib in want.items():
         assert stated[part] == pytest.approx(gib, abs=0.051), (name, part)
     phase = re.search(r"peak\s+=\s+[\d.]+ GiB \((\w+)\)", text).group(1)
     assert phase == max(("rollout", "scoring", "update"), key=want.get)
-    s = student  # the grad_w and head copy the update must hold: 6 bytes per LM-head entry
-    assert want["update"] * GIB > 6 * s.V * s.H
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
-def test_gpu_smoke_exits_with_a_clear_message_without_cuda():
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_smoke.py")], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 2
-    assert "needs a CUDA GPU" in done.stderr and "nothing was run" in done.stderr
+    s = student  # the update holds the float32 gradients (the LM head's too) and the bf16 weight copies: 6 B / param
+    assert want["update"] * GIB > 6 * s.params
 
 
 def test_the_memory_rules_parameter_count_matches_the_model_cards():
