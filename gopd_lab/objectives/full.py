@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from gopd_lab.lm.logprobs import chunk_rows
 from gopd_lab.objectives.advantages import masked_mean
 from gopd_lab.objectives.estimator import MIXED_TARGET, Estimator, register_estimator
 
@@ -34,7 +33,8 @@ def chunked_state_mean(
     per_state: Callable[[Tensor, Tensor], Tensor], logp_student: Tensor, target, mask: Tensor, rows: int
 ) -> Tensor:
     """``masked_mean(per_state(logp_student, target), mask)`` over ``N`` states, ``rows`` at a time, for a lazy
-    target (``score.LazyTarget`` / ``GroupedTarget``: ``target.rows(i, j)`` forms rows ``i:j``). Each chunk is
+    target (``scorers.lazy_target.LazyTarget`` / ``GroupedTarget``: ``target.rows(i, j)`` forms rows ``i:j``, and
+    ``target.rows_per_chunk(chunk_tokens)`` is the scoring chunk's size). Each chunk is
     checkpointed with its target rows formed inside: backward re-forms them, so neither the ``(N, V)`` target nor
     the ``(N, V)`` intermediates of ``per_state`` are kept (the student's ``(N, V)`` log-probs are its input)."""
     mask = mask.to(logp_student.dtype)
@@ -64,7 +64,7 @@ class Full(Estimator):
             return out.kl_loss, {"kl_to_target": float(out.kl_loss.detach())}
         states = weights[out.positions.b, out.positions.c]  # (N,) the weight of every kept state
         if hasattr(scored.target, "rows"):  # a lazy target: formed chunk by chunk, never (N, V) at once
-            rows = chunk_rows(out.logp.shape[-1], settings.chunk_tokens, out.logp.device)
+            rows = scored.target.rows_per_chunk(settings.chunk_tokens)
             loss = chunked_state_mean(kl_per_state, out.logp, scored.target, states, rows)
             return loss, {"kl_to_target": float(loss.detach())}
         return full_loss(out.logp, scored.target, states)

@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor
 
-from gopd_lab.lm.logprobs import chunk_rows
 from gopd_lab.objectives.advantages import masked_mean
 from gopd_lab.objectives.estimator import TEACHER_DISTRIBUTION, Estimator, register_estimator
 from gopd_lab.objectives.full import chunked_state_mean
@@ -57,7 +56,7 @@ class JSD(Estimator):
         states = weights[out.positions.b, out.positions.c]  # (N,)
         if hasattr(scored.target, "rows"):  # a lazy teacher distribution: formed chunk by chunk, never (N, V)
             beta = settings.jsd_beta
-            rows = chunk_rows(out.logp.shape[-1], settings.chunk_tokens, out.logp.device)
+            rows = scored.target.rows_per_chunk(settings.chunk_tokens)
             loss = chunked_state_mean(lambda s, t: jsd_per_state(s, t, beta), out.logp, scored.target, states, rows)
             return loss, {"jsd": float(loss.detach())}
         return jsd_loss(out.logp, scored.target, states, settings.jsd_beta)
