@@ -72,7 +72,7 @@ test-vllm: vllm-env                     ## the vLLM backend against the real eng
 $(MIN_VENV)/bin/.installed: pyproject.toml
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q $(TORCH)
-	$(MIN_VENV)/bin/python -m pip install -q -e ".[dev]" "transformers==$(MIN_TRANSFORMERS)"
+	$(MIN_VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]" "transformers==$(MIN_TRANSFORMERS)"
 	touch $@
 
 min-env: $(MIN_VENV)/bin/.installed     ## .venv-min: the CPU torch with the lowest transformers pyproject allows

@@ -208,3 +208,14 @@ def test_the_memory_rules_parameter_count_matches_the_model_cards():
         embed = d.V * d.H * (1 if d.tied else 2)
         assert d.params == pytest.approx(total, rel=0.02), text
         assert d.params - embed == pytest.approx(body, rel=0.02), text
+
+
+def test_the_chunked_paths_find_the_decoder_and_lm_head_on_the_installed_transformers():
+    """Scoring's chunked LM head, the lazy targets and the fused KL need ``get_decoder()`` and the output layer; on
+    transformers 4.56 ``Qwen2ForCausalLM.get_decoder()`` is None and every one of them fell back to whole-batch
+    ``(B, C, V)`` logits without a word (``make test-min`` found it: the floor is above that release)."""
+    from gopd_lab.lm.logprobs import _decoder_and_head
+
+    model = tiny_model(seed=0)
+    parts = _decoder_and_head(model)
+    assert parts is not None and parts[1] is model.get_output_embeddings()
