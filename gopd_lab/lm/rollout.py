@@ -109,22 +109,32 @@ def encode_prompts(
     """Tokenise prompts once (optionally through the tokenizer's chat template)."""
     if not texts:
         raise ConfigError("the prompt set is empty; give at least one prompt")
-    ids = []
-    for text in texts:
-        if chat_template:
-            ids.append(
-                list(
-                    tokenizer.apply_chat_template(
-                        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-                    )
-                )
-            )
-        else:
-            ids.append(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = [
+        chat_prompt_ids(tokenizer, t) if chat_template else tokenizer(t, add_special_tokens=True)["input_ids"]
+        for t in texts
+    ]
     if any(len(x) == 0 for x in ids):
         raise ConfigError("a prompt encodes to zero tokens; remove empty prompts")
     check_known_text(tokenizer, texts, ids)
     return Prompts(ids, list(texts), list(domains) if domains is not None else [DEFAULT_DOMAIN] * len(texts))
+
+
+def chat_prompt_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of ``text`` as one user turn of the tokenizer's chat template, ending with the assistant's
+    generation prompt. ``return_dict=True`` gives the same ``{"input_ids": ...}`` mapping on every transformers
+    release (5.x returns a mapping from ``tokenize=True`` alone, where 4.x returned the list of ids)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"chat_template=True, but the tokenizer {type(tokenizer).__name__} has no chat template; set "
+            "chat_template=False (a base model) or use the instruct model's tokenizer"
+        )
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    ids = encoded["input_ids"]
+    if ids and isinstance(ids[0], list):  # a batch of one conversation
+        ids = ids[0]
+    return [int(i) for i in ids]
 
 
 def prompts_from_tasks(
@@ -266,6 +276,28 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+SEED_BOUND = 2**63
+"""Seeds handed to ``torch.Generator.manual_seed`` (and to vLLM's per-request seeds) lie in ``[0, 2**63)``."""
+
+_MASK64 = 2**64 - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """One seed in ``[0, 2**63)`` from any integers (a run seed, a step, a row, a token position): SplitMix64's
+    finaliser over each part in turn, so nearby inputs give unrelated seeds and no input overflows
+    ``manual_seed`` (which refuses integers outside 64 bits)."""
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        part = int(part)
+        words = [part & _MASK64] + [(abs(part) >> shift) & _MASK64 for shift in range(64, abs(part).bit_length(), 64)]
+        for word in words:  # a part wider than 64 bits is folded in word by word
+            h = ((h ^ word) + 0x9E3779B97F4A7C15) & _MASK64
+            h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+            h ^= h >> 31
+    return h >> 1
+
+
 def sample_next(
     logits: Tensor,
     *,
@@ -297,7 +329,7 @@ def sample_next(
                     probs.shape[1],
                     dtype=probs.dtype,
                     device=probs.device,
-                    generator=torch.Generator(device=probs.device).manual_seed(int(seed)),
+                    generator=torch.Generator(device=probs.device).manual_seed(int(seed) % SEED_BOUND),
                 )
                 for seed in row_seeds
             ]
@@ -445,7 +477,7 @@ def _decode(
         if greedy:
             token = logits.argmax(-1)
         else:
-            seeds = None if row_seeds is None else [s * 1_000_003 + t for s in row_seeds]
+            seeds = None if row_seeds is None else [mix_seed(s, t) for s in row_seeds]
             token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator, row_seeds=seeds)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)  # (B,)
         alive = (~done).long()

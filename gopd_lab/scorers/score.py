@@ -33,12 +33,14 @@ from gopd_lab.objectives import (
     get_estimator,
     target_logprobs,
 )
+from gopd_lab.scorers.lazy_target import GroupedTarget, LazyTarget
 from gopd_lab.scorers.scorer import is_scorer, score_pair
 
 LAZY_TARGET_BYTES = 64 * 2**20
-"""The ``full`` estimator's target is kept lazy (:class:`LazyTarget`) when the dense ``(N, V)`` float32 target
-would be larger than this; a smaller one is formed once during scoring, which saves the second pass of the
-teacher's (and reference's) LM head that the lazy target costs in the update."""
+"""The ``full`` and ``jsd`` estimators' target is kept lazy (:class:`LazyTarget`, or :class:`GroupedTarget` when
+the batch's rows go to several teacher/reference pairs, e.g. λ = 1 on one domain and λ ≠ 1 on another) when the
+dense ``(N, V)`` float32 target would be larger than this; a smaller one is formed once during scoring, which
+saves the second pass of the teacher's (and reference's) LM head that the lazy target costs in the update."""
 
 
 @dataclass
@@ -150,7 +152,8 @@ def score_rollout(
     flat = torch.full(shape, -1, dtype=torch.long, device=lp_t.device)  # (B, C) → index into N
     flat[pos_all.b, pos_all.c] = torch.arange(len(pos_all), device=lp_t.device)
 
-    lazy = needs == MIXED_TARGET and len(groups) == 1  # one teacher/reference pair: the target may stay lazy
+    lazy = needs in (MIXED_TARGET, TEACHER_DISTRIBUTION)  # the target may stay lazy (one part per group)
+    parts: list = []  # per group: its target (lazy or dense) and where its states go in N
     for teacher, reference, rows in groups.values():
         whole = len(rows) == len(rollout)
         sub = rollout if whole else rollout.select(rows)
@@ -167,6 +170,7 @@ def score_rollout(
             entropy_threshold=entropy_threshold,
             lazy_target=lazy,
             vocab=models.vocab,
+            total_states=len(pos_all),
         )
         rows_t = torch.as_tensor(rows, device=lp_t.device)
         lp_t[rows_t] = out["lp_teacher"]
@@ -186,13 +190,16 @@ def score_rollout(
             if whole:  # the group's states are all the states, in order: no copy
                 per_state[name] = out[name]
                 continue
-            if isinstance(out[name], LazyTarget):
-                out[name] = out[name].dense()
             sub_pos = Positions.of(sub)
             dest = flat[rows_t[sub_pos.b], sub_pos.c]  # (n,) where this group's states go in N
+            if name == "target" and isinstance(out[name], LazyTarget):
+                parts.append((out[name], dest))  # stays lazy: GroupedTarget below
+                continue
             if name not in per_state:
                 per_state[name] = out[name].new_zeros((len(pos_all), *out[name].shape[1:]))
             per_state[name][dest] = out[name]
+    if parts:
+        per_state["target"] = GroupedTarget.of(parts, per_state.pop("target", None), len(pos_all))
     if "fkl_index" in per_state:  # (M,) / (M, V), ordered by position
         index, logp = torch.cat(per_state["fkl_index"]), torch.cat(per_state["fkl_logp_teacher"])
         order = index.argsort()
@@ -232,11 +239,14 @@ def _score_pair(
     entropy_threshold: float | None = None,
     lazy_target: bool = False,
     vocab=None,
+    total_states: int = 0,
 ) -> dict[str, Tensor]:
     """One pass of the teacher (and the reference) over a rollout; chunked per-state reductions.
 
-    ``full`` with ``lazy_target`` (frozen LM heads, a dense target above :data:`LAZY_TARGET_BYTES`) returns a
-    :class:`LazyTarget` instead of an ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no concatenation)."""
+    ``full`` and ``jsd`` with ``lazy_target`` (frozen LM heads, a dense target of the whole batch's
+    ``max(N, total_states)`` states above :data:`LAZY_TARGET_BYTES`) return a :class:`LazyTarget` instead of an
+    ``(N, V)`` tensor; other per-state ``(N, V)`` outputs are written into one preallocated tensor (no
+    concatenation)."""
     needs = get_estimator(estimator).needs
     if is_scorer(teacher) or is_scorer(reference):  # a Scorer (e.g. a model served over HTTP)
         if entropy_threshold is not None:
@@ -262,11 +272,12 @@ def _score_pair(
         with scoring_view(reference) as r:
             feats_r, head_r = completion_features(r, rollout, pos)
     n = chunk_rows(width, chunk_tokens, feats_t.device)
-    lazy = lazy_target and needs == MIXED_TARGET and _frozen(head_t) and (head_r is None or _frozen(head_r))
-    lazy = lazy and len(pos) * width * 4 > LAZY_TARGET_BYTES
+    lazy = lazy_target and needs in (MIXED_TARGET, TEACHER_DISTRIBUTION) and _frozen(head_t)
+    lazy = lazy and (needs == TEACHER_DISTRIBUTION or head_r is None or _frozen(head_r))
+    lazy = lazy and max(len(pos), total_states) * width * 4 > LAZY_TARGET_BYTES
     acc: dict[str, list[Tensor]] = {}
     dense: Tensor | None = None  # (N, V) per-state output, written chunk by chunk
-    want_dense = (needs == MIXED_TARGET and not lazy) or needs == TEACHER_DISTRIBUTION
+    want_dense = needs in (MIXED_TARGET, TEACHER_DISTRIBUTION) and not lazy
     # the dense output is the teacher's log-probs themselves (jsd, or full at λ = 1): log_softmax writes into it
     direct = want_dense and (needs == TEACHER_DISTRIBUTION or (head_r is None and bool((lam_n == 1).all())))
     for i in range(0, len(pos), n):
@@ -307,6 +318,8 @@ def _score_pair(
         out[name] = pos.scatter(cat) if name in ("lp_teacher", "rank", "lp_reference", "teacher_entropy") else cat
     if dense is not None:
         out["target"] = dense
+    elif lazy and needs == TEACHER_DISTRIBUTION:  # jsd: the teacher's own log-probs (λ = 1, no reference)
+        out["target"] = LazyTarget(feats_t, head_t, torch.ones_like(lam_n), None, None, width)
     elif lazy:
         out["target"] = LazyTarget(feats_t, head_t, lam_n, feats_r, head_r, width)
     if not acc:  # a rollout with no valid token at all
@@ -323,53 +336,6 @@ def _frozen(head) -> bool:
     """An LM head that will not change before the update reads the target (not the live SDPO self-teacher)."""
     weight = getattr(head, "weight", None)
     return isinstance(head, nn.Module) and weight is not None and not weight.requires_grad
-
-
-@dataclass
-class LazyTarget:
-    """The ``full`` estimator's log-target ``normalise(π_R^(1−λ)·π_T^λ)`` at ``N`` states, ``(N, V)``, formed on
-    demand from the teacher's (and reference's) final hidden states ``(N, H)`` and their frozen LM heads.
-
-    The update reads it chunk by chunk inside :func:`~gopd_lab.lm.logprobs.student_kl_forward`, so the scoring
-    stage keeps ``N × H`` features instead of an ``N × V`` float32 target (at V = 151,936 and H = 2,048, 74×
-    less); the teacher's head then runs once more, in the update."""
-
-    feats_t: Tensor
-    head_t: nn.Module
-    lam: Tensor
-    """``(N, 1)`` λ of each state's sample."""
-    feats_r: Tensor | None
-    head_r: nn.Module | None
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.feats_t.shape[0], self.width)
-
-    def __len__(self) -> int:
-        return self.feats_t.shape[0]
-
-    def __getitem__(self, index: slice) -> LazyTarget:
-        r = None if self.feats_r is None else self.feats_r[index]
-        return LazyTarget(self.feats_t[index], self.head_t, self.lam[index], r, self.head_r, self.width)
-
-    @torch.no_grad()
-    def rows(self, start: int, stop: int) -> Tensor:
-        """The float32 log-target of states ``start:stop``, ``(stop − start, V)``."""
-        logp_t = torch.log_softmax(self.head_t(self.feats_t[start:stop]).float(), -1)
-        logp_r = None
-        if self.head_r is not None:
-            logp_r = torch.log_softmax(self.head_r(self.feats_r[start:stop]).float(), -1)
-        return target_logprobs(logp_t, logp_r, self.lam[start:stop])
-
-    def dense(self, chunk_tokens: int = 0) -> Tensor:
-        """The whole ``(N, V)`` float32 target (for paths that cannot read it chunk by chunk), written chunk by
-        chunk into one preallocated tensor."""
-        out = self.feats_t.new_empty(len(self), self.width, dtype=torch.float32)
-        n = chunk_rows(self.width, chunk_tokens, self.feats_t.device)
-        for i in range(0, len(self), n):
-            out[i : i + n] = self.rows(i, min(i + n, len(self)))
-        return out
 
 
 def _add(acc: dict[str, list[Tensor]], name: str, value: Tensor) -> None:
