@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         domains = sorted({t.split("-")[0] for t in entry["recipe"]["tasks"].split(",")})
         t0 = time.perf_counter()
-        curve = headroom_curve(load(name), load(base), tok, load_tasks(domains), lams=lams, k=args.k, max_new_tokens=6)
+        tokens = entry["recipe"].get("max_new_tokens", 6)  # the chain models' recipes carry theirs (42)
+        curve = headroom_curve(
+            load(name), load(base), tok, load_tasks(domains), lams=lams, k=args.k, max_new_tokens=tokens
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / f"{name}.csv", curve.to_csv(index=False))
         lines += curve_table(name, curve)

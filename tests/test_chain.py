@@ -128,3 +128,12 @@ def test_chain_metrics_of_a_tiny_model():
     assert m["n"] == 6 and 0 <= m["greedy_acc"] <= 1 and 1 <= m["mean_len"] <= 11
     assert all(r is None or 0 <= r <= 1 for r in m["error_rate"].values())
     assert m["reached"]["column 1"] == 6
+
+
+def test_mistake_kind_names_the_dropped_carry():
+    from gopd_lab.tasks.chain import mistake_kind
+
+    assert mistake_kind("347+85=", "7+5+0=12,4+8+0=12,3+0+1=4>422") == "dropped carry"
+    assert mistake_kind("347+85=", "7+5+0=12,4+8+1=14,3+0+1=4>442") == "column"
+    assert mistake_kind("347+85=", RIGHT[:-1] + "3") == "answer"
+    assert mistake_kind("347+85=", RIGHT) is None

@@ -47,6 +47,17 @@ class CreditSample:
     first_wrong_step: int | None
     first_wrong_token: int | None
     advantages: dict[str, list[float]]
+    lp_student: list[float]
+    lp_teacher: list[float]
+
+    def record(self, method: str = "opd") -> dict:
+        """A token record (the format of a run's ``samples.jsonl``, :mod:`gopd_lab.viz.tokens`) whose ``advantage``
+        is ``method``'s, for the token views."""
+        return {
+            "prompt": self.prompt, "completion": self.completion, "domain": "chain", "tokens": self.tokens,
+            "lp_student": self.lp_student, "lp_teacher": self.lp_teacher, "lp_reference": self.lp_student,
+            "advantage": self.advantages[method], "lam": LAMS.get(method, 1.0), "score": float(self.correct),
+        }  # fmt: skip
 
 
 def window(steps: list[tuple[int, int]], step: int, token: int, n: int, kind: str = "step") -> range:
@@ -131,6 +142,8 @@ def credit_samples(
                     check.first_wrong_step,
                     check.first_wrong_token,
                     adv,
+                    lp_student[i, :n].tolist(),
+                    lp_teacher[i, :n].tolist(),
                 )
             )
     return out

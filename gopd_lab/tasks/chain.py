@@ -150,6 +150,24 @@ def check_steps(prompt: str, completion: str, *, eos: bool = True) -> StepCheck:
     return StepCheck(spans, step, wrong)
 
 
+def mistake_kind(prompt: str, completion: str, *, eos: bool = True) -> str | None:
+    """What the first mistake of ``completion`` is: ``"dropped carry"`` (a carry of 1 written as 0, the chain base's
+    slip), ``"carry"`` (another wrong carry digit), ``"column"`` (another wrong token in a column step),
+    ``"answer"`` (in the answer step) or ``None`` (no mistake)."""
+    check = check_steps(prompt, completion, eos=eos)
+    if check.first_wrong_token is None:
+        return None
+    ref = chain(*operands(prompt))
+    i = check.first_wrong_token
+    if check.first_wrong_step >= n_columns(prompt):
+        return "answer"
+    start = check.steps[check.first_wrong_step][0]
+    carry_at = start + 4  # "x+y+c=s": the carry is the step's fifth token
+    if i == carry_at:
+        return "dropped carry" if ref[i] == "1" and completion[i : i + 1] == "0" else "carry"
+    return "column"
+
+
 def final_answer(completion: str) -> str | None:
     """The text after the last ``>``, stripped (``None`` without a ``>``)."""
     cut = completion.rfind(ANSWER_SEP)
