@@ -1,6 +1,6 @@
 """The target's headroom of every zoo teacher: accuracy of the G-OPD target π_R^(1−λ)·π_T^λ against λ.
 
-    GOPD_LAB_WORLD=v2 python sweeps/headroom.py [--zoo DIR] [--lams 0,1,1.25,1.5,2,3] [--k 4] [--out results/headroom]
+    GOPD_LAB_WORLD=v2 python sweeps/headroom.py [--zoo DIR] [--lams 0,1,1.25,1.5,2,3] [--k 4] [--limit N] [--out results/headroom]
 
 For each teacher of the zoo (a model with an ``init``), the reference is that base; the domains are those of
 its recipe. One CSV per teacher (columns ``lam, domain, greedy_acc, mean_acc, n``) plus ``headroom.md`` (a
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", default="0,1,1.25,1.5,2,3")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--only", default="", help="comma-separated teacher names")
+    p.add_argument("--limit", type=int, default=0, help="test prompts per domain (0: all)")
     p.add_argument("--out", type=Path, default=Path("results/v2/headroom"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)

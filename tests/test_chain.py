@@ -137,3 +137,21 @@ def test_mistake_kind_names_the_dropped_carry():
     assert mistake_kind("347+85=", "7+5+0=12,4+8+1=14,3+0+1=4>442") == "column"
     assert mistake_kind("347+85=", RIGHT[:-1] + "3") == "answer"
     assert mistake_kind("347+85=", RIGHT) is None
+
+
+@pytest.mark.slow
+def test_a_scaled_down_chain_build_records_its_slip_tokens_and_training_files(tmp_path):
+    from gopd_lab.experiments import zoo_build
+    from gopd_lab.world import zoo
+
+    entries = zoo_build.build(
+        tmp_path / "zoo", recipes=zoo.RECIPES_CHAIN, work=tmp_path / "work", scale=0.005, eval_limit=4, progress=False
+    )
+    assert list(entries) == ["chain-base", "chain-teacher", "chain-teacher-nokl"]
+    base, teacher, nokl = (entries[n] for n in entries)
+    assert base["recipe"]["carry_slip"] == zoo.CHAIN_SLIP and base["recipe"]["max_new_tokens"] == 42
+    assert [f["path"] for f in base["train_data"]] == ["data/chain/chain_train.jsonl"]
+    assert [f["path"] for f in teacher["train_data"]] == ["data/chain/chain_rl.jsonl"]
+    assert teacher["recipe"]["kl_coef"] == zoo.CHAIN_BETA and "kl_coef" not in nokl["recipe"]
+    assert set(base["accuracy"]) == {"chain"} and base["accuracy"]["chain"]["n"] == 4
+    assert base["architecture"]["vocab_size"] == 104  # the character tokenizer, unchanged

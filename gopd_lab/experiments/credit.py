@@ -189,3 +189,23 @@ def summarise(table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> pd.D
         rows.append({"method": method, "n": len(part), "share": float(x.mean()), "lo": lo, "hi": hi,
                      "uniform": uniform})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def load_zoo_model(name: str) -> nn.Module:
+    """The zoo model ``name`` (hash-checked, float32, in eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    from gopd_lab.world.zoo import model_path
+
+    return AutoModelForCausalLM.from_pretrained(model_path(name), dtype=torch.float32).eval()
+
+
+def committed(folder: str = "results/chain", kind: str = "step") -> tuple[dict, pd.DataFrame]:
+    """The committed ``credit.json`` of ``folder`` (repository-relative; written by ``sweeps/chain_credit.py``) and its
+    per-method table for window ``kind``."""
+    import json
+
+    from gopd_lab.viz.course import repo_path
+
+    data = json.loads((repo_path(folder) / "credit.json").read_text())
+    return data, pd.DataFrame(data["windows"][kind])
