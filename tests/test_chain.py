@@ -147,8 +147,9 @@ def test_a_scaled_down_chain_build_records_its_slip_tokens_and_training_files(tm
     entries = zoo_build.build(
         tmp_path / "zoo", recipes=zoo.RECIPES_CHAIN, work=tmp_path / "work", scale=0.005, eval_limit=4, progress=False
     )
-    assert list(entries) == ["chain-base", "chain-teacher", "chain-teacher-nokl"]
-    base, teacher, nokl = (entries[n] for n in entries)
+    assert list(entries) == ["chain-sft", "chain-base", "chain-teacher", "chain-teacher-nokl"]
+    base, teacher, nokl = (entries[n] for n in ("chain-base", "chain-teacher", "chain-teacher-nokl"))
+    assert base["recipe"]["init"] == "chain-sft"
     assert base["recipe"]["carry_slip"] == zoo.CHAIN_SLIP and base["recipe"]["max_new_tokens"] == 42
     assert [f["path"] for f in base["train_data"]] == ["data/chain/chain_train.jsonl"]
     assert [f["path"] for f in teacher["train_data"]] == ["data/chain/chain_rl.jsonl"]

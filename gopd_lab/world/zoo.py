@@ -179,14 +179,14 @@ CHAIN_BETA = 0.8
 
 
 def _chain_grpo(name: str, kl: float) -> ZooModel:
-    extra = {**GRPO, "kl_coef": kl} if kl else dict(GRPO)
-    return ZooModel(name, "grpo", "chain-rl", steps=150, lr=1e-3, init="chain-base", batch_size=16,
+    extra = {**GRPO, **({"kl_coef": kl} if kl else {})}
+    return ZooModel(name, "grpo", "chain-rl", steps=150, lr=5e-4, init="chain-base", batch_size=32,
                     samples_per_prompt=4, seed=6, max_new_tokens=CHAIN_TOKENS, extra=extra)  # fmt: skip
 
 
 RECIPES_CHAIN: list[ZooModel] = [
     ZooModel(
-        "chain-base",
+        "chain-sft",
         "sft",
         "chain",
         steps=600,
@@ -196,11 +196,22 @@ RECIPES_CHAIN: list[ZooModel] = [
         carry_slip=CHAIN_SLIP,
         max_new_tokens=CHAIN_TOKENS,
     ),  # fmt: skip
+    ZooModel(
+        "chain-base",
+        "sft",
+        "chain",
+        steps=600,
+        lr=1.5e-3,
+        init="chain-sft",
+        seed=5,
+        carry_slip=CHAIN_SLIP,
+        max_new_tokens=CHAIN_TOKENS,
+    ),  # fmt: skip
     _chain_grpo("chain-teacher", CHAIN_BETA),
     _chain_grpo("chain-teacher-nokl", 0.0),
 ]
 """The chain domain's models (:mod:`gopd_lab.tasks.chain`), part of world v2's zoo: a base SFT'd with a systematic
-carry slip, a KL-regularised GRPO teacher and its KL-free counterpart, both on the chain RL prompts."""
+carry slip (in two stages on the same slipped chains: ``chain-sft``, then ``chain-base`` from it), a KL-regularised GRPO teacher and its KL-free counterpart, both on the chain RL prompts."""
 
 RECIPES_V2: list[ZooModel] = [
     ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
