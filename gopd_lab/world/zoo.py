@@ -180,7 +180,7 @@ CHAIN_BETA = 0.8
 
 def _chain_grpo(name: str, kl: float) -> ZooModel:
     extra = {**GRPO, **({"kl_coef": kl} if kl else {})}
-    return ZooModel(name, "grpo", "chain-rl", steps=150, lr=5e-4, init="chain-base", batch_size=32,
+    return ZooModel(name, "grpo", "chain-rl", steps=60, lr=5e-4, init="chain-base", batch_size=32,
                     samples_per_prompt=4, seed=6, max_new_tokens=CHAIN_TOKENS, extra=extra)  # fmt: skip
 
 
