@@ -69,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         tokens = entry["recipe"].get("max_new_tokens", 6)  # the chain models' recipes carry theirs (42)
         curve = headroom_curve(
-            load(name), load(base), tok, load_tasks(domains), lams=lams, k=args.k, max_new_tokens=tokens
+            load(name),
+            load(base),
+            tok,
+            load_tasks(domains),
+            lams=lams,
+            k=args.k,
+            max_new_tokens=tokens,
+            limit=args.limit,
         )
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / f"{name}.csv", curve.to_csv(index=False))
