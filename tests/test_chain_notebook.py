@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {"10_credit_assignment": ROOT / "notebooks", "point": ROOT / "sweeps" / "chain"}
 ALLOWED_IMPORTS = {"gopd_lab", "torch"}
 CI_PARAMETERS: dict[str, dict] = {
-    "10_credit_assignment": dict(limit=12, k=4),
+    "10_credit_assignment": dict(limit=12, k=4),  # out_dir: a tmp folder (the test sets it)
     "point": dict(steps=2, batch_size=4, eval_k=1, eval_limit=2, chain_limit=4),
 }
 
@@ -50,9 +50,7 @@ def kernel_name():
 def test_chain_notebook_runs_at_ci_parameters(stem, tmp_path, kernel_name):
     import papermill
 
-    params = dict(CI_PARAMETERS[stem])
-    if stem == "point":
-        params["out_dir"] = str(tmp_path / "runs")
+    params = {**CI_PARAMETERS[stem], "out_dir": str(tmp_path / "runs")}
     papermill.execute_notebook(
         str(NOTEBOOKS[stem] / f"{stem}.ipynb"),
         str(tmp_path / f"{stem}.ipynb"),
@@ -62,6 +60,8 @@ def test_chain_notebook_runs_at_ci_parameters(stem, tmp_path, kernel_name):
         progress_bar=False,
         log_output=False,
     )
-    if stem == "point":
+    if stem == "10_credit_assignment":
+        assert (tmp_path / "runs" / "credit_view.html").is_file()
+    else:
         chain = json.loads((tmp_path / "runs" / "summary.json").read_text())["chain"]
         assert chain["n"] == 4 and set(chain["error_rate"]) >= {"column 1", "answer"}
