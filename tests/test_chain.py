@@ -156,3 +156,12 @@ def test_a_scaled_down_chain_build_records_its_slip_tokens_and_training_files(tm
     assert teacher["recipe"]["kl_coef"] == zoo.CHAIN_BETA and "kl_coef" not in nokl["recipe"]
     assert set(base["accuracy"]) == {"chain"} and base["accuracy"]["chain"]["n"] == 4
     assert base["architecture"]["vocab_size"] == 104  # the character tokenizer, unchanged
+    again = zoo_build.build(
+        tmp_path / "again",
+        recipes=zoo.RECIPES_CHAIN[:1],
+        work=tmp_path / "w2",
+        scale=0.005,
+        eval_limit=4,
+        progress=False,
+    )
+    assert again["chain-sft"]["sha256"] == entries["chain-sft"]["sha256"]  # deterministic
