@@ -38,7 +38,7 @@ test-fast: setup                    ## skip the slow tests
 
 test-notebooks: setup               ## every course notebook as a user opens it: nbval-lax, kernel in notebooks/, defaults
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=1800 notebooks/0[1-8]_*.ipynb
+		--nbval-cell-timeout=1800 notebooks/0[1-8]_*.ipynb notebooks/10_*.ipynb
 
 lab: setup                          ## JupyterLab on notebooks/ with the gopd-lab kernel
 	$(BIN)/jupyter lab notebooks/

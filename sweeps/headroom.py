@@ -1,6 +1,6 @@
 """The target's headroom of every zoo teacher: accuracy of the G-OPD target π_R^(1−λ)·π_T^λ against λ.
 
-    GOPD_LAB_WORLD=v2 python sweeps/headroom.py [--zoo DIR] [--lams 0,1,1.25,1.5,2,3] [--k 4] [--out results/headroom]
+    GOPD_LAB_WORLD=v2 python sweeps/headroom.py [--zoo DIR] [--lams 0,1,1.25,1.5,2,3] [--k 4] [--limit N] [--out results/headroom]
 
 For each teacher of the zoo (a model with an ``init``), the reference is that base; the domains are those of
 its recipe. One CSV per teacher (columns ``lam, domain, greedy_acc, mean_acc, n``) plus ``headroom.md`` (a
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lams", default="0,1,1.25,1.5,2,3")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--only", default="", help="comma-separated teacher names")
+    p.add_argument("--limit", type=int, default=0, help="test prompts per domain (0: all)")
     p.add_argument("--out", type=Path, default=Path("results/v2/headroom"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -66,7 +67,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         domains = sorted({t.split("-")[0] for t in entry["recipe"]["tasks"].split(",")})
         t0 = time.perf_counter()
-        curve = headroom_curve(load(name), load(base), tok, load_tasks(domains), lams=lams, k=args.k, max_new_tokens=6)
+        tokens = entry["recipe"].get("max_new_tokens", 6)  # the chain models' recipes carry theirs (42)
+        curve = headroom_curve(
+            load(name),
+            load(base),
+            tok,
+            load_tasks(domains),
+            lams=lams,
+            k=args.k,
+            max_new_tokens=tokens,
+            limit=args.limit,
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / f"{name}.csv", curve.to_csv(index=False))
         lines += curve_table(name, curve)

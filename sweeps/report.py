@@ -362,6 +362,7 @@ def build() -> dict[str, str]:
     blocks["reference_models"] = reference_table()
     blocks["headroom"] = headroom_curves()
     blocks["zoo"] = zoo_table()
+    blocks["chain"] = (RESULTS / "chain" / "report.md").read_text().rstrip()  # python sweeps/chain_report.py
     wall = sum(load(n).wall_seconds.sum() for n in V2_SWEEPS)
     points = sum(len(load(n)) for n in V2_SWEEPS)
     failed = sum(int((load(n).status != "ok").sum()) for n in V2_SWEEPS)
@@ -411,7 +412,7 @@ def zoo_table() -> str:
             recipe += f", β = {r['kl_coef']:g}" if r.get("kl_coef") else ", no KL"
         if r.get("init"):
             recipe += f", from {r['init']}"
-        cells = [f"{acc[d]['greedy']:.3f} / {acc[d]['mean@4']:.3f}" for d in ("add", "mul")]
+        cells = [f"{acc[d]['greedy']:.3f} / {acc[d]['mean@4']:.3f}" if d in acc else "—" for d in ("add", "mul")]
         lines.append(f"| {name} | {recipe} | " + " | ".join(cells) + f" | {entry['train_seconds']:,.0f} |")
     return "\n".join(lines)
 

@@ -170,8 +170,11 @@ def test_course_paths_need_a_checkout_and_say_so(tmp_path, monkeypatch):
     assert course.find_repo() == ROOT
     monkeypatch.setenv("GOPD_LAB_REPO", str(tmp_path))
     assert course.find_repo() == tmp_path.resolve()
-    monkeypatch.setattr(course, "_FOUND", None)
-    monkeypatch.setattr(course, "REPO", tmp_path)
+    from gopd_lab import checkout
+
+    monkeypatch.setattr(checkout, "_FOUND", None)
+    monkeypatch.setattr(checkout, "REPO", tmp_path)
+    monkeypatch.setattr(checkout, "SWEEP_RESULTS", tmp_path / "results")
     with pytest.raises(course.NeedsCheckoutError, match="clone the repository.*GOPD_LAB_REPO"):
         course.committed_headroom()
     with pytest.raises(course.NeedsCheckoutError):

@@ -95,7 +95,6 @@ def _build(
     (a sequential build shows its progress there), else only the entries are returned."""
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_char_tokenizer()
-    tasks = load_tasks(["add", "mul"])
     entries: dict[str, dict] = {}
     for r in recipes:
         t0 = time.perf_counter()
@@ -118,7 +117,8 @@ def _build(
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
-        acc = evaluate(model, tokenizer, tasks, k=4, max_new_tokens=6, limit=eval_limit, seed=0)
+        tasks = load_tasks(r.eval_domains())
+        acc = evaluate(model, tokenizer, tasks, k=4, max_new_tokens=r.max_new_tokens, limit=eval_limit, seed=0)
         entries[r.name] = {
             "architecture": {
                 "class": type(model).__name__,
@@ -141,6 +141,8 @@ def _build(
                 "tasks": r.tasks,
                 "label_noise": r.label_noise,
                 **({"feedback_views": r.feedback_views} if r.feedback_views else {}),
+                **({"carry_slip": r.carry_slip} if r.carry_slip else {}),
+                **({"max_new_tokens": r.max_new_tokens} if r.max_new_tokens != 6 else {}),
                 "steps": steps,
                 "lr": r.lr,
                 "init": r.init or None,

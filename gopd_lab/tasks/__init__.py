@@ -165,3 +165,13 @@ def load_tasks(names: Iterable[str], *, tokenizer=None) -> dict[str, Task]:
             raise ConfigError(f"two tasks share the domain {task.domain!r}; give each a distinct name")
         tasks[task.domain] = task
     return tasks
+
+
+def _load_chain(train_split: str = "train") -> Task:
+    from gopd_lab.tasks.chain import load_chain_task
+
+    return load_chain_task(train_split)
+
+
+_REGISTRY["chain"] = _load_chain  # the chain domain (gopd_lab.tasks.chain): addition with its work written out
+_REGISTRY["chain-rl"] = partial(_load_chain, "rl")

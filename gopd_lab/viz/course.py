@@ -22,19 +22,26 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from gopd_lab.errors import ConfigError
+from gopd_lab.checkout import (
+    REPO,
+    SWEEP_RESULTS,
+    NeedsCheckoutError,
+    committed_sweep,
+    display_path,
+    find_repo,
+    repo_path,
+)
 from gopd_lab.runio import atomic_write_json
 from gopd_lab.viz.effects import headroom_delta, headroom_delta_plot, paired_delta_plot, smoothed_curves
 from gopd_lab.viz.exercise_bank import EXERCISES, exercise
 from gopd_lab.viz.exercises import Verdict, check
 from gopd_lab.viz.explorable import state_explorer, tree_explorer
-from gopd_lab.viz.session import setup_notebook, tensor_table
+from gopd_lab.viz.session import setup_notebook, setup_plotting, tensor_table
 
 __all__ = [
     "EXERCISES",
@@ -72,54 +79,8 @@ __all__ = [
     "zoo_models_in",
 ]
 
-CHECKOUT_ONLY = ("sweeps", "results", "configs", "notebooks", "bench", "docs")
-"""Top folders of the repository that an installed wheel does not carry (it has the package and ``data/``)."""
-
-
-def _is_checkout(path: Path) -> bool:
-    return (path / "pyproject.toml").is_file() and (path / "gopd_lab").is_dir() and (path / "sweeps").is_dir()
-
-
-def find_repo() -> Path | None:
-    """The gopd_lab checkout the course reads ``sweeps/`` and ``results/`` from: ``$GOPD_LAB_REPO``, else the
-    repository this package was installed from (``pip install -e .``), else the working directory or a folder
-    above it when it is a checkout (a wheel installed, Jupyter started inside a clone); ``None`` when there is none.
-    """
-    override = os.environ.get("GOPD_LAB_REPO")
-    if override:
-        return Path(override).expanduser().resolve()
-    here = Path.cwd().resolve()
-    for candidate in (Path(__file__).resolve().parents[2], here, *here.parents):
-        if _is_checkout(candidate):
-            return candidate
-    return None
-
-
-class NeedsCheckoutError(ConfigError, FileNotFoundError):
-    """A course cell read a repository file (``sweeps/``, ``results/``, ...) that an installed wheel lacks."""
-
-
-_FOUND = find_repo()
-REPO = _FOUND or Path.cwd().resolve()
-"""The checkout (:func:`find_repo`); without one, the working directory (runs go there; reading a checkout file
-raises :class:`NeedsCheckoutError`)."""
-SWEEP_RESULTS = REPO / "results"
-"""Committed results of the paper's sweeps: ``results/<world>/<name>`` for the spec ``sweeps/<world>/<name>.yaml``."""
 POINT_FILES = ("params.json", "point.json", "config.json", "metrics.jsonl", "eval.jsonl", "summary.json")
 """What :func:`publish_sweep` keeps of each point."""
-
-
-def setup_plotting() -> None:
-    """Show plotly figures in this kernel as plotly's JSON mimetype plus a small CDN-loading HTML fallback.
-
-    JupyterLab renders ``application/vnd.plotly.v1+json`` offline with the extension shipped inside the
-    ``plotly`` package; nbconvert/nbviewer pages use the HTML fallback, which loads plotly.js from its CDN.
-    Pinning the renderer keeps plotly.js itself out of executed notebooks whatever plotly's default is (plotly
-    5's Jupyter default adds the ``notebook`` renderer, which writes plotly.js into the notebook).
-    """
-    import plotly.io as pio
-
-    pio.renderers.default = "plotly_mimetype+notebook_connected"
 
 
 def add_reference_lines(fig: Any, lines: list[dict], *, value: str, cols: dict[str, int] | None = None) -> Any:
@@ -150,31 +111,6 @@ def add_reference_lines(fig: Any, lines: list[dict], *, value: str, cols: dict[s
     return fig
 
 
-def repo_path(path: str | Path) -> Path:
-    """``path`` made absolute: an absolute path as it is, a relative one read against the repository root.
-
-    Use it for every repository file a notebook names (``sweeps/…``, ``data/…``, ``notebooks/…``) and for
-    outputs that should land in the repository's ``runs/`` whichever folder the kernel started in.
-    """
-    path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    if _FOUND is None and path.parts[:1] and path.parts[0] in CHECKOUT_ONLY and not (REPO / path).exists():
-        raise NeedsCheckoutError(
-            f"{path} is a file of the gopd_lab repository, which an installed wheel does not carry (it has the "
-            "package and data/ only): clone the repository and start Jupyter inside it, or set "
-            "GOPD_LAB_REPO=<the checkout>"
-        )
-    return REPO / path
-
-
-def display_path(path: str | Path) -> str:
-    """``path`` as a notebook shows it: relative to the repository when inside it, so that an executed notebook
-    names no folder of the machine that ran it."""
-    path = repo_path(path)
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
     """The committed headroom curves, one CSV per teacher in ``folder`` (written by ``sweeps/headroom.py`` from
     :func:`gopd_lab.loop.headroom.headroom_curve`), as one pandas table: ``teacher``, ``lam``, ``domain``,
@@ -186,18 +122,6 @@ def committed_headroom(folder: str | Path = "results/v2/headroom") -> Any:
     if not paths:
         raise FileNotFoundError(f"no headroom curves in {root}: run `python sweeps/headroom.py --out {folder}`")
     return pd.concat([pd.read_csv(p).assign(teacher=p.stem) for p in paths], ignore_index=True)
-
-
-def committed_sweep(name: str) -> Path:
-    """The committed results of the sweep ``sweeps/<name>.yaml`` (``results/<name>``; ``name`` is e.g. ``"v2/lam"``)."""
-    root = repo_path("results") / name
-    if not (root / "sweep.json").is_file():
-        have = sorted(str(p.parent.relative_to(SWEEP_RESULTS)) for p in SWEEP_RESULTS.glob("*/*/sweep.json"))
-        raise FileNotFoundError(
-            f"no committed results for sweep {name!r} in {SWEEP_RESULTS} (committed: {have}); run it with "
-            f"`gopd-lab sweep --spec sweeps/{name}.yaml` and view its sweep dir, e.g. runs/sweeps/{name}"
-        )
-    return root
 
 
 def committed_band(name: str = "v2/lam", *, lam: float = 1.0, names: tuple[str, ...] = ("reverse_kl", "adv_mean")):

@@ -251,9 +251,9 @@ def reopd_outcome(diff: Any) -> tuple[str, str]:
 
 def committed_lam_sweep() -> dict[str, Any]:
     """Notebook 07's context on the committed ``results/v2/lam``: its paired differences and the metric."""
+    from gopd_lab.checkout import committed_sweep
     from gopd_lab.experiments.paired import paired_differences
     from gopd_lab.experiments.sweep import load_sweep
-    from gopd_lab.viz.course import committed_sweep
 
     results = load_sweep(committed_sweep("v2/lam"))
     metrics = ["eval_add_greedy_acc", "eval_add_mean_acc"]
@@ -264,8 +264,8 @@ def committed_lineage() -> dict[str, Any]:
     """Notebook 09's context on the committed ``results/v2/lineage.csv``: its paired differences."""
     import pandas as pd
 
+    from gopd_lab.checkout import repo_path
     from gopd_lab.experiments.paired import paired_differences
-    from gopd_lab.viz.course import repo_path
 
     results = pd.read_csv(repo_path("results/v2/lineage.csv"))
     metrics = ["eval_add_greedy_acc", "eval_add_mean_acc"]

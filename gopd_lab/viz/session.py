@@ -68,6 +68,19 @@ def _one_line_user_error(shell: Any, etype: type, value: BaseException, tb: Any,
     display(HTML("<details><summary>full traceback</summary><pre>" + html.escape(full) + "</pre></details>"))
 
 
+def setup_plotting() -> None:
+    """Show plotly figures in this kernel as plotly's JSON mimetype plus a small CDN-loading HTML fallback.
+
+    JupyterLab renders ``application/vnd.plotly.v1+json`` offline with the extension shipped inside the
+    ``plotly`` package; nbconvert/nbviewer pages use the HTML fallback, which loads plotly.js from its CDN.
+    Pinning the renderer keeps plotly.js itself out of executed notebooks whatever plotly's default is (plotly
+    5's Jupyter default adds the ``notebook`` renderer, which writes plotly.js into the notebook).
+    """
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype+notebook_connected"
+
+
 def setup_notebook() -> None:
     """Set up this kernel for the course: plotly's renderer (``course.setup_plotting``), quiet libraries, tensors as
     rounded tables and printed without scientific notation, one-line user errors. Outside IPython only the
@@ -75,7 +88,6 @@ def setup_notebook() -> None:
     import torch
 
     from gopd_lab.errors import UserError
-    from gopd_lab.viz.course import setup_plotting
 
     setup_plotting()
     quiet_libraries()

@@ -49,9 +49,27 @@ class ZooModel:
     feedback_views: float = 0.0
     """SFT: share of train prompts also shown in SDPO's self-teacher view (feedback / solution → answer)."""
 
+    carry_slip: float = 0.0
+    """SFT on chains: share of the train chains with a carry whose first carry is dropped
+    (:func:`gopd_lab.tasks.chain.with_carry_slip`), the chain base's systematic slip."""
+
+    max_new_tokens: int = 6
+    """Tokens sampled per completion in training and evaluation (a chain needs 42)."""
+
+    def eval_domains(self) -> list[str]:
+        """The domains the build evaluates this model on: ``chain`` for chain recipes, else ``add`` and ``mul``."""
+        return ["chain"] if self.tasks.split(",")[0].startswith("chain") else ["add", "mul"]
+
     def task_names(self) -> str:
         """The tasks to train on; with label noise, registered noisy copies (``add~noise0.5``) of each, plus
         :func:`~gopd_lab.tasks.arith.feedback_views` when ``feedback_views`` > 0 (``add~noise0.4~views0.3``)."""
+        if self.carry_slip:
+            from gopd_lab.tasks import get_task, register_task
+            from gopd_lab.tasks.chain import with_carry_slip
+
+            name = f"{self.tasks}~slip{self.carry_slip:g}"
+            register_task(name, lambda: with_carry_slip(get_task(self.tasks), self.carry_slip, seed=self.seed))
+            return name
         if not self.label_noise and not self.feedback_views:
             return self.tasks
         from gopd_lab.tasks import get_task, register_task
@@ -80,7 +98,7 @@ class ZooModel:
             batch_size=self.batch_size,
             samples_per_prompt=self.samples_per_prompt,
             seed=self.seed,
-            max_new_tokens=6,
+            max_new_tokens=self.max_new_tokens,
             lr_schedule="cosine",
             warmup_steps=min(50, self.steps // 10),
             eval_k=0,
@@ -152,6 +170,53 @@ def _grpo(name: str, tasks: str, init: str, seed: int, steps: int, kl: float, lr
                     seed=seed, extra=extra)  # fmt: skip
 
 
+CHAIN_SLIP = 0.6
+"""Share of the chain base's SFT chains (among those with a carry) whose first carry is dropped: more than half, so
+the base's greedy chain drops it too and its mistakes sit on one predictable token."""
+CHAIN_TOKENS = 42  # the longest chain (4 + 4 digits with a final carry) is 41 characters, then <eos>
+CHAIN_BETA = 0.8
+"""The KL coefficient β of the KL-regularised chain teacher (as world v2's teachers)."""
+
+
+def _chain_grpo(name: str, kl: float) -> ZooModel:
+    extra = {**GRPO, **({"kl_coef": kl} if kl else {})}
+    return ZooModel(name, "grpo", "chain-rl", steps=60, lr=5e-4, init="chain-base", batch_size=32,
+                    samples_per_prompt=4, seed=6, max_new_tokens=CHAIN_TOKENS, extra=extra)  # fmt: skip
+
+
+RECIPES_CHAIN: list[ZooModel] = [
+    ZooModel(
+        "chain-sft",
+        "sft",
+        "chain",
+        steps=600,
+        lr=3e-3,
+        arch=SMALL,
+        seed=5,
+        carry_slip=CHAIN_SLIP,
+        max_new_tokens=CHAIN_TOKENS,
+    ),  # fmt: skip
+    ZooModel(
+        "chain-base",
+        "sft",
+        "chain",
+        steps=600,
+        lr=1.5e-3,
+        init="chain-sft",
+        seed=5,
+        carry_slip=CHAIN_SLIP,
+        max_new_tokens=CHAIN_TOKENS,
+    ),  # fmt: skip
+    _chain_grpo("chain-teacher", CHAIN_BETA),
+    _chain_grpo("chain-teacher-nokl", 0.0),
+]
+"""The chain domain's models (:mod:`gopd_lab.tasks.chain`), part of world v2's zoo: a base SFT'd with a systematic
+carry slip (in two stages on the same slipped chains: ``chain-sft``, then ``chain-base`` from it), a KL-regularised GRPO teacher and its KL-free counterpart, both on the chain RL prompts. Size: SMALL (64 hidden, 2 layers) learns the format; 32 hidden
+× 2 layers did not (greedy 0.0 on 200 test prompts after 600 SFT steps, loss 0.80 against SMALL's 0.12); 128 × 3 ran
+4.0 s per SFT step against SMALL's 1.3 s on the shared CPU, too slow for the build budget (measured 2026-12-08, CPU
+contended). Build cost of the four models: about 350 s of CPU time (user), 32 minutes of wall time on a contended
+machine."""
+
 RECIPES_V2: list[ZooModel] = [
     ZooModel("student-base", "sft", "add,mul", steps=2500, lr=3e-3, arch=SMALL, seed=0, label_noise=NOISE),
     _grpo("teacher-add", "add-rl", "student-base", seed=1, steps=400, kl=BETA),
@@ -174,6 +239,7 @@ RECIPES_V2: list[ZooModel] = [
         label_noise=NOISE,
         feedback_views=0.3,
     ),  # student-base's recipe plus SDPO self-teacher views (it did not learn to read them: docs/results.md)
+    *RECIPES_CHAIN,
 ]
 """World v2 (the default; ``GOPD_LAB_WORLD=v2``): teachers trained by GRPO on the RL prompt sets with a binding KL penalty β
 to their base (``kl_coef``), the β/λ siblings that extrapolation with λ should approach, and a KL-free teacher
@@ -201,15 +267,18 @@ def _world_prefix() -> str:
 
 
 def train_data(r: ZooModel) -> list[dict]:
-    """The prompt files a recipe trains on, ``[{"path": <repo-relative>, "sha256"}]`` (arithmetic tasks only; the
-    answers of SFT recipes are these files' answers with ``label_noise`` applied)."""
+    """The prompt files a recipe trains on, ``[{"path": <repo-relative>, "sha256"}]`` (arithmetic and chain tasks; the
+    answers of SFT recipes are these files' answers with ``label_noise`` or ``carry_slip`` applied)."""
     from gopd_lab.tasks.arith import DOMAINS, world_dir
+    from gopd_lab.tasks.chain import DOMAIN as CHAIN
+    from gopd_lab.tasks.chain import chain_dir
 
     files = []
     for name in r.tasks.split(","):
         domain, _, split = name.partition("-")
-        if domain in DOMAINS:
-            path = world_dir() / f"{domain}_{split or 'train'}.jsonl"
+        if domain in DOMAINS or domain == CHAIN:
+            folder = chain_dir() if domain == CHAIN else world_dir()
+            path = folder / f"{domain}_{split or 'train'}.jsonl"
             rel = Path("data") / path.relative_to(data_dir())
             files.append({"path": rel.as_posix(), "sha256": sha256(path)})
     return files
