@@ -5,6 +5,12 @@ seed, by ``d_s = metric(arm, s) - metric(baseline, s)``. The paired difference r
 both arms share (the seed's prompts, initial sampling stream, evaluation draw), so its interval is much
 tighter than comparing two ``mean ± std``. We report the mean of ``d_s``, a two-sided Student-t
 interval (``scipy.stats.ttest_rel``), and the number of seeds in which the arm won, lost or tied.
+
+That interval covers the seeds only: the test prompts are the same in every run, so their own sampling error is
+not in it. Where every point recorded its per-prompt outcomes (``outcomes.csv`` of a run, one table per published
+sweep), :func:`prompt_seed_bootstrap` resamples prompts and seeds together, also against a fixed model (the
+teacher, scored once). :func:`holm` corrects a family of comparisons; :func:`tost_p` tests equivalence within a
+stated margin; :func:`mcnemar` compares two models prompt by prompt on one seed.
 """
 
 from __future__ import annotations
@@ -114,3 +120,108 @@ def _interval(arm: np.ndarray, base: np.ndarray, confidence: float) -> tuple[flo
         return float(diff[0]), float(diff[0])
     ci = stats.ttest_rel(arm, base).confidence_interval(confidence)
     return float(ci.low), float(ci.high)
+
+
+# ----------------------------------------------------------------------------- prompts × seeds, multiplicity
+def prompt_seed_bootstrap(
+    arm: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 4000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``arm − baseline`` on the same test prompts, with an interval over prompts and seeds together.
+
+    ``arm`` is ``(seeds, prompts)``: one score per training seed and test prompt (0/1 for greedy, the fraction of
+    correct samples for mean@k); ``baseline`` is the same shape (a paired arm: the same seeds) or ``(prompts,)``
+    (a fixed model, e.g. the teacher, scored once). The difference ``D[s, i]`` is resampled twice independently
+    with replacement, seeds and prompts (the same prompts for both arms: the pairing), and each draw's mean
+    ``Σ_s Σ_i w_s v_i D[s, i] / (S·P)`` (``w``, ``v`` multinomial counts) gives the percentile interval. With one
+    seed only prompts are resampled. ``p`` is the two-sided bootstrap p-value of "no difference",
+    ``min(1, 2·min(#{D* ≤ 0} + 1, #{D* ≥ 0} + 1) / (n_boot + 1))``.
+
+    Returns ``diff_mean``, ``ci_low``, ``ci_high``, ``p``, ``seeds``, ``prompts``.
+    """
+    arm = np.asarray(arm, dtype=float)
+    base = np.asarray(baseline, dtype=float)
+    if arm.ndim != 2:
+        raise ValueError(f"arm must be (seeds, prompts), got shape {arm.shape}")
+    if base.shape not in (arm.shape, arm.shape[1:]):
+        raise ValueError(f"baseline must be {arm.shape} or {arm.shape[1:]}, got {base.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    diff = arm - base  # (S, P), a fixed baseline broadcast over seeds
+    n_seeds, n_prompts = diff.shape
+    rng = np.random.default_rng(seed)
+    stats_ = np.empty(n_boot)
+    for start in range(0, n_boot, 500):  # chunks keep the (draws, prompts) matrices small
+        n = min(500, n_boot - start)
+        w = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n) if n_seeds > 1 else np.ones((n, 1))
+        v = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n)  # (n, P)
+        stats_[start : start + n] = ((w @ diff) * v).sum(axis=1) / (n_seeds * n_prompts)
+    alpha = 1 - confidence
+    low, high = np.quantile(stats_, [alpha / 2, 1 - alpha / 2])
+    below, above = int((stats_ <= 0).sum()), int((stats_ >= 0).sum())
+    p = min(1.0, 2 * min(below + 1, above + 1) / (n_boot + 1))
+    return {
+        "diff_mean": float(diff.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p": p,
+        "seeds": n_seeds,
+        "prompts": n_prompts,
+    }
+
+
+def mcnemar(arm: Sequence[int], baseline: Sequence[int]) -> dict[str, float]:
+    """Exact McNemar test of two 0/1 outcome vectors on the same prompts: ``b`` prompts only the arm gets right,
+    ``c`` only the baseline, and the two-sided binomial p-value of ``b`` among ``b + c`` at one half (1 without
+    discordant prompts)."""
+    a, z = np.asarray(arm, dtype=int), np.asarray(baseline, dtype=int)
+    if a.shape != z.shape:
+        raise ValueError(f"arm and baseline must score the same prompts, got {a.shape} and {z.shape}")
+    b, c = int(((a == 1) & (z == 0)).sum()), int(((a == 0) & (z == 1)).sum())
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return {"b": b, "c": c, "p": p}
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given; NaN stays NaN and does not
+    count towards the family's size. The ``i``-th smallest of ``m`` p-values becomes
+    ``max_{j ≤ i} min(1, (m − j + 1)·p_(j))``; a hypothesis is rejected at level α when its adjusted p ≤ α."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def paired_t_p(diff: Sequence[float]) -> float:
+    """Two-sided p-value of the paired Student-t test of ``diff`` (``arm − baseline`` per seed) against 0; NaN with
+    fewer than two pairs, 0 or 1 when every difference is the same (non-zero or zero)."""
+    d = np.asarray(diff, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def tost_p(diff: Sequence[float], margin: float) -> float:
+    """Equivalence (two one-sided t-tests) of the per-seed differences within ``±margin``: the larger of the two
+    one-sided p-values of ``mean < margin`` and ``mean > −margin``; equivalence is shown at level α when it is
+    ≤ α (the 1 − 2α interval lies inside ``±margin``). NaN with fewer than two pairs."""
+    d = np.asarray(diff, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    if np.all(d == d[0]):
+        return 0.0 if abs(d[0]) < margin else 1.0
+    upper = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    lower = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    return float(max(upper, lower))

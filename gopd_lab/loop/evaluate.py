@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 from gopd_lab.lm.logprobs import max_context
 from gopd_lab.lm.rollout import Prompts, prompts_from_tasks, sample
+from gopd_lab.runio import atomic_write_text
 
 
 def generate(
@@ -69,13 +71,15 @@ def evaluate(
     limit: int = 0,
     seed: int = 0,
     pass_k: int | None = None,
+    outcomes: list | None = None,
 ) -> pd.DataFrame:
     """Per-domain accuracy on each task's test split.
 
     Columns: ``domain``, ``greedy_acc`` (argmax decoding), ``mean_acc`` (mean over ``k`` samples at
     ``temperature``), ``pass_acc`` (mean over prompts of :func:`pass_at_k` with ``pass_k`` ≤ ``k``, default
     ``k``, estimated from the same ``k`` samples; both omitted when ``k == 0``), ``n`` (test prompts;
-    ``limit`` > 0 caps it per task).
+    ``limit`` > 0 caps it per task). ``outcomes``: a list that gets one record per test prompt (see
+    :data:`OUTCOME_COLUMNS`), so that two models can be compared prompt by prompt.
     """
     pass_k = k if pass_k is None else pass_k
     if k and not 1 <= pass_k <= k:
@@ -105,20 +109,48 @@ def evaluate(
             row["mean_acc"] = sum(correct) / (k * max(1, len(idx)))
             row["pass_acc"] = sum(pass_at_k(k, int(c), pass_k) for c in correct) / max(1, len(idx))
         rows.append(row)
+        if outcomes is not None:
+            outcomes.extend(_prompt_outcomes(task, prompts, greedy, sampled, domain, idx))
     return pd.DataFrame(rows)
+
+
+OUTCOME_COLUMNS = ("domain", "prompt", "greedy", "s0", "s1", "...")
+"""One record per test prompt of :func:`evaluate`'s ``outcomes``: the domain, the prompt's position in that domain's
+test split, whether the greedy completion is correct (0/1) and whether each of the ``k`` samples is (``s0`` …)."""
+
+
+def _prompt_outcomes(task, prompts: Prompts, greedy, sampled, domain: str, idx: list[int]) -> list[dict]:
+    out = []
+    for j, i in enumerate(idx):
+        record = {"domain": domain, "prompt": j, "greedy": int(task.score(prompts.texts[i], greedy[i]))}
+        record.update({f"s{n}": int(task.score(prompts.texts[i], s[i])) for n, s in enumerate(sampled)})
+        out.append(record)
+    return out
 
 
 def _accuracy(task, prompts: Prompts, completions: Sequence[str], idx: list[int]) -> float:
     return sum(task.score(prompts.texts[i], completions[i]) for i in idx) / max(1, len(idx))
 
 
-def task_evaluator(tasks: dict, tokenizer, **kwargs):
-    """An ``evaluate(student, step) -> rows`` callback for :func:`gopd_lab.loop.train.train`."""
+def task_evaluator(tasks: dict, tokenizer, *, outcomes_path: str | Path | None = None, **kwargs):
+    """An ``evaluate(student, step) -> rows`` callback for :func:`gopd_lab.loop.train.train`. With
+    ``outcomes_path`` every evaluation also writes its per-prompt outcomes there (CSV, a ``step`` column first,
+    replaced each time: after a run it holds the final evaluation's)."""
 
     def run(model: nn.Module, step: int) -> list[dict]:
-        return evaluate(model, tokenizer, tasks, **kwargs).to_dict("records")
+        records: list[dict] | None = [] if outcomes_path is not None else None
+        rows = evaluate(model, tokenizer, tasks, outcomes=records, **kwargs).to_dict("records")
+        if outcomes_path is not None:
+            atomic_write_text(
+                outcomes_path, pd.DataFrame(records).assign(step=step).pipe(_step_first).to_csv(index=False)
+            )
+        return rows
 
     return run
+
+
+def _step_first(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[["step", *[c for c in frame.columns if c != "step"]]]
 
 
 def evaluate_target(

@@ -149,6 +149,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             temperature=cfg.temperature,
             limit=cfg.eval_limit,
             seed=cfg.eval_seed,
+            outcomes_path=out / "outcomes.csv",  # per-prompt correctness of the latest evaluation
         )
     cbs = _Callbacks([*callbacks, *([reporter] if reporter is not None else [])])
     main = dist.is_main
