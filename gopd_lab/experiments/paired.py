@@ -31,6 +31,7 @@ def paired_differences(
     pair_on: str = "seed",
     by: Sequence[str] = (),
     confidence: float = 0.95,
+    margin: float | None = None,
 ) -> pd.DataFrame:
     """One row per (group, arm, metric): ``arm - baseline`` paired on ``pair_on``.
 
@@ -40,8 +41,9 @@ def paired_differences(
     comparisons first (e.g. the teacher). Seeds present in only one of the two arms are not paired.
 
     Columns: the ``by`` and ``arm`` columns, ``metric``, ``pairs``, ``diff_mean``, ``ci_low``,
-    ``ci_high`` (NaN with fewer than two pairs), ``wins``, ``losses``, ``ties``, ``baseline_mean``,
-    ``arm_mean``.
+    ``ci_high`` (NaN with fewer than two pairs), ``p`` (two-sided paired t, :func:`paired_t_p`), ``wins``,
+    ``losses``, ``ties``, ``baseline_mean``, ``arm_mean``; with ``margin``, ``tost_p`` (equivalence within
+    ``±margin``, :func:`tost_p`).
     """
     arm_cols = [arm] if isinstance(arm, str) else list(arm)
     base_key = baseline if isinstance(baseline, tuple) else (baseline,)
@@ -81,6 +83,8 @@ def paired_differences(
                         "diff_mean": float(diff.mean()) if len(diff) else float("nan"),
                         "ci_low": low,
                         "ci_high": high,
+                        "p": paired_t_p(diff),
+                        **({} if margin is None else {"tost_p": tost_p(diff, margin)}),
                         "wins": int((diff > 0).sum()),
                         "losses": int((diff < 0).sum()),
                         "ties": int((diff == 0).sum()),
