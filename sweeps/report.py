@@ -16,27 +16,22 @@ when it excludes 0 on the other side, *inconclusive* when it contains 0.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from gopd_lab.experiments.paired import format_interval, paired_differences
-from gopd_lab.experiments.sweep import SWEEP_OUTCOMES, load_sweep, summarise, write_outcomes
-from gopd_lab.runio import atomic_write_text, read_jsonl
+from gopd_lab.experiments.sweep import load_sweep, summarise, write_outcomes
 from gopd_lab.experiments.verdicts import (
     MARGIN,
     SLOPE_THRESHOLD,
     Findings,
-    arm_matrix,
-    bootstrap_pair,
     convergence,
     convergence_table,
     metric_label,
-    prompt_scores,
-    verdict,
 )
+from gopd_lab.runio import atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -44,6 +39,8 @@ V2 = RESULTS / "v2"
 TEMPLATE = Path(__file__).with_name("results_template.md")
 DOC = ROOT / "docs" / "results.md"
 V2_SWEEPS = ["lam", "lam_siblings", "lam_nokl", "merge", "strong_to_weak", "estimators", "estimators_gamma1"]
+CONTROL_SWEEPS = ["lam_controls", "lam_controls_constant", "lam_controls_reference"]
+"""Experiment 1's controls (section 1b), run later, one worker."""
 REFERENCE_MODELS = [
     "student-base",
     "teacher-add",
@@ -60,7 +57,7 @@ METRIC_NAMES = {"greedy_acc": "greedy", "mean_acc": "mean@4", "pass_acc": "pass@
 
 
 # ----------------------------------------------------------------------------- collect (runs → results)
-def collect(names: list[str] = V2_SWEEPS) -> None:
+def collect(names: list[str] = V2_SWEEPS + CONTROL_SWEEPS) -> None:
     """Publish each finished v2 sweep dir into results/v2 and evaluate the reference models."""
     from gopd_lab.config import load_yaml
     from gopd_lab.viz.course import publish_sweep
@@ -69,9 +66,13 @@ def collect(names: list[str] = V2_SWEEPS) -> None:
         spec = load_yaml((ROOT / "sweeps" / "v2" / f"{name}.yaml").read_text())
         dest = publish_sweep(ROOT / spec["sweep_dir"], V2 / name, metrics_every=20)
         print(f"{ROOT / spec['sweep_dir']} → {dest.relative_to(ROOT)}")
+    if set(names) != set(V2_SWEEPS + CONTROL_SWEEPS):  # only some: the zoo models' evaluation stays as committed
+        return
     frame = evaluate_reference_models()
     atomic_write_text(V2 / "reference_models.csv", frame.to_csv(index=False, float_format="%.6g"))
     print(f"→ {(V2 / 'reference_models.csv').relative_to(ROOT)}")
+    write_outcomes(reference_outcomes(), V2 / "reference_outcomes.csv.gz")
+    print(f"→ {(V2 / 'reference_outcomes.csv.gz').relative_to(ROOT)}")
 
 
 OUTCOME_MODELS = ["student-base", "teacher-add"]
@@ -245,96 +246,6 @@ def headroom_table(teacher: str, lams: list[float]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- experiment 1's controls
-CONTROL_SWEEPS = ["lam_controls", "lam_controls_constant", "lam_controls_reference"]
-
-
-def control_arms() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The controls' points as one table with an ``arm`` label, and their per-prompt outcomes (``point_id`` is
-    ``<sweep>/<point>`` in both)."""
-    frames, outcomes = [], []
-    for name in CONTROL_SWEEPS:
-        if not (V2 / name).is_dir():
-            continue
-        df = load(name).assign(sweep=name)
-        df["point_id"] = name + "/" + df["point_id"]
-        if name == "lam_controls":
-            df["arm"] = [f"{agg} λ = {lam:g}" for agg, lam in zip(df.loss_agg, df.lam)]
-        elif name == "lam_controls_constant":
-            df["arm"] = [f"constant A_t = −{c:g}" for c in df.lam]
-        else:
-            df["arm"] = [f"reference = teacher, λ = {lam:g}" for lam in df.lam]
-        frames.append(df)
-        out = pd.read_csv(V2 / name / SWEEP_OUTCOMES)
-        outcomes.append(out.assign(point_id=name + "/" + out["point_id"]))
-    return pd.concat(frames, ignore_index=True), pd.concat(outcomes, ignore_index=True)
-
-
-def controls(f: Findings) -> dict[str, str]:
-    """Experiment 1's controls (sweeps/v2/lam_controls*.yaml): the official normalisation, the constant advantage,
-    reference = teacher; every comparison with per-prompt outcomes on both sides."""
-    add = ["eval_add_greedy_acc", "eval_add_mean_acc"]
-    arms, outcomes = control_arms()
-    fixed_out = pd.read_csv(V2 / "reference_outcomes.csv.gz")
-    blocks = {"controls_arms": arms_table(arms, ["arm"], ["add"])}
-    const = arms.arm[arms.sweep == "lam_controls_constant"].iloc[0]
-
-    def matrix(arm: str, metric: str) -> pd.DataFrame:
-        return arm_matrix(arms, outcomes, arms.arm == arm, metric, "add")
-
-    def compare(finding: str, arm: str, baseline: str, expect: int) -> None:
-        d = paired_arms({a: arms[arms.arm == a] for a in (arm, baseline)}, baseline, add)
-        boots = {m: bootstrap_pair(matrix(arm, k), matrix(baseline, k)) for m, k in zip(add, ("greedy", "mean"))}
-        f.add(finding, f"{arm} − {baseline}", d[d.arm == arm], add, expect, boots)
-
-    def versus_fixed(finding: str, arm: str, model: str, expect: int) -> None:
-        scores = {
-            k: prompt_scores(fixed_out[fixed_out.model == model], k, "add").loc[model] for k in ("greedy", "mean")
-        }
-        d = versus_teacher(arms, "arm", arm, model, "add")
-        boots = {m: bootstrap_pair(matrix(arm, k), scores[k]) for m, k in zip(add, ("greedy", "mean"))}
-        f.add(finding, f"{arm} student − {model}", d, add, expect, boots)
-
-    norm = "1b. the official normalisation (seq-mean-token-mean) against token-mean"
-    compare(norm, "seq-mean-token-mean λ = 1", "token-mean λ = 1", 0)
-    compare(norm, "seq-mean-token-mean λ = 1.25", "token-mean λ = 1.25", 0)
-    compare("1b. λ > 1 beats OPD, prompts × seeds", "token-mean λ = 1.25", "token-mean λ = 1", +1)
-    compare("1b. λ > 1 beats OPD, prompts × seeds", "seq-mean-token-mean λ = 1.25", "seq-mean-token-mean λ = 1", +1)
-    compare("1b. the constant advantage does less than OPD", const, "token-mean λ = 1", -1)
-    versus_fixed("1b. the constant advantage does less than OPD", const, "student-base", 0)
-    for arm in ("token-mean λ = 1", "token-mean λ = 1.25", "seq-mean-token-mean λ = 1.25"):
-        versus_fixed("1b. the student passes its teacher, prompts × seeds", arm, "teacher-add", +1)
-
-    lam = load("lam")
-    rerun = arms[arms.sweep == "lam_controls"]
-    rerun = rerun[rerun.loss_agg == "token-mean"].set_index(["lam", "seed"])[add]
-    same = rerun == lam.set_index(["lam", "seed"]).loc[rerun.index, add]
-    blocks["controls_rerun_same"] = f"{'yes' if same.all().all() else 'NO'}, {len(rerun)} of {len(rerun)} points"
-    opd = arms[arms.arm == "token-mean λ = 1"].set_index("seed")
-    checks = []
-    for arm in sorted(a for a in arms.arm.unique() if a.startswith("reference")):
-        part = arms[arms.arm == arm].set_index("seed")
-        equal = (part[add] == opd.loc[part.index, add]).all(axis=1)
-        same_prompts = all(
-            outcomes[outcomes.point_id == part.loc[s, "point_id"]]
-            .drop(columns="point_id")
-            .reset_index(drop=True)
-            .equals(
-                outcomes[outcomes.point_id == opd.loc[s, "point_id"]].drop(columns="point_id").reset_index(drop=True)
-            )
-            for s in part.index
-        )
-        checks.append(
-            f"{arm}: final accuracies equal to OPD's in {int(equal.sum())} of {len(equal)} seeds, "
-            f"per-prompt outcomes {'identical' if same_prompts else 'NOT identical'}"
-        )
-    blocks["reference_teacher"] = "; ".join(checks) if checks else "not run (the shared CPU ran out first)"
-    pilot = json.loads((V2 / "lam_controls_pilot.json").read_text())
-    blocks["pilot_c"] = f"{pilot['mean_abs_advantage']:.4f}"
-    blocks["pilot_c_per_100"] = ", ".join(f"{x:.4f}" for x in pilot["mean_abs_advantage_per_100_steps"])
-    return blocks
-
-
 def changed_table(f: Findings) -> str:
     """Rows whose verdict under the Holm / prompt-level rule differs from the uncorrected seed interval's."""
     rows = [r for r in f.changed() if not r["finding"].startswith("1b.")]  # 1b's rows are new: no old wording
@@ -358,6 +269,14 @@ def verdict_metric_table() -> str:
             raise ValueError(f"{path} must pre-register one `# verdict_metric:` line, has {len(found)}")
         lines.append(f"| `sweeps/v2/{path.name}` | {found[0]} |")
     return "\n".join(lines)
+
+
+def controls_blocks(f: Findings) -> dict[str, str]:
+    """Section 1b (sweeps/report_controls.py), given this module for the shared helpers."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import report_controls
+
+    return report_controls.controls(f, sys.modules[__name__])
 
 
 def build() -> dict[str, str]:
@@ -424,8 +343,7 @@ def build() -> dict[str, str]:
     opd = conv[(conv.arm == 1.0) & (conv.signal == "mean@4")].iloc[0]
     blocks["opd_mean_slope"] = f"{opd.diff_mean:+.2f} [{opd.ci_low:+.2f}, {opd.ci_high:+.2f}]"
     blocks["slope_threshold"] = f"{SLOPE_THRESHOLD:g}"
-    if (V2 / "lam_controls").is_dir():
-        blocks.update(controls(f))
+    blocks.update(controls_blocks(f))
 
     merge = load("merge")
     d = pdiff(merge, arm="lam", baseline=1.0, metrics=both)
@@ -602,11 +520,16 @@ def _inline(line: str, blocks: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collect", action="store_true", help="publish runs/sweeps/v2/* into results/v2 first")
+    parser.add_argument(
+        "--collect",
+        nargs="*",
+        metavar="SWEEP",
+        help="publish runs/sweeps/v2/<SWEEP> into results/v2 first (no name: every v2 sweep, and the zoo models)",
+    )
     parser.add_argument("--check", action="store_true", help="only compare docs/results.md with what it would be")
     args = parser.parse_args(argv)
-    if args.collect:
-        collect()
+    if args.collect is not None:
+        collect(args.collect or V2_SWEEPS + CONTROL_SWEEPS)
     text = render(TEMPLATE.read_text(), build() | v1_blocks())
     if args.check:
         if DOC.read_text() != text:

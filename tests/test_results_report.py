@@ -37,8 +37,10 @@ def test_docs_results_is_regenerated_from_the_committed_results(report):
         (-0.01, 0.02, 0, "no difference detected"),
     ],
 )
-def test_verdict_follows_the_interval_and_the_predicted_sign(report, low, high, expect, word):
-    assert report.verdict(pd.Series({"ci_low": low, "ci_high": high}), expect) == word
+def test_verdict_follows_the_interval_and_the_predicted_sign(low, high, expect, word):
+    from gopd_lab.experiments.verdicts import verdict
+
+    assert verdict(pd.Series({"ci_low": low, "ci_high": high}), expect) == word
 
 
 def test_render_fills_block_and_inline_markers_and_refuses_unknown_ones(report):

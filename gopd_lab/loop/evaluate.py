@@ -78,8 +78,9 @@ def evaluate(
     Columns: ``domain``, ``greedy_acc`` (argmax decoding), ``mean_acc`` (mean over ``k`` samples at
     ``temperature``), ``pass_acc`` (mean over prompts of :func:`pass_at_k` with ``pass_k`` ≤ ``k``, default
     ``k``, estimated from the same ``k`` samples; both omitted when ``k == 0``), ``n`` (test prompts;
-    ``limit`` > 0 caps it per task). ``outcomes``: a list that gets one record per test prompt (see
-    :data:`OUTCOME_COLUMNS`), so that two models can be compared prompt by prompt.
+    ``limit`` > 0 caps it per task). ``outcomes``: a list that gets one record per test prompt, so that two models
+    can be compared prompt by prompt: ``domain``, ``prompt`` (its position in that domain's test split),
+    ``greedy`` (1 if the greedy completion is correct, else 0) and ``s0`` … ``s{k-1}`` (each sample's).
     """
     pass_k = k if pass_k is None else pass_k
     if k and not 1 <= pass_k <= k:
@@ -112,11 +113,6 @@ def evaluate(
         if outcomes is not None:
             outcomes.extend(_prompt_outcomes(task, prompts, greedy, sampled, domain, idx))
     return pd.DataFrame(rows)
-
-
-OUTCOME_COLUMNS = ("domain", "prompt", "greedy", "s0", "s1", "...")
-"""One record per test prompt of :func:`evaluate`'s ``outcomes``: the domain, the prompt's position in that domain's
-test split, whether the greedy completion is correct (0/1) and whether each of the ``k`` samples is (``s0`` …)."""
 
 
 def _prompt_outcomes(task, prompts: Prompts, greedy, sampled, domain: str, idx: list[int]) -> list[dict]:
