@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
 from gopd_lab.experiments.paired import format_interval, paired_differences
-from gopd_lab.experiments.sweep import load_sweep, summarise, write_outcomes
+from gopd_lab.experiments.sweep import SWEEP_OUTCOMES, load_sweep, summarise, write_outcomes
 from gopd_lab.experiments.verdicts import (
     MARGIN,
     SLOPE_THRESHOLD,
@@ -272,11 +273,20 @@ def verdict_metric_table() -> str:
 
 
 def controls_blocks(f: Findings) -> dict[str, str]:
-    """Section 1b (sweeps/report_controls.py), given this module for the shared helpers."""
+    """Section 1b (sweeps/report_controls.py), given this module's loaders and table helpers."""
     sys.path.insert(0, str(Path(__file__).parent))
     import report_controls
 
-    return report_controls.controls(f, sys.modules[__name__])
+    helpers = SimpleNamespace(
+        V2=V2,
+        CONTROL_SWEEPS=CONTROL_SWEEPS,
+        SWEEP_OUTCOMES=SWEEP_OUTCOMES,
+        load=load,
+        arms_table=arms_table,
+        paired_arms=paired_arms,
+        versus_teacher=versus_teacher,
+    )
+    return report_controls.controls(f, helpers)
 
 
 def build() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Section 1b of docs/results.md: experiment 1's controls (sweeps/v2/lam_controls*.yaml), every comparison with
-per-prompt outcomes on both sides. ``sweeps/report.py`` calls :func:`controls` with itself as ``r`` (its loaders and
-table helpers)."""
+per-prompt outcomes on both sides. ``sweeps/report.py`` calls :func:`controls` with ``r``, a namespace of its loaders
+and table helpers."""
 
 from __future__ import annotations
 

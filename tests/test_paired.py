@@ -124,3 +124,27 @@ def test_tost_and_paired_t_hand_computed():
     assert tost_p(d, 0.001) == pytest.approx(0.5)  # the mean sits on the margin: not shown equivalent
     assert paired_t_p(d) == pytest.approx(2 * stats.t.sf(0.001 / se, 3))
     assert math.isnan(paired_t_p([0.1])) and paired_t_p([0.0, 0.0]) == 1.0
+
+
+def test_prompt_seed_interval_hand_computed_and_never_narrower_than_the_seeds_alone():
+    """D = [[1, 0], [0, 0]]: seed means (½, 0) and prompt means (½, 0) each have variance ⅛, so SE² = ⅛/2 + ⅛/2 = ⅛;
+    one degree of freedom: half-width t_{0.975,1}·√⅛ = 12.7062·0.35355 and p = 1 − 2·atan(0.25/√⅛)/π."""
+    from scipy import stats
+
+    from gopd_lab.experiments.paired import prompt_seed_interval
+
+    out = prompt_seed_interval(np.array([[1.0, 0.0], [0.0, 0.0]]), np.zeros(2))
+    se = math.sqrt(1 / 8)
+    assert out["diff_mean"] == pytest.approx(0.25) and out["se"] == pytest.approx(se) and out["df"] == 1
+    assert out["ci_high"] - out["diff_mean"] == pytest.approx(12.7062 * se, rel=1e-4)
+    assert out["p"] == pytest.approx(1 - 2 * math.atan(0.25 / se) / math.pi)
+    rng = np.random.default_rng(0)
+    students = (rng.random((4, 300)) < 0.85).astype(float)
+    teacher = (rng.random(300) < 0.8).astype(float)
+    both = prompt_seed_interval(students, teacher)
+    seeds_only = stats.ttest_1samp(students.mean(axis=1) - teacher.mean(), 0.0).confidence_interval(0.95)
+    assert both["ci_high"] - both["ci_low"] >= seeds_only.high - seeds_only.low
+    one = prompt_seed_interval(students[:1], teacher)  # one seed: the prompts' term alone, P − 1 degrees of freedom
+    assert one["df"] == 299 and one["ci_low"] < one["diff_mean"] < one["ci_high"]
+    flat = prompt_seed_interval(np.full((2, 3), 0.5), np.full(3, 0.25))
+    assert (flat["ci_low"], flat["ci_high"], flat["p"]) == (0.25, 0.25, 0.0)

@@ -4,7 +4,7 @@ and convergence slopes.
 
 The verdict rule. Every row has the seed-level paired interval and its two-sided p (``paired_differences``). Where
 both sides have per-prompt outcomes, the row also gets the interval over prompts and seeds together
-(``prompt_seed_bootstrap``) and its p replaces the seed-level one; elsewhere the row says *seeds only*. Inside each
+(``prompt_seed_interval``) and its p replaces the seed-level one; elsewhere the row says *seeds only*. Inside each
 finding (one family: the arms and metrics it tests together) the p-values are Holm-corrected, and the verdict
 follows the corrected p: **reproduced** when it is ≤ 0.05 and Δ has the predicted sign, **opposite** when it is
 ≤ 0.05 with the other sign, **inconclusive** otherwise. Where nothing is predicted: **differs** (corrected p ≤ 0.05),
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gopd_lab.experiments.paired import format_interval, holm, paired_differences, prompt_seed_bootstrap
+from gopd_lab.experiments.paired import format_interval, holm, paired_differences, prompt_seed_interval
 from gopd_lab.runio import read_jsonl
 
 ALPHA = 0.05
@@ -82,7 +82,7 @@ class Findings:
         prompts: dict[str, dict] | None = None,
     ) -> None:
         """``diffs``: ``paired_differences`` rows (with ``p``, and ``tost_p`` where ``expect`` is 0); ``prompts``: per
-        metric the ``prompt_seed_bootstrap`` result, where both sides recorded per-prompt outcomes."""
+        metric the ``prompt_seed_interval`` result, where both sides recorded per-prompt outcomes."""
         for metric in metrics:
             row = diffs[diffs.metric == metric].iloc[0]
             boot = (prompts or {}).get(metric)
@@ -164,12 +164,12 @@ def arm_matrix(df: pd.DataFrame, outcomes: pd.DataFrame, select: pd.Series, metr
 
 
 def bootstrap_pair(arm: pd.DataFrame, baseline: pd.DataFrame | pd.Series) -> dict:
-    """``prompt_seed_bootstrap`` of two ``arm_matrix`` tables on their shared seeds (or one against a fixed model's
+    """``prompt_seed_interval`` of two ``arm_matrix`` tables on their shared seeds (or one against a fixed model's
     ``(prompts,)`` scores)."""
     if isinstance(baseline, pd.Series):
-        return prompt_seed_bootstrap(arm.to_numpy(), baseline.loc[arm.columns].to_numpy())
+        return prompt_seed_interval(arm.to_numpy(), baseline.loc[arm.columns].to_numpy())
     seeds = arm.index.intersection(baseline.index)
-    return prompt_seed_bootstrap(arm.loc[seeds].to_numpy(), baseline.loc[seeds, arm.columns].to_numpy())
+    return prompt_seed_interval(arm.loc[seeds].to_numpy(), baseline.loc[seeds, arm.columns].to_numpy())
 
 
 # ----------------------------------------------------------------------------- convergence
