@@ -74,9 +74,8 @@ def controls(f: Findings, r) -> dict[str, str]:
     same = rerun == lam.set_index(["lam", "seed"]).loc[rerun.index, add]
     equal = int(same.all(axis=1).sum())
     gap = (rerun - lam.set_index(["lam", "seed"]).loc[rerun.index, add]).abs().to_numpy().max() * 100
-    blocks["controls_rerun_same"] = (
-        f"{equal} of {len(rerun)} points with both final accuracies equal"
-        + ("" if equal == len(rerun) else f", the others within {gap:.1f} points")
+    blocks["controls_rerun_same"] = f"{equal} of {len(rerun)} points with both final accuracies equal" + (
+        "" if equal == len(rerun) else f", the others within {gap:.1f} points"
     )
     teacher = prompt_scores(fixed_out[fixed_out.model == "teacher-add"], "greedy", "add").loc["teacher-add"]
     students = matrix("token-mean λ = 1.25", "greedy")
