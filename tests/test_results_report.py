@@ -189,3 +189,12 @@ def test_sweep_outcomes_gather_every_point_and_write_the_same_bytes(tmp_path):
     (tmp_path / "seed=1" / "outcomes.csv").unlink()
     with pytest.raises(SweepError, match="no outcomes.csv"):
         load_outcomes(tmp_path)
+
+
+def test_sweep_files_point_to_scripts_that_exist():
+    """Regression: sweeps/v2/lam.yaml told readers to run a sweeps/v2/report.py that never existed."""
+    import re
+
+    for path in sorted((ROOT / "sweeps").glob("v*/*.yaml")):
+        for script in re.findall(r"python (\S+\.py)", path.read_text()):
+            assert (ROOT / script).is_file(), f"{path.name} names {script}, which does not exist"
