@@ -45,12 +45,16 @@ def controls(f: Findings, r) -> dict[str, str]:
     def matrix(arm: str, metric: str) -> pd.DataFrame:
         return arm_matrix(arms, outcomes, arms.arm == arm, metric, "add")
 
-    def compare(finding: str, arm: str, baseline: str, expect: int) -> None:
+    keys: dict[str, int] = {}  # prose name → index of its greedy row in f.rows (mean@4 follows)
+
+    def compare(finding: str, arm: str, baseline: str, expect: int, key: str) -> None:
+        keys[key] = len(f.rows)
         d = r.paired_arms({a: arms[arms.arm == a] for a in (arm, baseline)}, baseline, add)
         boots = {m: bootstrap_pair(matrix(arm, k), matrix(baseline, k)) for m, k in zip(add, ("greedy", "mean"))}
         f.add(finding, f"{arm} − {baseline}", d[d.arm == arm], add, expect, boots)
 
-    def versus_fixed(finding: str, arm: str, model: str, expect: int) -> None:
+    def versus_fixed(finding: str, arm: str, model: str, expect: int, key: str) -> None:
+        keys[key] = len(f.rows)
         scores = {
             k: prompt_scores(fixed_out[fixed_out.model == model], k, "add").loc[model] for k in ("greedy", "mean")
         }
@@ -59,14 +63,20 @@ def controls(f: Findings, r) -> dict[str, str]:
         f.add(finding, f"{arm} student − {model}", d, add, expect, boots)
 
     norm = "1b. the official normalisation (seq-mean-token-mean) against token-mean"
-    compare(norm, "seq-mean-token-mean λ = 1", "token-mean λ = 1", 0)
-    compare(norm, "seq-mean-token-mean λ = 1.25", "token-mean λ = 1.25", 0)
-    compare("1b. λ > 1 beats OPD, prompts × seeds", "token-mean λ = 1.25", "token-mean λ = 1", +1)
-    compare("1b. λ > 1 beats OPD, prompts × seeds", "seq-mean-token-mean λ = 1.25", "seq-mean-token-mean λ = 1", +1)
-    compare("1b. the constant advantage does less than OPD", const, "token-mean λ = 1", -1)
-    versus_fixed("1b. the constant advantage does less than OPD", const, "student-base", 0)
-    for arm in ("token-mean λ = 1", "token-mean λ = 1.25", "seq-mean-token-mean λ = 1.25"):
-        versus_fixed("1b. the student passes its teacher, prompts × seeds", arm, "teacher-add", +1)
+    compare(norm, "seq-mean-token-mean λ = 1", "token-mean λ = 1", 0, "norm1")
+    compare(norm, "seq-mean-token-mean λ = 1.25", "token-mean λ = 1.25", 0, "norm125")
+    beats = "1b. λ > 1 beats OPD, prompts × seeds"
+    compare(beats, "token-mean λ = 1.25", "token-mean λ = 1", +1, "lam_tm")
+    compare(beats, "seq-mean-token-mean λ = 1.25", "seq-mean-token-mean λ = 1", +1, "lam_sm")
+    compare("1b. the constant advantage does less than OPD", const, "token-mean λ = 1", -1, "const_opd")
+    versus_fixed("1b. the constant advantage does less than OPD", const, "student-base", 0, "const_base")
+    passes = "1b. the student passes its teacher, prompts × seeds"
+    versus_fixed(passes, "token-mean λ = 1", "teacher-add", +1, "teach_tm1")
+    versus_fixed(passes, "token-mean λ = 1.25", "teacher-add", +1, "teach_tm125")
+    versus_fixed(passes, "seq-mean-token-mean λ = 1.25", "teacher-add", +1, "teach_sm125")
+    for key, i in keys.items():  # "−0.9 [−3.6, +1.8] (no difference detected)" for the prose, per metric
+        for row, metric in ((f.rows[i], "g"), (f.rows[i + 1], "m")):
+            blocks[f"c_{key}_{metric}"] = f"{row['prompts']} ({row['verdict']})"
 
     lam = r.load("lam")
     rerun = arms[arms.sweep == "lam_controls"]
@@ -81,7 +91,7 @@ def controls(f: Findings, r) -> dict[str, str]:
     students = matrix("token-mean λ = 1.25", "greedy")
     per_seed = [(seed, mcnemar(row.to_numpy(), teacher.loc[row.index].to_numpy())) for seed, row in students.iterrows()]
     blocks["mcnemar_teacher"] = "; ".join(
-        f"seed {seed}: {m['b']} vs {m['c']} discordant prompts, p = {m['p']:.2f}" for seed, m in per_seed
+        f"seed {seed}: {m['b']} vs {m['c']} discordant prompts, p = {m['p']:.2g}" for seed, m in per_seed
     )
     opd = arms[arms.arm == "token-mean λ = 1"].set_index("seed")
     checks = []
@@ -102,6 +112,8 @@ def controls(f: Findings, r) -> dict[str, str]:
             f"per-prompt outcomes {'identical' if same_prompts else 'NOT identical'}"
         )
     blocks["reference_teacher"] = "; ".join(checks) if checks else "not run (the shared CPU ran out first)"
+    seeds = {name: sorted(arms[arms.sweep == name].seed.unique()) for name in r.CONTROL_SWEEPS}
+    blocks["controls_seeds"] = "; ".join(f"`{name}`: {len(v)} ({', '.join(map(str, v))})" for name, v in seeds.items())
     pilot = json.loads((r.V2 / "lam_controls_pilot.json").read_text())
     blocks["pilot_c"] = f"{pilot['mean_abs_advantage']:.4f}"
     blocks["pilot_c_per_100"] = ", ".join(f"{x:.4f}" for x in pilot["mean_abs_advantage_per_100_steps"])
