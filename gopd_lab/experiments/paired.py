@@ -70,7 +70,7 @@ def paired_differences(
             if key == base_key:
                 continue
             other = _by_seed(_select(group, arm_cols, key), pair_on, metrics)
-            joined = base.join(other, lsuffix="_base", rsuffix="_arm", how="inner")
+            joined = base.merge(other, left_index=True, right_index=True, how="inner", suffixes=("_base", "_arm"))
             for metric in metrics:
                 pair = joined[[f"{metric}_base", f"{metric}_arm"]].dropna()
                 diff = (pair[f"{metric}_arm"] - pair[f"{metric}_base"]).to_numpy()
