@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gopd_lab.experiments.paired import format_interval, paired_differences
+from gopd_lab.experiments.paired import format_interval, holm, paired_differences
 from gopd_lab.experiments.sweep import load_sweep
 from gopd_lab.runio import atomic_write_text, read_jsonl
 
@@ -59,6 +59,7 @@ def paired_table(results: pd.DataFrame) -> pd.DataFrame:
     """Every arm against ``fixed-1`` (λ = 1, OPD), paired on the training seed."""
     diff = paired_differences(results, arm="arm", baseline=BASELINE, metrics=list(METRICS))
     diff["order"] = diff["arm"].map(ARMS.index)
+    diff["holm"] = holm(diff["p"].to_numpy())  # one family: every arm on both metrics
     return diff.sort_values(["metric", "order"]).drop(columns="order")
 
 
@@ -73,10 +74,16 @@ def markdown(results: pd.DataFrame) -> str:
         extra.append(f"{a['entropy_high_frac'].mean():.3f}" if a["entropy_high_frac"].notna().any() else "–")
         lines.append(f"| {arm} | " + " | ".join(cells + extra) + f" | {len(a)} |")
     diff = paired_table(results)
-    lines += ["", "| arm − fixed-1 (points, 95 % interval, seeds won) | " + " | ".join(METRICS.values()) + " |"]
+    lines += [
+        "",
+        "| arm − fixed-1 (points, 95 % interval, seeds won; Holm p over the 12) | "
+        + " | ".join(METRICS.values())
+        + " |",
+    ]
     lines.append("|" + "---|" * (len(METRICS) + 1))
     for arm in ARMS[1:]:
-        cells = [format_interval(diff[(diff.arm == arm) & (diff.metric == m)].iloc[0]) for m in METRICS]
+        rows = [diff[(diff.arm == arm) & (diff.metric == m)].iloc[0] for m in METRICS]
+        cells = [f"{format_interval(r)}; Holm p {r['holm']:.2g}" for r in rows]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     failed = int((results.status != "ok").sum())
     minutes = results.wall_seconds.sum() / 60

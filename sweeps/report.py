@@ -18,11 +18,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
 from gopd_lab.experiments.paired import format_interval, paired_differences
-from gopd_lab.experiments.sweep import load_sweep, summarise
+from gopd_lab.experiments.sweep import SWEEP_OUTCOMES, load_sweep, summarise, write_outcomes
+from gopd_lab.experiments.verdicts import (
+    MARGIN,
+    SLOPE_THRESHOLD,
+    Findings,
+    convergence,
+    convergence_table,
+    metric_label,
+)
 from gopd_lab.runio import atomic_write_text, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +40,8 @@ V2 = RESULTS / "v2"
 TEMPLATE = Path(__file__).with_name("results_template.md")
 DOC = ROOT / "docs" / "results.md"
 V2_SWEEPS = ["lam", "lam_siblings", "lam_nokl", "merge", "strong_to_weak", "estimators", "estimators_gamma1"]
+CONTROL_SWEEPS = ["lam_controls", "lam_controls_constant", "lam_controls_reference"]
+"""Experiment 1's controls (section 1b), run later, one worker."""
 REFERENCE_MODELS = [
     "student-base",
     "teacher-add",
@@ -47,7 +58,7 @@ METRIC_NAMES = {"greedy_acc": "greedy", "mean_acc": "mean@4", "pass_acc": "pass@
 
 
 # ----------------------------------------------------------------------------- collect (runs → results)
-def collect(names: list[str] = V2_SWEEPS) -> None:
+def collect(names: list[str] = V2_SWEEPS + CONTROL_SWEEPS) -> None:
     """Publish each finished v2 sweep dir into results/v2 and evaluate the reference models."""
     from gopd_lab.config import load_yaml
     from gopd_lab.viz.course import publish_sweep
@@ -56,9 +67,45 @@ def collect(names: list[str] = V2_SWEEPS) -> None:
         spec = load_yaml((ROOT / "sweeps" / "v2" / f"{name}.yaml").read_text())
         dest = publish_sweep(ROOT / spec["sweep_dir"], V2 / name, metrics_every=20)
         print(f"{ROOT / spec['sweep_dir']} → {dest.relative_to(ROOT)}")
+    if set(names) != set(V2_SWEEPS + CONTROL_SWEEPS):  # only some: the zoo models' evaluation stays as committed
+        return
     frame = evaluate_reference_models()
     atomic_write_text(V2 / "reference_models.csv", frame.to_csv(index=False, float_format="%.6g"))
     print(f"→ {(V2 / 'reference_models.csv').relative_to(ROOT)}")
+    write_outcomes(reference_outcomes(), V2 / "reference_outcomes.csv.gz")
+    print(f"→ {(V2 / 'reference_outcomes.csv.gz').relative_to(ROOT)}")
+
+
+OUTCOME_MODELS = ["student-base", "teacher-add"]
+"""The zoo models whose per-prompt outcomes on ``add`` are committed (``results/v2/reference_outcomes.csv.gz``): the
+fixed models the controls' students are compared with prompt by prompt."""
+
+
+def reference_outcomes() -> pd.DataFrame:
+    """Per-prompt outcomes of ``OUTCOME_MODELS`` on ``add`` with the students' protocol; their accuracies must be the
+    committed ``reference_models.csv`` ones exactly (the same evaluation, recorded prompt by prompt)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gopd_lab.loop.evaluate import evaluate
+    from gopd_lab.tasks import load_tasks
+    from gopd_lab.tasks.arith import use_world
+    from gopd_lab.world.tokenizer import build_char_tokenizer
+    from gopd_lab.world.zoo import zoo_dir
+
+    use_world("v2")
+    torch.set_num_threads(1)
+    tokenizer, frames = build_char_tokenizer(), []
+    for name in OUTCOME_MODELS:
+        model = AutoModelForCausalLM.from_pretrained(zoo_dir() / name).eval()
+        records: list[dict] = []
+        table = evaluate(model, tokenizer, load_tasks(["add"]), outcomes=records, **EVAL)
+        for metric in ("greedy_acc", "mean_acc"):
+            if float(table[metric].iloc[0]) != reference_acc(name, "add", metric, "add"):
+                raise RuntimeError(f"{name}: {metric} {table[metric].iloc[0]} is not reference_models.csv's")
+        frames.append(pd.DataFrame(records).assign(model=name, tasks="add"))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["model", "tasks", *[c for c in out.columns if c not in ("model", "tasks")]]]
 
 
 def evaluate_reference_models() -> pd.DataFrame:
@@ -105,15 +152,6 @@ def table(name: str, by: list[str], root: Path = RESULTS / "v1") -> str:
     return "\n".join([f"### {name}", "", head, sep, *rows]) + "\n" + foot + "\n"
 
 
-def metric_label(column: str) -> str:
-    """``eval_add_greedy_acc`` → ``add greedy``."""
-    body = column.removeprefix("eval_")
-    for key, label in METRIC_NAMES.items():
-        if body.endswith(key):
-            return f"{body.removesuffix('_' + key)} {label}"
-    return body
-
-
 def load(name: str) -> pd.DataFrame:
     """A committed v2 sweep as a table; the teacher spec shortened to the zoo name."""
     df = load_sweep(V2 / name)
@@ -131,16 +169,6 @@ def reference_models() -> pd.DataFrame:
 def reference_acc(model: str, domain: str, metric: str, tasks: str) -> float:
     ref = reference_models()
     return float(ref[(ref.model == model) & (ref.domain == domain) & (ref.tasks == tasks)][metric].iloc[0])
-
-
-def verdict(row: pd.Series, expect: int) -> str:
-    """From the interval of ``row`` and the predicted sign ``expect`` (+1 or −1; 0 = no prediction)."""
-    low, high = row["ci_low"] * expect, row["ci_high"] * expect
-    if expect == 0:
-        return "differs" if row["ci_low"] > 0 or row["ci_high"] < 0 else "no difference detected"
-    if expect < 0:
-        low, high = high, low
-    return "reproduced" if low > 0 else "opposite" if high < 0 else "inconclusive"
 
 
 def arms_table(df: pd.DataFrame, arm: list[str], domains: list[str]) -> str:
@@ -189,35 +217,6 @@ def last_stretch(df: pd.DataFrame, sweep: str, domain: str, *, start: int, end: 
 
 
 # ----------------------------------------------------------------------------- findings
-class Findings:
-    """Rows of the findings table: one paired comparison each, with the prediction it tests."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def add(self, finding: str, comparison: str, diffs: pd.DataFrame, metrics: list[str], expect: int) -> None:
-        for metric in metrics:
-            row = diffs[diffs.metric == metric].iloc[0]
-            self.rows.append(
-                {
-                    "finding": finding,
-                    "comparison": comparison,
-                    "metric": metric_label(metric),
-                    "delta": format_interval(row),
-                    "verdict": verdict(row, expect),
-                }
-            )
-
-    def markdown(self, number: str | None = None) -> str:
-        """All rows, or the rows of the findings numbered ``number`` (without the finding column)."""
-        rows = [r for r in self.rows if number is None or r["finding"].startswith(f"{number}.")]
-        cols = ["comparison", "metric", "delta", "verdict"] if number else list(rows[0])
-        names = {"delta": "Δ points [95 % interval] (seeds won)"}
-        lines = ["| " + " | ".join(names.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
-        return "\n".join(lines)
-
-
 def versus_teacher(df: pd.DataFrame, arm: str, value, teacher: str, domain: str) -> pd.DataFrame:
     """Students of one arm against a fixed model (the teacher, evaluated with the same protocol), per seed."""
     metrics = [f"eval_{domain}_greedy_acc", f"eval_{domain}_mean_acc"]
@@ -225,13 +224,14 @@ def versus_teacher(df: pd.DataFrame, arm: str, value, teacher: str, domain: str)
     tasks = df["tasks"].iloc[0]
     fixed = {m: reference_acc(teacher, domain, m.removeprefix(f"eval_{domain}_"), tasks) for m in metrics}
     teachers = students.assign(who="teacher", **fixed)
-    return paired_differences(pd.concat([students, teachers]), arm="who", baseline="teacher", metrics=metrics)
+    table = pd.concat([students, teachers])
+    return paired_differences(table, arm="who", baseline="teacher", metrics=metrics, margin=MARGIN)
 
 
 def paired_arms(frames: dict[str, pd.DataFrame], baseline: str, metrics: list[str]) -> pd.DataFrame:
     """Arms taken from different sweeps (same seeds, same evaluation seed), each named by its key."""
     table = pd.concat([f.assign(arm=name)[["arm", "seed", "status", *metrics]] for name, f in frames.items()])
-    return paired_differences(table, arm="arm", baseline=baseline, metrics=metrics)
+    return paired_differences(table, arm="arm", baseline=baseline, metrics=metrics, margin=MARGIN)
 
 
 def headroom_table(teacher: str, lams: list[float]) -> str:
@@ -247,9 +247,54 @@ def headroom_table(teacher: str, lams: list[float]) -> str:
     return "\n".join(lines)
 
 
+def changed_table(f: Findings) -> str:
+    """Rows whose verdict under the Holm / prompt-level rule differs from the uncorrected seed interval's."""
+    rows = [r for r in f.changed() if not r["finding"].startswith("1b.")]  # 1b's rows are new: no old wording
+    lines = ["| finding | comparison | metric | uncorrected (seeds) | now |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['finding']} | {r['comparison']} | {r['metric']} | {r['raw_verdict']} | {r['verdict']} |" for r in rows
+    ]
+    return "\n".join(lines) if rows else "none"
+
+
+def verdict_metric_table() -> str:
+    """The ``# verdict_metric:`` line of every sweeps/v2/*.yaml (a comment: SweepSpec reads no such key)."""
+    lines = ["| sweep file | verdict metric |", "|---|---|"]
+    for path in sorted((ROOT / "sweeps" / "v2").glob("*.yaml")):
+        found = [
+            line.partition(":")[2].strip()
+            for line in path.read_text().splitlines()
+            if line.startswith("# verdict_metric:")
+        ]
+        if len(found) != 1:
+            raise ValueError(f"{path} must pre-register one `# verdict_metric:` line, has {len(found)}")
+        lines.append(f"| `sweeps/v2/{path.name}` | {found[0]} |")
+    return "\n".join(lines)
+
+
+def controls_blocks(f: Findings) -> dict[str, str]:
+    """Section 1b (sweeps/report_controls.py), given this module's loaders and table helpers."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import report_controls
+
+    helpers = SimpleNamespace(
+        V2=V2,
+        CONTROL_SWEEPS=CONTROL_SWEEPS,
+        SWEEP_OUTCOMES=SWEEP_OUTCOMES,
+        load=load,
+        arms_table=arms_table,
+        paired_arms=paired_arms,
+        versus_teacher=versus_teacher,
+    )
+    return report_controls.controls(f, helpers)
+
+
 def build() -> dict[str, str]:
     """Every generated block of docs/results.md, by the name its marker uses in the template."""
-    pdiff = paired_differences
+
+    def pdiff(*args, **kwargs):
+        return paired_differences(*args, margin=MARGIN, **kwargs)
+
     add = ["eval_add_greedy_acc", "eval_add_mean_acc"]
     both = add + ["eval_mul_greedy_acc", "eval_mul_mean_acc"]
     f = Findings()
@@ -293,12 +338,22 @@ def build() -> dict[str, str]:
             add,
             0,
         )
+    past = pdiff(lam[lam.lam.isin([2.0, 3.0])], arm="lam", baseline=2.0, metrics=add)  # not a planned comparison
+    blocks["lam3_greedy"], blocks["lam3_mean"] = (format_interval(past[past.metric == m].iloc[0]) for m in add)
     blocks["lam_arms"] = arms_table(pd.concat([lam, sib, nokl]), ["teacher", "lam"], ["add"])
     blocks["lam_curve"] = curve_table(lam, "lam", "add", "lam")
     blocks["lam_headroom"] = headroom_table("teacher-add", [1.25, 1.5, 2.0, 3.0])
     blocks["nokl_headroom"] = headroom_table("teacher-add-nokl", [1.25, 2.0])
     flat = last_stretch(lam[lam.lam == 1.0], "lam", "add", start=300, end=400)
     blocks["opd_flat"] = format_interval(flat)
+    conv = convergence(lam, V2 / "lam", "lam", "add")
+    blocks["convergence"] = convergence_table(
+        [("λ =", conv), ("merge λ =", convergence(load("merge"), V2 / "merge", "lam", "add"))]
+    )
+    opd = conv[(conv.arm == 1.0) & (conv.signal == "mean@4")].iloc[0]
+    blocks["opd_mean_slope"] = f"{opd.diff_mean:+.2f} [{opd.ci_low:+.2f}, {opd.ci_high:+.2f}]"
+    blocks["slope_threshold"] = f"{SLOPE_THRESHOLD:g}"
+    blocks.update(controls_blocks(f))
 
     merge = load("merge")
     d = pdiff(merge, arm="lam", baseline=1.0, metrics=both)
@@ -357,8 +412,11 @@ def build() -> dict[str, str]:
     blocks["est_curve"] = curve_table(table, "arm", "add", "estimators").replace("| arm \\ step", "| estimator \\ step")
 
     blocks["findings"] = f.markdown()
-    for number in "1234":
+    for number in ("1", "1b", "2", "3", "4"):
         blocks[f"findings_{number}"] = f.markdown(number)
+    blocks["changed_verdicts"] = changed_table(f)
+    blocks["verdict_metrics"] = verdict_metric_table()
+    blocks["margin"] = f"{MARGIN * 100:g}"
     blocks["reference_models"] = reference_table()
     blocks["headroom"] = headroom_curves()
     blocks["zoo"] = zoo_table()
@@ -473,11 +531,16 @@ def _inline(line: str, blocks: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collect", action="store_true", help="publish runs/sweeps/v2/* into results/v2 first")
+    parser.add_argument(
+        "--collect",
+        nargs="*",
+        metavar="SWEEP",
+        help="publish runs/sweeps/v2/<SWEEP> into results/v2 first (no name: every v2 sweep, and the zoo models)",
+    )
     parser.add_argument("--check", action="store_true", help="only compare docs/results.md with what it would be")
     args = parser.parse_args(argv)
-    if args.collect:
-        collect()
+    if args.collect is not None:
+        collect(args.collect or V2_SWEEPS + CONTROL_SWEEPS)
     text = render(TEMPLATE.read_text(), build() | v1_blocks())
     if args.check:
         if DOC.read_text() != text:

@@ -174,6 +174,63 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     return df[front + final + evals + ["notebook"]]
 
 
+OUTCOMES = "outcomes.csv"
+"""A run's per-prompt outcomes of its latest evaluation (:func:`gopd_lab.loop.evaluate.task_evaluator`)."""
+SWEEP_OUTCOMES = "outcomes.csv.gz"
+"""A published sweep's per-prompt outcomes: every point's final evaluation in one table (:func:`load_outcomes`)."""
+
+
+def load_outcomes(sweep_dir: str | Path) -> pd.DataFrame | None:
+    """Every ``ok`` point's per-prompt outcomes at its final evaluation, one table: ``point_id``, the outcome
+    columns (``step``, ``domain``, ``prompt``, ``greedy``, ``s0`` …) of its ``outcomes.csv``, read from a sweep dir,
+    or the sweep's ``outcomes.csv.gz`` when the dir is a published one. None when no point recorded them (sweeps
+    that ran before runs wrote them); a missing file of one ``ok`` point, or one that does not hold the final
+    step, is an error (the table must pair every point)."""
+    root = Path(sweep_dir)
+    if (root / SWEEP_OUTCOMES).is_file():
+        return pd.read_csv(root / SWEEP_OUTCOMES)
+    df = load_sweep(root)
+    ok = df[df.status == "ok"]
+    have = [pid for pid in ok.point_id if (root / pid / OUTCOMES).is_file()]
+    if not have:
+        return None
+    missing = sorted(set(ok.point_id) - set(have))
+    if missing:
+        raise SweepError(f"points {missing} of {root} have no {OUTCOMES}: rerun them (they ran before it was written)")
+    frames = []
+    for pid in have:
+        frame = pd.read_csv(root / pid / OUTCOMES)
+        steps = _read_json(root / pid / "summary.json") or {}
+        if set(frame.step) != {steps.get("steps")}:
+            raise SweepError(f"{root / pid / OUTCOMES} is not the final evaluation (step {steps.get('steps')})")
+        frames.append(frame.assign(point_id=pid))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["point_id", *[c for c in out.columns if c != "point_id"]]]
+
+
+def write_outcomes(frame: pd.DataFrame, path: str | Path) -> None:
+    """``frame`` as gzip-compressed CSV (no timestamp in the header: the same table gives the same bytes),
+    through a temp file and a rename."""
+    import gzip
+    import os
+    import tempfile
+
+    from gopd_lab.errors import writing
+
+    path = Path(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+                f.write(frame.to_csv(index=False).encode())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
 def _gather_point(d: Path, planned: dict | None = None) -> dict:
     info = _read_json(d / "point.json") or {}
     params = _read_json(d / "params.json") or info.get("params") or planned or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from gopd_lab.lm.logprobs import max_context
 from gopd_lab.lm.rollout import Prompts, prompts_from_tasks, sample
 from gopd_lab.lm.target import TargetModel
+from gopd_lab.runio import atomic_write_text
 
 
 def generate(
@@ -71,6 +73,7 @@ def evaluate(
     seed: int = 0,
     pass_k: int | None = None,
     chat_template: bool = False,
+    outcomes: list | None = None,
 ) -> pd.DataFrame:
     """Per-domain accuracy on each task's test split.
 
@@ -78,7 +81,9 @@ def evaluate(
     ``temperature``), ``pass_acc`` (mean over prompts of :func:`pass_at_k` with ``pass_k`` ≤ ``k``, default
     ``k``, estimated from the same ``k`` samples; both omitted when ``k == 0``), ``n`` (test prompts;
     ``limit`` > 0 caps it per task). ``chat_template`` formats the prompts as training does
-    (``RunConfig.chat_template``: one user turn of the tokenizer's chat template).
+    (``RunConfig.chat_template``: one user turn of the tokenizer's chat template). ``outcomes``: a list that gets one record per test prompt, so that two models
+    can be compared prompt by prompt: ``domain``, ``prompt`` (its position in that domain's test split),
+    ``greedy`` (1 if the greedy completion is correct, else 0) and ``s0`` … ``s{k-1}`` (each sample's).
     """
     pass_k = k if pass_k is None else pass_k
     if k and not 1 <= pass_k <= k:
@@ -108,7 +113,18 @@ def evaluate(
             row["mean_acc"] = sum(correct) / (k * max(1, len(idx)))
             row["pass_acc"] = sum(pass_at_k(k, int(c), pass_k) for c in correct) / max(1, len(idx))
         rows.append(row)
+        if outcomes is not None:
+            outcomes.extend(_prompt_outcomes(task, prompts, greedy, sampled, domain, idx))
     return pd.DataFrame(rows)
+
+
+def _prompt_outcomes(task, prompts: Prompts, greedy, sampled, domain: str, idx: list[int]) -> list[dict]:
+    out = []
+    for j, i in enumerate(idx):
+        record = {"domain": domain, "prompt": j, "greedy": int(_score(task, prompts, greedy, i))}
+        record.update({f"s{n}": int(_score(task, prompts, s, i)) for n, s in enumerate(sampled)})
+        out.append(record)
+    return out
 
 
 def _accuracy(task, prompts: Prompts, completions: Sequence[str], idx: list[int]) -> float:
@@ -120,14 +136,26 @@ def _score(task, prompts: Prompts, completions: Sequence[str], i: int) -> float:
     return task.score(prompts.texts[i], completions[i], prompts.answers[i] if prompts.answers else None)
 
 
-def task_evaluator(tasks: dict, tokenizer, **kwargs):
-    """An ``evaluate(student, step) -> rows`` callback for :func:`gopd_lab.loop.train.train`."""
+def task_evaluator(tasks: dict, tokenizer, *, outcomes_path: str | Path | None = None, **kwargs):
+    """An ``evaluate(student, step) -> rows`` callback for :func:`gopd_lab.loop.train.train`. With
+    ``outcomes_path`` every evaluation also writes its per-prompt outcomes there (CSV, a ``step`` column first,
+    replaced each time: after a run it holds the final evaluation's)."""
 
     def run(model: nn.Module, step: int) -> list[dict]:
-        return evaluate(model, tokenizer, tasks, **kwargs).to_dict("records")
+        records: list[dict] | None = [] if outcomes_path is not None else None
+        rows = evaluate(model, tokenizer, tasks, outcomes=records, **kwargs).to_dict("records")
+        if outcomes_path is not None:
+            atomic_write_text(
+                outcomes_path, pd.DataFrame(records).assign(step=step).pipe(_step_first).to_csv(index=False)
+            )
+        return rows
 
     run.settings = {"tasks": sorted(tasks), **kwargs}  # what config.json's run record says of the evaluation
     return run
+
+
+def _step_first(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[["step", *[c for c in frame.columns if c != "step"]]]
 
 
 def evaluate_target(

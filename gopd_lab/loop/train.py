@@ -170,6 +170,7 @@ def _run(cfg, out, dist, reporter, models, prompts, evaluate, callbacks, progres
             limit=cfg.eval_limit,
             seed=cfg.eval_seed,
             chat_template=cfg.chat_template,  # scored on the prompts it is trained on
+            outcomes_path=out / "outcomes.csv",  # per-prompt correctness of the latest evaluation
         )
     cbs = _Callbacks([*callbacks, *([reporter] if reporter is not None else [])])
     main = dist.is_main

@@ -169,9 +169,12 @@ def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int
     Paths inside the repository are written relative to it; ``metrics.jsonl`` values are rounded to 6
     significant digits and, with ``metrics_every`` = n > 1, only the first ``metrics_head`` steps, every n-th
     step and the last are kept
-    (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``.
+    (``eval.jsonl`` and ``summary.json`` are copied as they are); every point must be ``ok``. The points'
+    per-prompt outcomes (``outcomes.csv``) become one table, ``outcomes.csv.gz``.
     ``dest`` is written to a temporary sibling and renamed into place, so it is never half-written.
     """
+    from gopd_lab.experiments.sweep import SWEEP_OUTCOMES, load_outcomes, write_outcomes
+
     if metrics_every < 1:
         raise ValueError(f"metrics_every must be a positive number of steps, got {metrics_every}")
     src, dest = repo_path(sweep_dir), repo_path(dest)
@@ -203,6 +206,9 @@ def publish_sweep(sweep_dir: str | Path, dest: str | Path, *, metrics_every: int
         info = json.loads((tmp / pid / "point.json").read_text())
         info["notebook"] = None  # the executed notebook is not published
         atomic_write_json(tmp / pid / "point.json", info)
+    outcomes = load_outcomes(src)  # every point's per-prompt outcomes, one table (None for older sweeps)
+    if outcomes is not None:
+        write_outcomes(outcomes, tmp / SWEEP_OUTCOMES)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
