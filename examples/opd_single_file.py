@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -91,6 +92,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids: list[i
     done = torch.zeros(batch, dtype=torch.bool)  # (B,)
     stops = torch.tensor(stop_ids)
     cache, step_input, step_pos = DynamicCache(config=model.config), prompt_ids, positions(prompt_mask)
+    # the cache keyword: `cache` in current transformers, `past_key_values` before it (5.17 still takes that one)
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     steps = 0
     for t in range(max_new_tokens):
         out = model(
@@ -98,8 +101,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids: list[i
             attention_mask=mask[:, : prompt_len + t],
             position_ids=step_pos,
             use_cache=True,
-            cache=cache,
             logits_to_keep=1,
+            **{key: cache},
         )
         probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
         noise = torch.rand(probs.shape, generator=gen).log_().neg_()  # (B, V) Exp(1): argmax(p / E) ~ p
@@ -110,7 +113,7 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, stop_ids: list[i
         done = done | torch.isin(token, stops)
         if bool(done.all()):
             break
-        cache = out.cache or cache  # the output field is named like the argument
+        cache = getattr(out, key, None) or cache  # the output field is named like the argument
         step_input, step_pos = token[:, None], (count - 1).clamp(min=0)[:, None]  # (B, 1) each
     model.train()
     return tokens[:, :steps], mask[:, prompt_len : prompt_len + steps]
