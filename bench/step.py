@@ -380,7 +380,7 @@ def full_estimator_memory(w, models, rollout, args, naive_peak, median_s) -> lis
         {
             "method": "score_rollout (lazy target: teacher + reference features)",
             "estimator": label,
-            "chunk_tokens": "default",
+            "chunk_tokens": f"default ({CHUNK_BYTES // 2**20} MiB)",
             "peak_MB": peak / 2**20,
             "vs_naive": peak / naive_peak,
             "cpu_median_s": median_s(score_full),
@@ -388,14 +388,14 @@ def full_estimator_memory(w, models, rollout, args, naive_peak, median_s) -> lis
         {
             "method": "the same target materialised, (N, V) float32 (for comparison)",
             "estimator": label,
-            "chunk_tokens": "default",
+            "chunk_tokens": f"default ({CHUNK_BYTES // 2**20} MiB)",
             "peak_MB": dense_peak / 2**20,
             "vs_naive": dense_peak / naive_peak,
         },
         {
             "method": "update: fused KL forward + backward over the lazy target (incl. student activations)",
             "estimator": label,
-            "chunk_tokens": "default",
+            "chunk_tokens": f"default ({CHUNK_BYTES // 2**20} MiB)",
             "peak_MB": update_peak / 2**20,
             "vs_naive": update_peak / naive_peak,
         },

@@ -58,3 +58,4 @@ def test_bench_step_scoring_memory_runs_on_a_target_below_the_lazy_threshold(tmp
     lazy = next(r for r in rows if r["method"].startswith("score_rollout (lazy target"))
     dense = next(r for r in rows if r["method"].startswith("the same target materialised"))
     assert lazy["peak_MB"] > 0 and dense["peak_MB"] > 0
+    assert all(r["chunk_tokens"] == "-" or "MiB" in str(r["chunk_tokens"]) for r in rows), "each row names its chunk"
